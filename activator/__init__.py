@@ -1,0 +1,1 @@
+"""The activator: Thaw's OpenAI-compatible front door that routes by model and buffers at zero."""

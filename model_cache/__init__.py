@@ -1,0 +1,1 @@
+"""The node-local model cache and the tiny test model builder."""
