@@ -1,0 +1,77 @@
+"""Reading an engine's Prometheus ``/metrics`` text into the few numbers the autoscaler uses.
+
+Pure: text in, :class:`EngineMetrics` out. Understands vLLM V1's names (``vllm:num_requests_waiting``,
+``vllm:num_requests_running``, ``vllm:kv_cache_usage_perc``, ``vllm:engine_sleep_state``) and the
+older ``vllm:gpu_cache_usage_perc``; sums counts over data-parallel engines (``engine`` label) and
+takes the highest KV usage among them, since the fullest engine is the one that queues first.
+The scraping itself (HTTP) lives in the local actuator and the Knative controller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client.parser import text_string_to_metric_families
+
+WAITING = "vllm:num_requests_waiting"
+RUNNING = "vllm:num_requests_running"
+KV_USAGE = "vllm:kv_cache_usage_perc"
+KV_USAGE_LEGACY = "vllm:gpu_cache_usage_perc"
+SLEEP_STATE = "vllm:engine_sleep_state"
+
+
+class MetricsParseError(ValueError):
+    """The text is not Prometheus exposition, or lacks the metrics every vLLM engine exports."""
+
+
+@dataclass(frozen=True)
+class EngineMetrics:
+    """One scrape of one replica."""
+
+    num_requests_waiting: int
+    num_requests_running: int
+    kv_cache_usage_ratio: float
+    sleeping: bool
+
+
+def parse_engine_metrics(text: str) -> EngineMetrics:
+    """Parse ``/metrics`` text; raise :class:`MetricsParseError` naming what is missing."""
+    waiting = running = 0.0
+    kv: float | None = None
+    kv_legacy: float | None = None
+    seen: set[str] = set()
+    asleep = False
+    try:
+        families = list(text_string_to_metric_families(text))
+    except ValueError as e:
+        raise MetricsParseError(f"not Prometheus text exposition: {e}") from e
+    for family in families:
+        for sample in family.samples:
+            name = sample.name
+            if name == WAITING:
+                waiting += sample.value
+            elif name == RUNNING:
+                running += sample.value
+            elif name == KV_USAGE:
+                kv = max(kv or 0.0, sample.value)
+            elif name == KV_USAGE_LEGACY:
+                kv_legacy = max(kv_legacy or 0.0, sample.value)
+            elif name == SLEEP_STATE:
+                if sample.labels.get("sleep_state") != "awake" and sample.value > 0:
+                    asleep = True
+            else:
+                continue
+            seen.add(name)
+    missing = [n for n in (WAITING, RUNNING) if n not in seen]
+    if kv is None and kv_legacy is None:
+        missing.append(KV_USAGE)
+    if missing:
+        raise MetricsParseError(f"metrics missing from the scrape: {', '.join(missing)}")
+    usage = kv if kv is not None else kv_legacy
+    assert usage is not None
+    return EngineMetrics(
+        num_requests_waiting=int(waiting),
+        num_requests_running=int(running),
+        kv_cache_usage_ratio=min(max(usage, 0.0), 1.0),
+        sleeping=asleep,
+    )
