@@ -1,9 +1,10 @@
 """Reading an engine's Prometheus ``/metrics`` text into the few numbers the autoscaler uses.
 
-Pure: text in, :class:`EngineMetrics` out. Understands vLLM V1's names (``vllm:num_requests_waiting``,
-``vllm:num_requests_running``, ``vllm:kv_cache_usage_perc``, ``vllm:engine_sleep_state``) and the
-older ``vllm:gpu_cache_usage_perc``; sums counts over data-parallel engines (``engine`` label) and
-takes the highest KV usage among them, since the fullest engine is the one that queues first.
+Pure: text in, :class:`EngineMetrics` out. Understands vLLM V1's names
+(``vllm:num_requests_waiting``, ``vllm:num_requests_running``, ``vllm:kv_cache_usage_perc``,
+``vllm:engine_sleep_state``) and the older ``vllm:gpu_cache_usage_perc``; sums counts over
+data-parallel engines (``engine`` label) and takes the highest KV usage among them, since the
+fullest engine is the one that queues first.
 The scraping itself (HTTP) lives in the local actuator and the Knative controller.
 """
 

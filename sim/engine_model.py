@@ -28,16 +28,22 @@ class EnginePerf(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     load_time_s: float = Field(
-        2.0, ge=0, description="Process start to the first 200 from /health (cold start, weights local)."
+        2.0,
+        ge=0,
+        description="Process start to the first 200 from /health (cold start, weights local).",
     )
     prefill_tokens_per_s: float = Field(
-        8000.0, gt=0, description="Prompt tokens prefilled per second (one step may prefill several)."
+        8000.0,
+        gt=0,
+        description="Prompt tokens prefilled per second (one step may prefill several).",
     )
     decode_base_s: float = Field(
         0.02, gt=0, description="Duration of one decode step with one running sequence."
     )
     decode_per_seq_s: float = Field(
-        0.001, ge=0, description="Added to a decode step for each running sequence beyond the first."
+        0.001,
+        ge=0,
+        description="Added to a decode step for each running sequence beyond the first.",
     )
     kv_capacity_tokens: int = Field(
         16384, gt=0, description="Tokens the KV cache holds across all running sequences."
@@ -46,9 +52,15 @@ class EnginePerf(BaseModel):
     max_model_len_tokens: int = Field(
         4096, gt=0, description="Longest prompt plus output one request may have."
     )
-    sleep_level1_s: float = Field(0.1, ge=0, description="Time to sleep at level 1 (offload weights).")
-    sleep_level2_s: float = Field(0.05, ge=0, description="Time to sleep at level 2 (discard weights).")
-    wake_level1_s: float = Field(0.2, ge=0, description="Time to wake from level 1 (host RAM to GPU).")
+    sleep_level1_s: float = Field(
+        0.1, ge=0, description="Time to sleep at level 1 (offload weights)."
+    )
+    sleep_level2_s: float = Field(
+        0.05, ge=0, description="Time to sleep at level 2 (discard weights)."
+    )
+    wake_level1_s: float = Field(
+        0.2, ge=0, description="Time to wake from level 1 (host RAM to GPU)."
+    )
     wake_level2_s: float = Field(
         1.0, ge=0, description="Time to wake from level 2 (weights reloaded from local disk)."
     )
@@ -152,7 +164,8 @@ class EngineCore:
         total = prompt_tokens + max_tokens
         if total > self.perf.max_model_len_tokens:
             raise AdmissionError(
-                f"prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) = {total}, must be <= "
+                f"prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) = {total}, "
+                f"must be <= "
                 f"the model's maximum context length ({self.perf.max_model_len_tokens})"
             )
 

@@ -50,7 +50,7 @@ def child(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start ``argv`` in its own process group; on exit SIGTERM the group, then SIGKILL it."""
     full_env = {**os.environ, **(env or {})}
-    out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    out = open(log_path, "wb") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(
         list(argv), env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
     )

@@ -12,4 +12,4 @@ class ThawError(Exception):
 
 
 class ConfigError(ThawError):
-    """A configuration value is wrong; the message names the field, the value and what is accepted."""
+    """A config value is wrong; the message names the field, its value and what is accepted."""
