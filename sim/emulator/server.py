@@ -1,0 +1,51 @@
+"""Serving the emulator's app with uvicorn until SIGTERM or SIGINT.
+
+Owns the process-level part: the uvicorn server (plain asyncio loop, whose timers are finer than
+uvloop's millisecond ones), graceful shutdown (stop accepting, let in-flight requests finish for
+up to ``graceful_shutdown_s``, stop the engine) and the exit status (0 after a SIGTERM).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import uvicorn
+
+from sim.emulator.app import build_app
+from sim.emulator.config import EmulatorConfig
+from thaw.clock import Clock
+
+log = logging.getLogger(__name__)
+
+
+def serve(config: EmulatorConfig, clock: Clock, started_s: float) -> int:
+    """Run until SIGTERM/SIGINT; 0 after a clean shutdown, 1 if the server could not start."""
+    app = build_app(config, clock, started_s)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            loop="asyncio",
+            lifespan="on",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=config.graceful_shutdown_s,
+        )
+    )
+    log.info(
+        "thaw emulator serving %s on http://%s:%d (healthy after %.1f s)",
+        ", ".join(config.served_model_name),
+        config.host,
+        config.port,
+        config.load_time_s,
+    )
+    # uvicorn re-raises the signal it caught once it has shut down; with this handler in place
+    # that re-raise is a no-op and the process exits 0 after a SIGTERM, as a clean stop should.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0 if server.started else 1
