@@ -90,6 +90,7 @@ class EmulatedEngine:
         self._idle.set()
         self._transition = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._awake_since_s = 0.0
 
     def _now(self) -> float:
         return self._clock.monotonic() - self._t0
@@ -165,6 +166,7 @@ class EmulatedEngine:
                 return
             await asyncio.sleep(self.perf.wake_s(1 if level == 1 else 2))
             self._core.sleep_level = 0
+            self._awake_since_s = self._now()
             self._kick.set()
             log.info("awake after level %d", level)
 
@@ -177,16 +179,20 @@ class EmulatedEngine:
         prev_end: float | None = None
         while True:
             now = self._now()
-            start = now if prev_end is None else max(prev_end, now - MAX_CATCH_UP_S)
-            plan = self._core.plan_step(start)
+            plan = self._core.plan_step(now)
             if plan is None:
                 prev_end = None
                 self._kick.clear()
                 await self._kick.wait()
                 continue
-            newest = max((s.arrival_s for s in plan.admitted), default=plan.start_s)
-            if newest > plan.start_s:
-                plan = replace(plan, start_s=newest)
+            # The step starts once the engine is free (awake, and past the previous step's
+            # planned end if busy) and the newest request it admits has arrived, but at most
+            # MAX_CATCH_UP_S before now: an idle engine starts with the arrival, not when this
+            # task got to run, and a late wake-up of this task does not slow the model down.
+            starts = [now - MAX_CATCH_UP_S, self._awake_since_s]
+            starts += [s.arrival_s for s in plan.admitted]
+            starts += [prev_end] if prev_end is not None else []
+            plan = replace(plan, start_s=min(max(starts), now))
             self._idle.clear()
             try:
                 await self._sleep_until(plan.end_s)
