@@ -170,7 +170,7 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=16, help="per request (default: 16)")
     args = ap.parse_args()
 
-    perf = EnginePerf(load_time_s=0.0)
+    perf = EnginePerf.model_validate({"load_time_s": 0.0})
     p, n = args.prompt_tokens, args.max_tokens
     prompt = "x" * 4 * p  # the emulator counts four characters a token
     port = free_port()
