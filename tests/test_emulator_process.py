@@ -268,3 +268,20 @@ async def test_client_disconnect_frees_the_slot(tmp_path: Path) -> None:
             assert _metric(base, "vllm:request_success_total", finished_reason="abort") == 1
             assert _metric(base, "vllm:num_requests_running") == 0
             assert _metric(base, "vllm:generation_tokens_total") < 100
+
+
+async def test_sigterm_ends_open_streams_cleanly(tmp_path: Path) -> None:
+    with emulator(tmp_path, decode_base_s=0.02, graceful_shutdown_s=1) as (base, proc):
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            body = {"model": MODEL, "prompt": "hi", "max_tokens": 1000, "stream": True}
+            lines: list[str] = []
+            async with client.stream("POST", "/v1/completions", json=body) as resp:
+                async for line in resp.aiter_lines():
+                    if line:
+                        lines.append(line)
+                    if len(lines) == 3:
+                        proc.send_signal(signal.SIGTERM)
+            assert lines[-1] == "data: [DONE]"
+            assert '"finish_reason":"abort"' in lines[-2]
+            assert len(lines) < 500
+        assert await asyncio.to_thread(proc.wait, 15) == 0

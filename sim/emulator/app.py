@@ -78,6 +78,9 @@ class _Server:
 def build_app(config: EmulatorConfig, clock: Clock, started_s: float | None = None) -> Starlette:
     """The app; its engine starts and stops with the ASGI lifespan.
 
+    ``app.state.abort_all()`` ends every open request as aborted (the server calls it when the
+    graceful-shutdown time runs out, so that streams end with ``[DONE]`` rather than be cut).
+
     ``started_s`` is when the process started, on ``clock.monotonic()`` (default: now); ``/health``
     turns 200 ``load_time_s`` after it.
     """
@@ -158,7 +161,7 @@ def build_app(config: EmulatorConfig, clock: Clock, started_s: float | None = No
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/chat/completions", chat, methods=["POST"]),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={
@@ -167,6 +170,8 @@ def build_app(config: EmulatorConfig, clock: Clock, started_s: float | None = No
             Exception: _internal_error,
         },
     )
+    app.state.abort_all = lambda: srv.engine.abort_all() if srv.engine is not None else None
+    return app
 
 
 def _sleep_level(raw: str) -> SleepLevel:

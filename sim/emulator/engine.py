@@ -106,8 +106,7 @@ class EmulatedEngine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        for request_id in list(self._streams):
-            self._abort(request_id)
+        self.abort_all()
 
     def state(self) -> EngineState:
         return EngineState(
@@ -138,6 +137,11 @@ class EmulatedEngine:
         if stream is not None and not stream.done:
             self._abort(request_id)
 
+    def abort_all(self) -> None:
+        """End every open request now, as aborted (its client gets finish_reason ``abort``)."""
+        for request_id in list(self._streams):
+            self._abort(request_id)
+
     def _abort(self, request_id: str) -> None:
         stream = self._streams.pop(request_id)
         self._core.cancel(request_id)
@@ -153,8 +157,7 @@ class EmulatedEngine:
             self._core.sleep_level = level
             await self._idle.wait()
             if mode == "abort":
-                for request_id in list(self._streams):
-                    self._abort(request_id)
+                self.abort_all()
             await asyncio.sleep(self.perf.sleep_s(level))
             log.info("asleep at level %d", level)
 

@@ -7,8 +7,11 @@ up to ``graceful_shutdown_s``, stop the engine) and the exit status (0 after a S
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
+import socket
+from collections.abc import Callable
 
 import uvicorn
 
@@ -19,10 +22,33 @@ from thaw.clock import Clock
 log = logging.getLogger(__name__)
 
 
+#: Seconds before the graceful-shutdown deadline at which open requests are aborted, so that their
+#: last chunks and ``[DONE]`` still reach the clients before uvicorn cancels what is left.
+ABORT_MARGIN_S = 0.5
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, plus: open requests end as aborted just before the graceful deadline."""
+
+    def __init__(self, config: uvicorn.Config, abort_all: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._abort_all = abort_all
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        grace_s = self.config.timeout_graceful_shutdown or 0
+        timer = asyncio.get_running_loop().call_later(
+            max(grace_s - ABORT_MARGIN_S, 0.0), self._abort_all
+        )
+        try:
+            await super().shutdown(sockets)
+        finally:
+            timer.cancel()
+
+
 def serve(config: EmulatorConfig, clock: Clock, started_s: float) -> int:
     """Run until SIGTERM/SIGINT; 0 after a clean shutdown, 1 if the server could not start."""
     app = build_app(config, clock, started_s)
-    server = uvicorn.Server(
+    server = _Server(
         uvicorn.Config(
             app,
             host=config.host,
@@ -32,7 +58,8 @@ def serve(config: EmulatorConfig, clock: Clock, started_s: float) -> int:
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=config.graceful_shutdown_s,
-        )
+        ),
+        app.state.abort_all,
     )
     log.info(
         "thaw emulator serving %s on http://%s:%d (healthy after %.1f s)",
