@@ -100,8 +100,18 @@ def register(sub: Any) -> None:
             flags = [f"--{name.replace('_', '-')}"]
             if name == "max_model_len_tokens":
                 flags.append("--max-model-len")
-            group.add_argument(*flags, dest=name, type=kind, default=None, help=text)
+            group.add_argument(
+                *flags, dest=name, type=kind, default=None, metavar=_metavar(name, kind), help=text
+            )
     p.set_defaults(func=run)
+
+
+def _metavar(name: str, kind: type) -> str:
+    if name.endswith("_per_s"):
+        return "RATE"
+    if name.endswith("_s"):
+        return "SECONDS"
+    return "N" if kind is int and name != "port" else name.upper()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -53,7 +53,7 @@ _PAUSE_MODES: tuple[PauseMode, ...] = ("keep", "abort")
 
 
 @dataclass
-class _Server:
+class _AppState:
     """What the routes share; one per app."""
 
     config: EmulatorConfig
@@ -78,14 +78,13 @@ class _Server:
 def build_app(config: EmulatorConfig, clock: Clock, started_s: float | None = None) -> Starlette:
     """The app; its engine starts and stops with the ASGI lifespan.
 
-    ``app.state.abort_all()`` ends every open request as aborted (the server calls it when the
-    graceful-shutdown time runs out, so that streams end with ``[DONE]`` rather than be cut).
-
     ``started_s`` is when the process started, on ``clock.monotonic()`` (default: now); ``/health``
-    turns 200 ``load_time_s`` after it.
+    turns 200 ``load_time_s`` after it. ``app.state.abort_all()`` ends every open request as
+    aborted (the server calls it as the graceful-shutdown time runs out, so that streams end with
+    ``[DONE]`` rather than being cut).
     """
     start = clock.monotonic() if started_s is None else started_s
-    srv = _Server(
+    srv = _AppState(
         config=config,
         clock=clock,
         ready_at_s=start + config.load_time_s,
@@ -200,7 +199,7 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     )
 
 
-async def _generate(srv: _Server, request: Request, kind: Endpoint) -> Response:
+async def _generate(srv: _AppState, request: Request, kind: Endpoint) -> Response:
     config = srv.config
     req = parse_request(
         kind, await request.body(), config.served_model_name, config, config.default_max_tokens
