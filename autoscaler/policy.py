@@ -381,10 +381,19 @@ def parse_policy(text: str, source: str = "<policy>") -> ThawConfig:
             source,
             [f"<top>: value {_show(data)}: must be a mapping with keys {_keys(ThawConfig)}"],
         )
+    dups = _duplicate_names(data, lines)
     try:
         config = ThawConfig.model_validate(data)
     except ValidationError as e:
-        problems += [_format_error(err, lines) for err in e.errors()]
+        errors = e.errors()
+        for err in errors:
+            if err["loc"] == ("models",) and (
+                (dups and err["type"] == "value_error")
+                or (err["type"] == "too_short" and len(errors) > 1)
+            ):
+                continue  # said better by _duplicate_names, or a side effect of a bad item
+            problems.append(_format_error(err, lines))
+        problems += dups
         raise PolicyError(source, problems) from None
     if problems:
         raise PolicyError(source, problems)
@@ -502,6 +511,37 @@ _REWORD = (
     ("Value error, ", ""),
     ("Assertion failed, ", ""),
 )
+_COMPARE = (
+    ("greater than or equal to ", ">= "),
+    ("less than or equal to ", "<= "),
+    ("greater than ", "> "),
+    ("less than ", "< "),
+)
+_BOUND_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
+
+
+def _accepted_range(loc: Sequence[str | int]) -> str | None:
+    """``[low, high]``-style text for a field with both bounds, e.g. ``[6, 3600]``."""
+    if not loc or not isinstance(loc[-1], str):
+        return None
+    owner = _model_at(loc[:-1])
+    field = owner.model_fields.get(loc[-1]) if owner else None
+    if field is None:
+        return None
+    low = high = None
+    low_open = high_open = False
+    for m in field.metadata:
+        if getattr(m, "ge", None) is not None:
+            low = m.ge
+        if getattr(m, "gt", None) is not None:
+            low, low_open = m.gt, True
+        if getattr(m, "le", None) is not None:
+            high = m.le
+        if getattr(m, "lt", None) is not None:
+            high, high_open = m.lt, True
+    if low is None or high is None:
+        return None
+    return f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
 
 
 def _format_error(err: Mapping[str, Any], lines: Mapping[tuple[str | int, ...], int]) -> str:
@@ -522,18 +562,55 @@ def _format_error(err: Mapping[str, Any], lines: Mapping[tuple[str | int, ...], 
         if msg.startswith(old):
             msg = new + msg[len(old) :]
             break
-    if kind == "model_type" or kind == "dataclass_type":
+    for old, new in _COMPARE:
+        msg = msg.replace(old, new)
+    if kind in _BOUND_ERRORS:
+        bounds = _accepted_range(loc)
+        if bounds:
+            msg += f" (accepted: {bounds})"
+    if kind in ("model_type", "dataclass_type"):
         owner = _model_at(loc)
         if owner is not None:
             msg = f"must be a mapping with keys {_keys(owner)}"
-    return f"{where}: value {_show(err.get('input'))}: {msg}"
+    value = err.get("input")
+    if kind == "value_error" and isinstance(value, dict):
+        return f"{where}: {msg}"  # a cross-field check: the message quotes the values
+    return f"{where}: value {_show(value)}: {msg}"
+
+
+def _duplicate_names(
+    data: Mapping[str, Any], lines: Mapping[tuple[str | int, ...], int]
+) -> list[str]:
+    """Repeated model names, found on the raw data so they are reported with other errors."""
+    models = data.get("models")
+    if not isinstance(models, list):
+        return []
+    first: dict[str, int] = {}
+    out: list[str] = []
+    for i, m in enumerate(models):
+        name = m.get("name") if isinstance(m, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in first:
+            line = _line_of(("models", i, "name"), lines)
+            where = f"models[{i}].name" + (f" (line {line})" if line is not None else "")
+            out.append(
+                f"{where}: value {name!r}: must be unique; models[{first[name]}].name is the same"
+            )
+        else:
+            first[name] = i
+    return out
 
 
 def _yaml_error(e: yaml.YAMLError) -> str:
     mark = getattr(e, "problem_mark", None)
     problem = getattr(e, "problem", None) or str(e)
     context = getattr(e, "context", None)
-    text = f"{context}; {problem}" if context else str(problem)
+    context_mark = getattr(e, "context_mark", None)
+    text = str(problem)
+    if context:
+        text += f" ({context}"
+        text += f" that starts on line {context_mark.line + 1})" if context_mark else ")"
     if mark is not None:
         return f"YAML syntax (line {mark.line + 1}, column {mark.column + 1}): {text}"
     return f"YAML syntax: {text}"
