@@ -446,11 +446,21 @@ def _decide_stale(
     if up > current:
         desired = up
         notes.append(f"visible demand wants {up}")
+    if obs.forecast_replicas is not None:
+        wanted = _ceil(obs.forecast_replicas)
+        if wanted > desired:
+            notes.append(f"forecast wants {wanted}")
+            desired = wanted
+    if policy.initial_replicas > desired and now_s - started_s < policy.stable_window_s:
+        notes.append(f"initial_replicas {policy.initial_replicas} during the first stable window")
+        desired = policy.initial_replicas
     if cold is not None and cold.desired_replicas > desired:
         desired = cold.desired_replicas
     desired = _bound(desired, policy, notes)
     signals: dict[str, float] = {k: float(v) for k, v in counts.items()}
     signals["buffered"] = float(max(0, obs.buffered_requests))
+    if obs.forecast_replicas is not None:
+        signals["forecast"] = float(obs.forecast_replicas)
     decision = Decision(
         model=obs.model,
         desired_replicas=desired,
