@@ -503,7 +503,6 @@ def _line_of(loc: tuple[str | int, ...], lines: Mapping[tuple[str | int, ...], i
 
 
 _REWORD = (
-    ("Input should be a valid ", "must be a "),
     ("Input should be ", "must be "),
     ("String should ", "must "),
     ("Tuple should ", "must "),
