@@ -38,8 +38,9 @@ so a cold start in flight is not repeated.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from autoscaler.policy import AutoscalingPolicy
@@ -105,18 +106,24 @@ Sample = tuple[float, float, float, float]
 class DeciderState:
     """The decider's memory for one model; immutable, replaced by each :func:`decide`.
 
-    ``samples``: observed totals, oldest first, within the stable window (Knative's metric
-    buckets). ``panic_since_s``: when panic last held (Knative's panicTime), None when calm.
-    ``max_panic_replicas``: the most replicas asked for during this panic. ``idle_since_s``: start
-    of the current stretch without demand, None while there is demand. ``delay_window``:
-    (time_s, desired) within the scale-down delay. ``started_s``: the first decision's time.
+    The stable window (Knative's metric buckets) is kept as parallel columns, oldest first:
+    ``sample_times_s`` and the observed totals ``waiting_samples``, ``concurrency_samples``,
+    ``kv_usage_samples`` (columns, so that sums and trims run in C). ``panic_since_s``: when panic
+    last held (Knative's panicTime), None when calm. ``max_panic_replicas``: the most replicas
+    asked for during this panic. ``idle_since_s``: start of the current stretch without demand,
+    None while there is demand. ``delay_times_s`` / ``delay_desired``: the counts wanted within
+    the scale-down delay. ``started_s``: the first decision's time.
     """
 
-    samples: tuple[Sample, ...] = ()
+    sample_times_s: tuple[float, ...] = ()
+    waiting_samples: tuple[float, ...] = ()
+    concurrency_samples: tuple[float, ...] = ()
+    kv_usage_samples: tuple[float, ...] = ()
     panic_since_s: float | None = None
     max_panic_replicas: int = 0
     idle_since_s: float | None = None
-    delay_window: tuple[tuple[float, int], ...] = ()
+    delay_times_s: tuple[float, ...] = ()
+    delay_desired: tuple[int, ...] = ()
     started_s: float | None = None
 
     @classmethod
@@ -127,6 +134,19 @@ class DeciderState:
     @property
     def panicking(self) -> bool:
         return self.panic_since_s is not None
+
+    @property
+    def samples(self) -> tuple[Sample, ...]:
+        """The stable window as rows: (time_s, waiting, concurrency, kv_usage_sum)."""
+        return tuple(
+            zip(
+                self.sample_times_s,
+                self.waiting_samples,
+                self.concurrency_samples,
+                self.kv_usage_samples,
+                strict=True,
+            )
+        )
 
 
 # -- small pure stages ----------------------------------------------------------------------
@@ -139,37 +159,19 @@ def _ceil(x: float) -> int:
 def _signal_counts(
     policy: AutoscalingPolicy, waiting: float, concurrency: float, kv_sum: float
 ) -> dict[str, int]:
-    """Each enabled target's replicas for these totals."""
+    """Each enabled target's replicas for these totals: ``ceil(total / target)``."""
     out: dict[str, int] = {}
-    if policy.target_waiting_per_replica is not None:
-        out["waiting"] = _ceil(waiting / policy.target_waiting_per_replica)
-    if policy.target_concurrency_per_replica is not None:
-        out["concurrency"] = _ceil(concurrency / policy.target_concurrency_per_replica)
-    if policy.target_kv_cache_usage_ratio is not None:
-        out["kv_cache"] = _ceil(kv_sum / policy.target_kv_cache_usage_ratio)
+    ceil = math.ceil
+    target = policy.target_waiting_per_replica
+    if target is not None:
+        out["waiting"] = max(0, ceil(waiting / target - _EPS))
+    target = policy.target_concurrency_per_replica
+    if target is not None:
+        out["concurrency"] = max(0, ceil(concurrency / target - _EPS))
+    target = policy.target_kv_cache_usage_ratio
+    if target is not None:
+        out["kv_cache"] = max(0, ceil(kv_sum / target - _EPS))
     return out
-
-
-def _window_average(samples: tuple[Sample, ...], since_s: float) -> tuple[float, float, float]:
-    """Average of each total over the samples taken after ``since_s`` (at least the last one)."""
-    n = 0
-    w = c = k = 0.0
-    for i in range(len(samples) - 1, -1, -1):
-        s = samples[i]
-        if s[0] <= since_s and n:
-            break
-        w += s[1]
-        c += s[2]
-        k += s[3]
-        n += 1
-    return (w / n, c / n, k / n) if n else (0.0, 0.0, 0.0)
-
-
-def _trim(samples: tuple[Sample, ...], since_s: float) -> tuple[Sample, ...]:
-    i = 0
-    while i < len(samples) - 1 and samples[i][0] <= since_s:
-        i += 1
-    return samples[i:] if i else samples
 
 
 def _clamp(value: int, low: int, high: int) -> int:
@@ -177,37 +179,39 @@ def _clamp(value: int, low: int, high: int) -> int:
 
 
 def _describe(
-    counts: Mapping[str, int], totals: Mapping[str, float], policy: AutoscalingPolicy
+    counts: Mapping[str, int],
+    policy: AutoscalingPolicy,
+    waiting: float,
+    concurrency: float,
+    kv_sum: float,
 ) -> str:
-    targets = {
-        "waiting": policy.target_waiting_per_replica,
-        "concurrency": policy.target_concurrency_per_replica,
-        "kv_cache": policy.target_kv_cache_usage_ratio,
-    }
-    return ", ".join(
-        f"{name} {totals[name]:.4g}/{targets[name]:g} -> {count}" for name, count in counts.items()
+    """``waiting 5/2 -> 3, concurrency 12/10 -> 2``: each signal's total, target and count."""
+    parts = []
+    if "waiting" in counts:
+        parts.append(
+            f"waiting {waiting:.4g}/{policy.target_waiting_per_replica:g} -> {counts['waiting']}"
+        )
+    if "concurrency" in counts:
+        parts.append(
+            f"concurrency {concurrency:.4g}/{policy.target_concurrency_per_replica:g} -> "
+            f"{counts['concurrency']}"
+        )
+    if "kv_cache" in counts:
+        parts.append(
+            f"kv_cache {kv_sum:.4g}/{policy.target_kv_cache_usage_ratio:g} -> {counts['kv_cache']}"
+        )
+    return ", ".join(parts)
+
+
+def _why_stale(r: ReplicaObservation, limit_s: float) -> str:
+    if r.scrape_age_s is None or r.num_requests_waiting is None:
+        return f"replica {r.replica_id} has no metrics yet"
+    if r.num_requests_running is None or r.kv_cache_usage_ratio is None:
+        return f"replica {r.replica_id} has no metrics yet"
+    return (
+        f"replica {r.replica_id} last scraped {r.scrape_age_s:.1f} s ago "
+        f"(stale after {limit_s:g} s)"
     )
-
-
-def _stale_replica(obs: ModelObservation, policy: AutoscalingPolicy) -> str | None:
-    """Why the metrics cannot be trusted, naming the first bad ready replica; None if fine."""
-    limit = policy.metrics_stale_after_s
-    for r in obs.replicas:
-        if r.state != "ready":
-            continue
-        if (
-            r.num_requests_waiting is None
-            or r.num_requests_running is None
-            or r.kv_cache_usage_ratio is None
-            or r.scrape_age_s is None
-        ):
-            return f"replica {r.replica_id} has no metrics yet"
-        if r.scrape_age_s > limit:
-            return (
-                f"replica {r.replica_id} last scraped {r.scrape_age_s:.1f} s ago "
-                f"(stale after {limit:g} s)"
-            )
-    return None
 
 
 def cold_start_decision(obs: ModelObservation, policy: AutoscalingPolicy) -> Decision | None:
@@ -244,15 +248,25 @@ def decide(
     """Decide the replica count of one model at ``now_s``; see the module docstring."""
     n_ready = n_starting = 0
     waiting = running = kv_sum = 0.0
+    limit_s = policy.metrics_stale_after_s
+    stale_replica: ReplicaObservation | None = None
     for r in obs.replicas:
         if r.state == "ready":
             n_ready += 1
-            if r.num_requests_waiting is not None:
-                waiting += r.num_requests_waiting
-            if r.num_requests_running is not None:
-                running += r.num_requests_running
-            if r.kv_cache_usage_ratio is not None:
-                kv_sum += r.kv_cache_usage_ratio
+            w, run, kv, age = (
+                r.num_requests_waiting,
+                r.num_requests_running,
+                r.kv_cache_usage_ratio,
+                r.scrape_age_s,
+            )
+            if w is None or run is None or kv is None or age is None or age > limit_s:
+                stale_replica = stale_replica or r
+            if w is not None:
+                waiting += w
+            if run is not None:
+                running += run
+            if kv is not None:
+                kv_sum += kv
         elif r.state == "starting":
             n_starting += 1
     current = n_ready + n_starting
@@ -264,12 +278,11 @@ def decide(
     ready_base = max(1, n_ready)
     max_up = math.ceil(policy.max_scale_up_rate * ready_base)
     max_down = math.floor(ready_base / policy.max_scale_down_rate)
-    cold = cold_start_decision(obs, policy)
-    stale = _stale_replica(obs, policy)
+    cold = cold_start_decision(obs, policy) if current == 0 and buffered > 0 else None
 
-    if stale is not None:
+    if stale_replica is not None:
         return _decide_stale(
-            obs, policy, state, now_s, stale, current, max_up, cold,
+            obs, policy, state, now_s, _why_stale(stale_replica, limit_s), current, max_up, cold,
             _signal_counts(policy, waiting, concurrency, kv_sum),
             started_s,
         )  # fmt: skip
@@ -280,12 +293,25 @@ def decide(
     else:
         idle_since_s = state.idle_since_s if state.idle_since_s is not None else now_s
 
-    # 1. Windows.
-    samples = _trim(
-        (*state.samples, (now_s, waiting, concurrency, kv_sum)), now_s - policy.stable_window_s
-    )
-    sw, sc, sk = _window_average(samples, now_s - policy.stable_window_s)
-    pw, pc, pk = _window_average(samples, now_s - policy.panic_window_s)
+    # 1. Windows: keep the samples of (now - stable window, now]; average each total.
+    times = state.sample_times_s
+    ws, cs, ks = state.waiting_samples, state.concurrency_samples, state.kv_usage_samples
+    if times and now_s < times[-1]:  # time went back: forget the future
+        cut = bisect_right(times, now_s)
+        times, ws, cs, ks = times[:cut], ws[:cut], cs[:cut], ks[:cut]
+    i = bisect_right(times, now_s - policy.stable_window_s)
+    times = (*times[i:], now_s)
+    ws = (*ws[i:], waiting)
+    cs = (*cs[i:], concurrency)
+    ks = (*ks[i:], kv_sum)
+    n = len(times)
+    sw, sc, sk = sum(ws) / n, sum(cs) / n, sum(ks) / n
+    j = bisect_right(times, now_s - policy.panic_window_s)
+    m = n - j
+    if j:
+        pw, pc, pk = sum(ws[j:]) / m, sum(cs[j:]) / m, sum(ks[j:]) / m
+    else:
+        pw, pc, pk = sw, sc, sk
     stable_counts = _signal_counts(policy, sw, sc, sk)
     panic_counts = _signal_counts(policy, pw, pc, pk)
     dspc_raw = max(stable_counts.values())
@@ -333,16 +359,20 @@ def decide(
     if 0 < desired < policy.activation_scale:
         desired = policy.activation_scale
         notes.append(f"activation scale {policy.activation_scale}")
-    delay_window = state.delay_window
+    delay_times, delay_desired = state.delay_times_s, state.delay_desired
     if policy.scale_down_delay_s > 0:
-        horizon = now_s - policy.scale_down_delay_s
-        delay_window = (*(e for e in delay_window if e[0] > horizon), (now_s, desired))
-        delayed = max(e[1] for e in delay_window)
+        if delay_times and now_s < delay_times[-1]:
+            cut = bisect_right(delay_times, now_s)
+            delay_times, delay_desired = delay_times[:cut], delay_desired[:cut]
+        k = bisect_right(delay_times, now_s - policy.scale_down_delay_s)
+        delay_times = (*delay_times[k:], now_s)
+        delay_desired = (*delay_desired[k:], desired)
+        delayed = max(delay_desired)
         if delayed > desired:
             notes.append(f"scale-down delay {policy.scale_down_delay_s:g} s keeps {delayed}")
             desired = delayed
-    elif delay_window:
-        delay_window = ()
+    elif delay_times:
+        delay_times, delay_desired = (), ()
     if obs.forecast_replicas is not None:
         wanted = _ceil(obs.forecast_replicas)
         if wanted > desired:
@@ -378,7 +408,7 @@ def decide(
         signals["forecast"] = float(obs.forecast_replicas)
     head = (
         f"stable {policy.stable_window_s:g} s wants {dspc_raw} ("
-        + _describe(stable_counts, {"waiting": sw, "concurrency": sc, "kv_cache": sk}, policy)
+        + _describe(stable_counts, policy, sw, sc, sk)
         + ")"
     )
     if cold is not None:
@@ -394,11 +424,15 @@ def decide(
         signals=signals,
     )
     new_state = DeciderState(
-        samples=samples,
+        sample_times_s=times,
+        waiting_samples=ws,
+        concurrency_samples=cs,
+        kv_usage_samples=ks,
         panic_since_s=panic_since_s,
         max_panic_replicas=max_panic if panic_since_s is not None else 0,
         idle_since_s=idle_since_s,
-        delay_window=delay_window,
+        delay_times_s=delay_times,
+        delay_desired=delay_desired,
         started_s=started_s,
     )
     return decision, new_state
@@ -473,14 +507,7 @@ def _decide_stale(
         cold_start=False,
         signals=signals,
     )
-    new_state = DeciderState(
-        samples=state.samples,
-        panic_since_s=state.panic_since_s,
-        max_panic_replicas=state.max_panic_replicas,
-        idle_since_s=None,
-        delay_window=state.delay_window,
-        started_s=started_s,
-    )
+    new_state = replace(state, idle_since_s=None, started_s=started_s)
     return decision, new_state
 
 
