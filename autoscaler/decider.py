@@ -13,7 +13,8 @@ signals instead of request concurrency alone):
 1. Signals. Each enabled target turns an observed *total* into replicas: ``ceil(total / target)``.
    ``waiting`` = engines' waiting requests + activator-buffered ones; ``concurrency`` = running +
    waiting + buffered; ``kv_cache`` = the sum of ready replicas' KV usage (= ready x average) over
-   the target ratio. Totals are averaged over the stable window and over the panic window
+   the target ratio (counted only while something runs or waits: an idle engine's KV blocks
+   are cache). Totals are averaged over the stable window and over the panic window
    (Knative averages the metric, then divides by the target); each window's desired count is the
    largest over the signals.
 2. Rates. Both counts are kept within ``[floor(ready / max_scale_down_rate),
@@ -292,6 +293,9 @@ def decide(
         idle_since_s: float | None = None
     else:
         idle_since_s = state.idle_since_s if state.idle_since_s is not None else now_s
+        # With nothing running or waiting, KV blocks still marked used are cache, not demand;
+        # counting them would keep a replica alive forever.
+        kv_sum = 0.0
 
     # 1. Windows: keep the samples of (now - stable window, now]; average each total.
     times = state.sample_times_s
@@ -480,6 +484,9 @@ def _decide_stale(
     if up > current:
         desired = up
         notes.append(f"visible demand wants {up}")
+    if state.panicking and state.max_panic_replicas > desired:
+        desired = state.max_panic_replicas
+        notes.append(f"panic keeps {desired}")
     if obs.forecast_replicas is not None:
         wanted = _ceil(obs.forecast_replicas)
         if wanted > desired:

@@ -146,7 +146,7 @@ CASES = [
     Case(
         "KV usage: ceil(ready x average / target)",
         {"target_kv_cache_usage_ratio": 0.5, "target_concurrency_per_replica": None},
-        [(0.0, obs(ready("a", kv=0.9), ready("b", kv=0.7)))],
+        [(0.0, obs(ready("a", kv=0.9, running=1), ready("b", kv=0.7, running=1)))],
         [4],
         "kv_cache 1.6/0.5 -> 4",
     ),
@@ -266,6 +266,22 @@ CASES = [
         [5],
         "visible demand wants 5",
         stale=True,
+    ),
+    Case(
+        "stale metrics during panic keep the panic count",
+        {},
+        [(0.0, obs(ready("a", running=30))), (1.0, obs(ready("a", age_s=30.0), ready("b")))],
+        [3, 3],
+        "panic keeps 3",
+        panic=True,
+        stale=True,
+    ),
+    Case(
+        "KV usage of an idle engine is cache, not demand: it still scales to zero",
+        {"target_kv_cache_usage_ratio": 0.5, "stable_window_s": 6, "scale_to_zero_grace_s": 2},
+        every_second(0, 4, obs(ready("a", kv=0.4))),
+        [1, 1, 0, 0],
+        "idle 3.0 s >= grace 2 s",
     ),
     Case(
         "scale-down delay keeps the largest count of the delay window",
