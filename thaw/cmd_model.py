@@ -19,7 +19,7 @@ example:
 BUILD_TINY_HELP = """\
 Write a tiny Llama into DIR, offline: config.json (LlamaForCausalLM: hidden 128, intermediate
 256, 2 layers, 2 attention heads, 1 KV head, head_dim 64, vocab 2048, 2048 positions, bfloat16),
-model.safetensors (random weights from --seed, about 3.3 MB), a byte-level BPE tokenizer trained
+model.safetensors (random bfloat16 weights from --seed, 1.6 MB), a byte-level BPE tokenizer trained
 on a small built-in corpus (tokenizer.json, tokenizer_config.json with a Llama-3-style chat
 template, special_tokens_map.json) and generation_config.json. Its output is gibberish; it exists
 so that vLLM, the activator and the autoscaler can be exercised end to end on a CPU.
