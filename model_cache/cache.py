@@ -174,6 +174,9 @@ class ModelCache:
         self._flight_pool = ThreadPoolExecutor(self.max_concurrent_pulls, thread_name_prefix="ens")
 
     def close(self) -> None:
+        """Stop running pulls at their next chunk (kept for resume), wait for them, stop pools."""
+        if self._puller is not None:
+            self._puller.stop()
         if self._flight_pool is not None:
             self._flight_pool.shutdown(wait=True, cancel_futures=True)
             self._flight_pool = None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from model_cache.errors import ChecksumError, S3Error
+from model_cache.errors import CacheError, ChecksumError, S3Error
 from model_cache.manifest import FileEntry, Manifest
 from model_cache.s3 import S3Client, S3Location
 from model_cache.store import Store, fsync_dir
@@ -38,6 +39,14 @@ JOURNAL_MAGIC = "thaw-journal/v1"
 
 #: Called with a number of bytes that became available (fetched, or found done on disk).
 Progress = Callable[[int], None]
+
+
+class PullStoppedError(CacheError):
+    """A pull stopped because the cache is closing."""
+
+    status = 503
+    type = "server_error"
+    code = "shutting_down"
 
 
 class PullConfig(BaseModel):
@@ -166,12 +175,19 @@ class Puller:
         self.store = store
         self.config = config
         self._pool: ThreadPoolExecutor | None = None
+        self._stopping = threading.Event()
 
     def start(self) -> None:
         if self._pool is None:
+            self._stopping.clear()
             self._pool = ThreadPoolExecutor(self.config.concurrency, thread_name_prefix="pull")
 
+    def stop(self) -> None:
+        """Make running pulls stop at their next chunk (what they did stays, to be resumed)."""
+        self._stopping.set()
+
     def close(self) -> None:
+        self.stop()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
@@ -247,6 +263,12 @@ class Puller:
 
             refill()
             for start, end in chunks:
+                if self._stopping.is_set():
+                    journal.commit(fd)
+                    raise PullStoppedError(
+                        f"the pull of {f.path} stopped: the cache is shutting down "
+                        "(what was fetched is kept and resumed by the next ensure)"
+                    )
                 if (start, end) in journal.done:
                     digest.update(_pread_all(fd, end - start, start))
                     resumed += end - start
