@@ -64,7 +64,9 @@ class ListenConfig(_Frozen):
     """Where the activator (the OpenAI-compatible front door) listens."""
 
     host: str = Field("127.0.0.1", min_length=1, description="Address to listen on.")
-    port: int = Field(8080, ge=0, le=65535, description="TCP port to listen on (0: any free one).")
+    port: int = Field(
+        8080, strict=True, ge=0, le=65535, description="TCP port to listen on (0: any free one)."
+    )
 
 
 class EngineConfig(_Frozen):
@@ -90,6 +92,7 @@ class EngineConfig(_Frozen):
     )
     startup_timeout_s: float = Field(
         300.0,
+        strict=True,
         gt=0,
         le=3600,
         description="How long a replica may take from process start to /health 200 before it "
@@ -114,9 +117,15 @@ class EngineConfig(_Frozen):
 class ForecastConfig(_Frozen):
     """Demand forecasting ahead of the cold start (filled in by a later issue)."""
 
-    enabled: bool = Field(False, description="Scale to the forecast when it asks for more.")
+    enabled: bool = Field(
+        False, strict=True, description="Scale to the forecast when it asks for more."
+    )
     quantile: float = Field(
-        0.9, gt=0, lt=1, description="Which quantile of the forecast demand to provision for."
+        0.9,
+        strict=True,
+        gt=0,
+        lt=1,
+        description="Which quantile of the forecast demand to provision for.",
     )
 
 
@@ -128,10 +137,15 @@ class AutoscalingPolicy(_Frozen):
     """
 
     min_replicas: int = Field(
-        0, ge=0, le=1000, description="Fewest replicas; 0 allows scale to zero (Knative min-scale)."
+        0,
+        strict=True,
+        ge=0,
+        le=1000,
+        description="Fewest replicas; 0 allows scale to zero (Knative min-scale).",
     )
     max_replicas: int = Field(
         1,
+        strict=True,
         ge=1,
         le=1000,
         description="Most replicas (Knative max-scale; Knative's 0 = unbounded has no "
@@ -139,20 +153,23 @@ class AutoscalingPolicy(_Frozen):
     )
     initial_replicas: int = Field(
         0,
+        strict=True,
         ge=0,
         le=1000,
         description="Replicas held for the first stable window after start (Knative "
         "initial-scale defaults to 1; ours to 0 so an idle stack costs nothing). "
-        "Must be within [min_replicas, max_replicas].",
+        "At most max_replicas; below min_replicas it has no effect (the minimum holds anyway).",
     )
     target_waiting_per_replica: float | None = Field(
         4.0,
+        strict=True,
         gt=0,
         description="Queue-depth target: requests waiting in the engines (vllm:num_requests_"
         "waiting) plus those buffered at the activator, per replica. null disables it.",
     )
     target_kv_cache_usage_ratio: float | None = Field(
         0.8,
+        strict=True,
         gt=0,
         le=1,
         description="KV-cache target: the average vllm:kv_cache_usage_perc (0..1) of ready "
@@ -160,6 +177,7 @@ class AutoscalingPolicy(_Frozen):
     )
     target_concurrency_per_replica: float | None = Field(
         70.0,
+        strict=True,
         gt=0,
         description="Concurrency target (Knative KPA): running + waiting + buffered requests per "
         "replica. Knative's container-concurrency-target-default 100 x target utilization 70 %. "
@@ -167,12 +185,14 @@ class AutoscalingPolicy(_Frozen):
     )
     stable_window_s: float = Field(
         60.0,
+        strict=True,
         ge=6,
         le=3600,
         description="Averaging window of the stable mode (Knative stable-window), in [6, 3600].",
     )
     panic_window_pct: float = Field(
         10.0,
+        strict=True,
         ge=1,
         le=100,
         description="Panic window as a percentage of the stable window (Knative "
@@ -180,6 +200,7 @@ class AutoscalingPolicy(_Frozen):
     )
     panic_threshold_pct: float = Field(
         200.0,
+        strict=True,
         ge=110,
         le=1000,
         description="Enter panic when the panic window asks for this percentage of the ready "
@@ -187,18 +208,21 @@ class AutoscalingPolicy(_Frozen):
     )
     max_scale_up_rate: float = Field(
         1000.0,
+        strict=True,
         gt=1,
         description="At most ceil(rate x ready) replicas after one decision (Knative "
         "max-scale-up-rate).",
     )
     max_scale_down_rate: float = Field(
         2.0,
+        strict=True,
         gt=1,
         description="At least floor(ready / rate) replicas after one decision (Knative "
         "max-scale-down-rate).",
     )
     scale_down_delay_s: float = Field(
         0.0,
+        strict=True,
         ge=0,
         le=3600,
         description="Scale down only to the largest count wanted over this many seconds "
@@ -206,6 +230,7 @@ class AutoscalingPolicy(_Frozen):
     )
     scale_to_zero_grace_s: float = Field(
         30.0,
+        strict=True,
         ge=0,
         le=3600,
         description="Go from 1 to 0 replicas only after this many seconds with no demand (no "
@@ -213,6 +238,7 @@ class AutoscalingPolicy(_Frozen):
     )
     activation_scale: int = Field(
         1,
+        strict=True,
         ge=1,
         le=1000,
         description="When scaling from zero, start at least this many replicas (Knative "
@@ -220,6 +246,7 @@ class AutoscalingPolicy(_Frozen):
     )
     metrics_stale_after_s: float = Field(
         10.0,
+        strict=True,
         gt=0,
         le=3600,
         description="A ready replica whose last scrape is older than this (or missing) makes the "
@@ -241,9 +268,7 @@ class AutoscalingPolicy(_Frozen):
     @field_validator("initial_replicas")
     @classmethod
     def _initial_within_bounds(cls, value: int, info: ValidationInfo) -> int:
-        low, high = info.data.get("min_replicas"), info.data.get("max_replicas")
-        if low is not None and value < low:
-            raise ValueError(f"must be >= min_replicas ({low})")
+        high = info.data.get("max_replicas")
         if high is not None and value > high:
             raise ValueError(f"must be <= max_replicas ({high})")
         return value
@@ -272,6 +297,7 @@ class ActivatorConfig(_Frozen):
 
     buffer_size: int = Field(
         100,
+        strict=True,
         ge=1,
         le=1_000_000,
         description="Requests held while the model scales from zero; more are refused with 503 "
@@ -279,12 +305,14 @@ class ActivatorConfig(_Frozen):
     )
     wait_timeout_s: float = Field(
         300.0,
+        strict=True,
         gt=0,
         le=3600,
         description="How long a buffered request waits for a ready replica before a 503.",
     )
     max_body_bytes: int = Field(
         1_048_576,
+        strict=True,
         ge=1024,
         description="Largest request body accepted (bytes); larger ones get a 413.",
     )
@@ -323,6 +351,7 @@ class ThawConfig(_Frozen):
     )
     tick_s: float = Field(
         1.0,
+        strict=True,
         gt=0,
         le=60,
         description="Autoscaler loop period: scrape, decide, actuate every this many seconds "
@@ -572,6 +601,8 @@ def _format_error(err: Mapping[str, Any], lines: Mapping[tuple[str | int, ...], 
         if owner is not None:
             msg = f"must be a mapping with keys {_keys(owner)}"
     value = err.get("input")
+    if isinstance(value, str) and loc and str(loc[-1]).endswith("_s") and "number" in msg:
+        msg += f" of seconds (write {value.rstrip('s ') or '60'}, not {value!r})"
     if kind == "value_error" and isinstance(value, dict):
         return f"{where}: {msg}"  # a cross-field check: the message quotes the values
     return f"{where}: value {_show(value)}: {msg}"

@@ -13,6 +13,8 @@ from typing import Any
 import jsonschema  # type: ignore[import-untyped]
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from procs import REPO, thaw_argv
 from pydantic import BaseModel, ValidationError
 
@@ -73,6 +75,11 @@ def test_default_file_serves_the_tiny_model_on_vllm_at_min_zero() -> None:
     assert config.listen.host == "127.0.0.1"
 
 
+def test_min_replicas_alone_is_enough() -> None:
+    config = parse_policy("models:\n  - name: m\n    autoscaling: {min_replicas: 1}\n")
+    assert config.models[0].autoscaling.initial_replicas == 0  # no effect below the minimum
+
+
 def test_minimal_file_gets_every_default() -> None:
     config = parse_policy(MINIMAL)
     assert config.models[0] == ModelConfig(name="m")
@@ -112,6 +119,19 @@ BAD = [
         "wrong type",
         "models:\n  - name: m\n    autoscaling: {max_replicas: lots}\n",
         ["models[0].autoscaling.max_replicas (line 3): value 'lots': must be a valid integer"],
+    ),
+    (
+        "a boolean is not a count",
+        "models:\n  - name: m\n    autoscaling: {min_replicas: true}\n",
+        ["models[0].autoscaling.min_replicas (line 3): value True: must be a valid integer"],
+    ),
+    (
+        "a Knative-style duration is not a number of seconds",
+        "models:\n  - name: m\n    autoscaling: {stable_window_s: 60s}\n",
+        [
+            "models[0].autoscaling.stable_window_s (line 3): value '60s': must be a valid number "
+            "of seconds (write 60, not '60s')"
+        ],
     ),
     (
         "unknown key, with the accepted keys",
@@ -237,6 +257,37 @@ def test_every_error_is_reported_at_once() -> None:
     with pytest.raises(PolicyError) as info:
         parse_policy(text, "f.yaml")
     assert str(info.value).startswith("f.yaml: 7 errors\n")
+
+
+_any_value = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 5000),
+    st.floats(-10, 5000, allow_nan=False),
+    st.text(max_size=5),
+    st.lists(st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    fields=st.dictionaries(
+        st.sampled_from([*AutoscalingPolicy.model_fields, "bogus_key"]), _any_value, max_size=6
+    )
+)
+def test_any_autoscaling_block_validates_or_names_each_bad_field(fields: dict[str, Any]) -> None:
+    text = yaml.safe_dump({"models": [{"name": "m", "autoscaling": fields}]})
+    try:
+        config = parse_policy(text, "f.yaml")
+    except PolicyError as e:
+        assert e.errors
+        for line in e.errors:
+            assert line.startswith("models[0].autoscaling"), line
+            assert "(line " in line, line
+        return
+    # Valid: it round-trips through YAML unchanged.
+    again = parse_policy(yaml.safe_dump(config.model_dump(mode="json")), "again.yaml")
+    assert again == config
 
 
 def test_unreadable_file(tmp_path: Path) -> None:
