@@ -169,7 +169,7 @@ class ModelCache:
                 self._evict_locked(v)
             self.store.empty_trash()
         if self.s3 is not None:
-            self._puller = Puller(self.s3, self.store, self.pull_config)
+            self._puller = Puller(self.s3, self.store, self.pull_config, self.clock)
             self._puller.start()
         self._flight_pool = ThreadPoolExecutor(self.max_concurrent_pulls, thread_name_prefix="ens")
 

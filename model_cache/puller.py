@@ -31,6 +31,7 @@ from model_cache.errors import CacheError, ChecksumError, S3Error
 from model_cache.manifest import FileEntry, Manifest
 from model_cache.s3 import S3Client, S3Location
 from model_cache.store import Store, fsync_dir
+from thaw.clock import Clock
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,11 @@ class PullConfig(BaseModel):
     )
     chunk_retries: int = Field(
         default=3, ge=1, le=10, description="attempts per ranged GET on a transport error"
+    )
+    max_bytes_per_s: int | None = Field(
+        default=None,
+        ge=1,
+        description="cap on the node's pull bandwidth, all pulls together (None: no cap)",
     )
 
 
@@ -167,15 +173,40 @@ def _pread_all(fd: int, size: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
+class RateLimiter:
+    """Spaces requests so that bytes per second stay at most ``rate``: each acquire books the
+    next free slot of ``n / rate`` seconds and waits for it (a stop event cuts the wait short)."""
+
+    def __init__(self, bytes_per_s: int, clock: Clock, stopping: threading.Event) -> None:
+        self.bytes_per_s = bytes_per_s
+        self.clock = clock
+        self._stopping = stopping
+        self._lock = threading.Lock()
+        self._next_s: float | None = None
+
+    def acquire(self, n: int) -> None:
+        with self._lock:
+            now = self.clock.monotonic()
+            start = now if self._next_s is None else max(now, self._next_s)
+            self._next_s = start + n / self.bytes_per_s
+        if start > now:
+            self._stopping.wait(start - now)
+
+
 class Puller:
     """Fetches revisions with one shared pool of ``concurrency`` ranged-GET threads."""
 
-    def __init__(self, s3: S3Client, store: Store, config: PullConfig) -> None:
+    def __init__(self, s3: S3Client, store: Store, config: PullConfig, clock: Clock) -> None:
         self.s3 = s3
         self.store = store
         self.config = config
         self._pool: ThreadPoolExecutor | None = None
         self._stopping = threading.Event()
+        self._limiter = (
+            RateLimiter(config.max_bytes_per_s, clock, self._stopping)
+            if config.max_bytes_per_s
+            else None
+        )
 
     def start(self) -> None:
         if self._pool is None:
@@ -311,6 +342,8 @@ class Puller:
 
     def _fetch(self, loc: S3Location, f: FileEntry, fd: int, start: int, end: int) -> bytes:
         """One ranged GET, written in place; retried on transport errors."""
+        if self._limiter is not None:
+            self._limiter.acquire(end - start)
         for attempt in range(1, self.config.chunk_retries + 1):
             try:
                 data, total = self.s3.get_range(loc, f.path, start, end)

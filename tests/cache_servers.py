@@ -77,7 +77,7 @@ def _free_ports(n: int) -> list[int]:
 
 
 @contextmanager
-def seaweed_server(work: Path) -> Iterator[S3Server]:
+def seaweed_server(work: Path, extra_args: tuple[str, ...] = ()) -> Iterator[S3Server]:
     """``weed mini`` with its data in ``work``; S3 accepts only the one identity configured."""
     work.mkdir(parents=True, exist_ok=True)
     access, secret = "thaw-test-key", "thaw-test-secret-" + os.urandom(8).hex()
@@ -121,6 +121,7 @@ def seaweed_server(work: Path) -> Iterator[S3Server]:
         f"-bucket={BUCKET}",
         f"-filer.localSocket={work / 'filer.sock'}",
         f"-s3.localSocket={work / 's3.sock'}",
+        *extra_args,
     ]
     (work / "data").mkdir(exist_ok=True)
     with child(argv, log_path=work / "weed.log") as proc:

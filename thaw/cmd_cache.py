@@ -231,6 +231,13 @@ def _pull_args(p: argparse.ArgumentParser) -> None:
         "(default: 64MiB)",
     )
     g.add_argument(
+        "--max-bytes-per-s",
+        type=parse_bytes,
+        default=None,
+        metavar="SIZE",
+        help="cap the pull bandwidth (all pulls together), e.g. 500MB (default: no cap)",
+    )
+    g.add_argument(
         "--max-attempts",
         type=int,
         default=3,
@@ -264,6 +271,7 @@ def _pull_config(args: argparse.Namespace) -> Any:
         concurrency=args.concurrency,
         sync_every_bytes=args.sync_every_bytes,
         max_attempts=args.max_attempts,
+        max_bytes_per_s=args.max_bytes_per_s,
     )
 
 
