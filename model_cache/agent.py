@@ -3,9 +3,9 @@ placement on this node.
 
 Routes::
 
-    POST /v1/models/{name}/ensure   {"s3_uri"?, "revision"?, "pin"?} -> where the model is on disk,
-                                    tier "hit" (was there) or "miss" (pulled); concurrent ensures
-                                    of one model share one pull
+    POST /v1/models/{name}/ensure   {"s3_uri"?, "revision"?, "pin"?, "refresh"?} -> where the
+                                    model is on disk, tier "hit" (was there) or "miss" (pulled);
+                                    concurrent ensures of one model share one pull
     GET  /v1/models                 every revision held: name, revision, path, size_bytes,
                                     last_used (unix s), pins, pinned, state (ready|pulling|partial)
     GET  /v1/models/{name}          the revisions of one model (404 if none)
@@ -76,6 +76,11 @@ class EnsureBody(BaseModel):
     )
     revision: str | None = Field(default=None, description="the revision wanted (64 hex digits)")
     pin: bool = Field(default=False, description="pin the model, atomically with the ensure")
+    refresh: bool = Field(
+        default=False,
+        description="ask S3 for the newest revision even when one is on disk (default: a "
+        "cached revision is served without any S3 request)",
+    )
 
 
 class PinBody(BaseModel):
@@ -160,7 +165,7 @@ def build_app(cache: ModelCache) -> FastAPI:
     @app.post("/v1/models/{name}/ensure")
     async def ensure(name: str, body: EnsureBody | None = None) -> dict[str, Any]:
         b = body or EnsureBody()
-        fut = cache.ensure_future(name, b.s3_uri, b.revision, b.pin)
+        fut = cache.ensure_future(name, b.s3_uri, b.revision, b.pin, refresh=b.refresh)
         return ensure_json(await asyncio.wrap_future(fut))
 
     @app.get("/v1/models")

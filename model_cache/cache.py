@@ -111,7 +111,12 @@ class _Entry:
         )
 
 
-_FlightKey = tuple[str, S3Location | None, str | None]
+#: (name, S3 location asked for, revision asked for, refresh)
+_FlightKey = tuple[str, S3Location | None, str | None, bool]
+
+#: Threads resolving ensures (hits, manifest GETs, waiting for a pull slot); pulls themselves are
+#: bounded by ``max_concurrent_pulls``, so a hit never queues behind long pulls.
+_FLIGHT_THREADS = 64
 
 
 @dataclass
@@ -149,6 +154,7 @@ class ModelCache:
         self._entries: dict[tuple[str, str], _Entry] = {}
         self._flights: dict[_FlightKey, _Flight] = {}
         self._pull_locks: dict[tuple[str, str], threading.Lock] = {}
+        self._pull_slots = threading.BoundedSemaphore(max_concurrent_pulls)
         self._puller: Puller | None = None
         self._flight_pool: ThreadPoolExecutor | None = None
 
@@ -171,7 +177,7 @@ class ModelCache:
         if self.s3 is not None:
             self._puller = Puller(self.s3, self.store, self.pull_config, self.clock)
             self._puller.start()
-        self._flight_pool = ThreadPoolExecutor(self.max_concurrent_pulls, thread_name_prefix="ens")
+        self._flight_pool = ThreadPoolExecutor(_FLIGHT_THREADS, thread_name_prefix="ensure")
 
     def close(self) -> None:
         """Stop running pulls at their next chunk (kept for resume), wait for them, stop pools."""
@@ -218,8 +224,9 @@ class ModelCache:
         revision: str | None = None,
         pin: bool = False,
         progress: Progress | None = None,
+        refresh: bool = False,
     ) -> EnsureResult:
-        return self.ensure_future(name, s3_uri, revision, pin, progress).result()
+        return self.ensure_future(name, s3_uri, revision, pin, progress, refresh).result()
 
     def ensure_future(
         self,
@@ -228,12 +235,15 @@ class ModelCache:
         revision: str | None = None,
         pin: bool = False,
         progress: Progress | None = None,
+        refresh: bool = False,
     ) -> Future[EnsureResult]:
         """Make ``name`` (at ``revision``, from ``s3_uri``) present on local disk.
 
-        Without ``s3_uri`` the cache's ``default_source`` is used (``<source>/<name>``); without
-        a revision, the one the S3 manifest names (or, if S3 is unreachable or unknown, the most
-        recently used one on disk). Concurrent calls with the same arguments share one future;
+        Which revision: ``revision`` if given; else the most recently used one on disk (no S3
+        request at all: a cached model is served even while S3 is down); else, or with
+        ``refresh``, the one the S3 manifest at ``s3_uri`` names (falling back to the disk if S3
+        cannot be reached). Without ``s3_uri`` the cache's ``default_source`` is used
+        (``<source>/<name>``). Concurrent calls with the same arguments share one future;
         ``pin`` adds one pin, applied atomically with the result. Bad input raises here, before
         anything is written; pull errors arrive through the future."""
         validate_model_name(name)
@@ -242,7 +252,7 @@ class ModelCache:
             validate_revision(revision)
         if self._flight_pool is None:
             raise RuntimeError("ModelCache.start() first")
-        key: _FlightKey = (name, loc, revision)
+        key: _FlightKey = (name, loc, revision, refresh)
         with self._lock:
             flight = self._flights.get(key)
             leader = flight is None
@@ -267,12 +277,15 @@ class ModelCache:
         flight.future.set_result(result)
 
     def _resolve(self, key: _FlightKey, flight: _Flight, progress: Progress | None) -> EnsureResult:
-        name, loc, revision = key
+        name, loc, revision, refresh = key
         if loc is None and self.default_source is not None:
             loc = self.default_source.child(name)
         with self._lock:
             if revision is not None and self._complete_locked(name, revision):
                 return self._hit_locked(key, flight, name, revision)
+            latest = self._latest_locked(name) if revision is None and not refresh else None
+            if latest is not None:
+                return self._hit_locked(key, flight, name, latest.revision)
         if loc is None or self.s3 is None:
             with self._lock:
                 latest = self._latest_locked(name) if revision is None else None
@@ -292,7 +305,7 @@ class ModelCache:
             if self._complete_locked(name, manifest.revision):
                 return self._hit_locked(key, flight, name, manifest.revision)
             pull_lock = self._pull_locks.setdefault((name, manifest.revision), threading.Lock())
-        with pull_lock:
+        with pull_lock, self._pull_slots:
             with self._lock:
                 if self._complete_locked(name, manifest.revision):
                     return self._hit_locked(key, flight, name, manifest.revision)
@@ -301,7 +314,7 @@ class ModelCache:
     def _fetch_manifest(
         self, key: _FlightKey, flight: _Flight, loc: S3Location
     ) -> Manifest | EnsureResult:
-        name, _, revision = key
+        name, _, revision, _ = key
         assert self.s3 is not None
         try:
             data = self.s3.get_bytes(loc, MANIFEST_NAME)

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -405,3 +406,51 @@ def test_lru_eviction_skips_pinned(
     clock.advance(10)
     cache.ensure("lru-b", "s3://models/lru-b")
     assert not a.path.exists() and c.path.exists()
+
+
+def test_cached_revision_is_served_until_a_refresh(
+    tmp_path: Path, client: S3Client, make_cache: CacheFactory
+) -> None:
+    v1 = publish(tmp_path, client, "revs", {"w.bin": b"one"})
+    cache = make_cache()
+    assert cache.ensure("revs", "s3://models/revs").revision == v1.revision
+    v2 = push(
+        write_model(tmp_path / "v2" / "revs", {"w.bin": b"two!"}),
+        S3Location("models", "revs"),
+        client,
+    )
+    assert v2.revision != v1.revision
+    stale = cache.ensure("revs", "s3://models/revs")  # no S3 request: the disk's revision
+    assert (stale.tier, stale.revision) == ("hit", v1.revision)
+    clock = cache.clock
+    assert isinstance(clock, ManualClock)
+    clock.advance(1)
+    fresh = cache.ensure("revs", "s3://models/revs", refresh=True)
+    assert (fresh.tier, fresh.revision) == ("miss", v2.revision)
+    assert (fresh.path / "w.bin").read_bytes() == b"two!"
+    assert cache.ensure("revs").revision == v2.revision  # the most recently used one now
+    assert cache.ensure("revs", revision=v1.revision).tier == "hit"
+    assert sorted(m.revision for m in cache.models()) == sorted([v1.revision, v2.revision])
+
+
+def test_a_hit_does_not_wait_behind_a_pull_and_close_stops_pulls(
+    tmp_path: Path, client: S3Client, make_cache: CacheFactory
+) -> None:
+    publish(tmp_path, client, "quick", {"w.bin": b"q"})
+    publish(tmp_path, client, "slow", {"w.bin": os.urandom(4 * MiB)})
+    slow_pull = PullConfig(chunk_bytes=256 * 1024, concurrency=2, max_bytes_per_s=MiB)
+    cache = make_cache(pull=slow_pull)
+    cache.ensure("quick", "s3://models/quick")
+    pulling = cache.ensure_future("slow", "s3://models/slow")
+    while not any(m.name == "slow" and m.state == "pulling" for m in cache.models()):
+        assert not pulling.done(), pulling.exception()
+        time.sleep(0.01)
+    assert cache.ensure("quick", "s3://models/quick").tier == "hit"
+    assert not pulling.done()  # the 4 MiB pull at 1 MiB/s is still running
+    cache.close()
+    from model_cache.puller import PullStoppedError
+
+    with pytest.raises(PullStoppedError, match="shutting down"):
+        pulling.result()
+    [slow] = [m for m in cache.models() if m.name == "slow"]
+    assert slow.state == "partial"

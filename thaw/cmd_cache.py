@@ -35,8 +35,10 @@ examples:
 SERVE_HELP = """\
 Run the node agent (HTTP, default http://127.0.0.1:8070):
 
-  POST /v1/models/NAME/ensure   body {"s3_uri"?, "revision"?, "pin"?}: pull if missing (concurrent
-                                ensures share one download); answers path, tier hit|miss, bytes
+  POST /v1/models/NAME/ensure   body {"s3_uri"?, "revision"?, "pin"?, "refresh"?}: pull if missing
+                                (concurrent ensures share one download); a cached revision is
+                                served without asking S3 unless "refresh" or another "revision"
+                                is asked for; answers path, tier hit|miss, bytes
   GET  /v1/models               cached revisions: name, revision, path, size_bytes, last_used,
                                 pins, pinned, state (ready|pulling|partial), and budget/used bytes
   POST /v1/models/NAME/pin      body {"revision"?}: a pinned model is never evicted
