@@ -1,0 +1,297 @@
+"""The local stack: activator + autoscaler loop + local actuator, in one asyncio process.
+
+This is the wiring behind ``thaw up``. Each tick (``tick_s``, or at once when the activator
+buffers the first request of a model at zero) it scrapes every ready replica, builds one
+observation per model, asks the pure decider for a count, and hands the count to the local
+actuator. Every decision that changes a replica count is logged with the decider's reason.
+
+Metrics (on the activator's ``/metrics``): ``thaw_model_replicas{model,state}``,
+``thaw_autoscaler_desired_replicas{model}``, ``thaw_autoscaler_panic{model}``,
+``thaw_cold_starts_total{model,tier}``, ``thaw_scale_from_zero_seconds{model}`` (first buffered
+request to first ready replica).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from activator.core import Activator
+from activator.types import ModelLimits
+from autoscaler.decider import DeciderState, Decision, decide
+from autoscaler.engine_process import EngineSpec, emulator_spec, vllm_spec
+from autoscaler.local_actuator import LocalActuator
+from autoscaler.policy import ModelConfig, PolicyWatcher, ThawConfig
+from thaw.clock import Clock
+
+log = logging.getLogger(__name__)
+
+REPLICA_STATES = ("starting", "ready", "sleeping", "draining")
+SCALE_FROM_ZERO_BUCKETS_S = (0.5, 1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600)
+
+
+class StackMetrics:
+    """The autoscaler's Prometheus series, registered in the registry the activator serves."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.replicas = Gauge(
+            "thaw_model_replicas",
+            "Engine replicas of a model by state.",
+            ["model", "state"],
+            registry=registry,
+        )
+        self.desired = Gauge(
+            "thaw_autoscaler_desired_replicas",
+            "Replicas the decider wants for a model.",
+            ["model"],
+            registry=registry,
+        )
+        self.panic = Gauge(
+            "thaw_autoscaler_panic",
+            "1 while the decider is in panic mode for a model.",
+            ["model"],
+            registry=registry,
+        )
+        self.cold_starts = Counter(
+            "thaw_cold_starts_total",
+            "Replica starts, by the tier the engine loaded from (wake|local_disk|remote).",
+            ["model", "tier"],
+            registry=registry,
+        )
+        self.scale_from_zero = Histogram(
+            "thaw_scale_from_zero_seconds",
+            "From the first request buffered at zero to the first ready replica.",
+            ["model"],
+            buckets=SCALE_FROM_ZERO_BUCKETS_S,
+            registry=registry,
+        )
+
+
+@dataclass
+class _ModelRun:
+    """Per-model loop state (mutable, owned by the stack's one task)."""
+
+    config: ModelConfig
+    state: DeciderState
+    last_decision: Decision | None = None
+    zero_since_s: float | None = None  # first request buffered while at zero
+
+
+class LocalStack:
+    """Owns the activator, the actuator and the decide loop for one :class:`ThawConfig`."""
+
+    def __init__(
+        self,
+        config: ThawConfig,
+        clock: Clock,
+        *,
+        work_dir: Path,
+        config_path: Path | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.work_dir = work_dir
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = StackMetrics(self.registry)
+        self._watcher = PolicyWatcher(config_path, config) if config_path else None
+        self._runs: dict[str, _ModelRun] = {
+            m.name: _ModelRun(config=m, state=DeciderState.initial()) for m in config.models
+        }
+        self._wake = asyncio.Event()
+        self.actuator = LocalActuator(
+            self._spec_for,
+            clock,
+            on_change=self._endpoints_changed,
+            on_ready=self._replica_ready,
+        )
+        self.activator = Activator(
+            models=self._limits(config),
+            endpoints=self.actuator,
+            demand=self,
+            clock=clock,
+            registry=self.registry,
+        )
+        self._model_dirs: dict[str, str] = {}
+
+    # -- wiring ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _limits(config: ThawConfig) -> Mapping[str, ModelLimits]:
+        return {
+            m.name: ModelLimits(
+                buffer_size=m.activator.buffer_size,
+                wait_timeout_s=m.activator.wait_timeout_s,
+                max_body_bytes=m.activator.max_body_bytes,
+            )
+            for m in config.models
+        }
+
+    def _spec_for(self, model: str, port: int, replica_id: str) -> EngineSpec:
+        cfg = self._runs[model].config
+        engine = cfg.engine
+        log_dir = self.work_dir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = log_dir / f"{replica_id}.log"
+        if engine.kind == "emulator":
+            extra: list[str] = []
+            if engine.emulator is not None:
+                for name, value in engine.emulator.model_dump().items():
+                    extra += [f"--{name.replace('_', '-')}", str(value)]
+            return emulator_spec(
+                port=port,
+                served_model_name=cfg.name,
+                extra_args=[*extra, *engine.args],
+                env=dict(engine.env),
+                startup_timeout_s=engine.startup_timeout_s,
+                log_path=log_path,
+            )
+        return vllm_spec(
+            self._model_dir(cfg),
+            port=port,
+            served_model_name=cfg.name,
+            extra_args=list(engine.args),
+            env=dict(engine.env),
+            startup_timeout_s=engine.startup_timeout_s,
+            log_path=log_path,
+        )
+
+    def _model_dir(self, cfg: ModelConfig) -> str:
+        """The engine's model path; with none configured, the tiny Llama (built once)."""
+        if cfg.engine.model:
+            return cfg.engine.model
+        if cfg.name not in self._model_dirs:
+            from model_cache.tiny_model import build_tiny_llama
+
+            target = self.work_dir / "models" / "tiny-llama"
+            if not (target / "config.json").exists():
+                log.info("building the tiny Llama into %s (no model configured)", target)
+                build_tiny_llama(target)
+            self._model_dirs[cfg.name] = str(target)
+        return self._model_dirs[cfg.name]
+
+    # -- the activator's DemandSink -----------------------------------------------------------
+
+    async def poke(self, model: str) -> None:
+        """A request was buffered at zero: decide now rather than at the next tick."""
+        run = self._runs.get(model)
+        if run is not None and run.zero_since_s is None:
+            run.zero_since_s = self.clock.monotonic()
+        self._wake.set()
+
+    def _endpoints_changed(self, model: str) -> None:
+        self.activator.endpoints_changed(model)
+
+    def _replica_ready(self, model: str, replica_id: str, startup_s: float) -> None:
+        run = self._runs.get(model)
+        if run is not None and run.zero_since_s is not None:
+            waited_s = self.clock.monotonic() - run.zero_since_s
+            self.metrics.scale_from_zero.labels(model).observe(waited_s)
+            log.info(
+                "model %s: scaled from zero in %.1f s (first buffered request to %s ready; "
+                "engine start %.1f s)",
+                model,
+                waited_s,
+                replica_id,
+                startup_s,
+            )
+            run.zero_since_s = None
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def tick(self) -> list[Decision]:
+        """One pass over every model: scrape, observe, decide, actuate, export."""
+        self._maybe_reload()
+        await self.actuator.scrape()
+        now_s = self.clock.monotonic()
+        decisions: list[Decision] = []
+        for name, run in self._runs.items():
+            buffered = self.activator.buffered(name)
+            if buffered and run.zero_since_s is None and not self.actuator.ready_replicas(name):
+                run.zero_since_s = now_s
+            obs = self.actuator.observe(name, buffered, now_s)
+            decision, run.state = decide(obs, run.config.autoscaling, run.state, now_s)
+            run.last_decision = decision
+            decisions.append(decision)
+            if decision.desired_replicas != decision.current_replicas:
+                log.info(
+                    "model %s: %d -> %d replicas: %s",
+                    name,
+                    decision.current_replicas,
+                    decision.desired_replicas,
+                    decision.reason,
+                )
+                started, _ = self.actuator.scale(name, decision.desired_replicas)
+                for _ in started:
+                    self.metrics.cold_starts.labels(name, self._tier(run.config)).inc()
+            self._export(name, decision)
+        return decisions
+
+    @staticmethod
+    def _tier(cfg: ModelConfig) -> str:
+        # Local engines load from this machine's disk; the warm pool adds "wake".
+        return "local_disk"
+
+    def _export(self, model: str, decision: Decision) -> None:
+        for state in REPLICA_STATES:
+            self.metrics.replicas.labels(model, state).set(self.actuator.count(model, state))  # type: ignore[arg-type]
+        self.metrics.desired.labels(model).set(decision.desired_replicas)
+        self.metrics.panic.labels(model).set(1 if decision.panic else 0)
+
+    def _maybe_reload(self) -> None:
+        if self._watcher is None:
+            return
+        new = self._watcher.poll()
+        if new is None:
+            return
+        old_names = set(self._runs)
+        for m in new.models:
+            if m.name in self._runs:
+                self._runs[m.name].config = m
+            else:
+                self._runs[m.name] = _ModelRun(config=m, state=DeciderState.initial())
+        for gone in old_names - {m.name for m in new.models}:
+            self.actuator.scale(gone, 0)
+            del self._runs[gone]
+        self.config = new
+        self.activator.set_models(self._limits(new))
+        log.info("policy reloaded: %d models", len(new.models))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set, then stop every replica."""
+        from activator.server import serve
+
+        await self.actuator.start()
+        await self.activator.start()
+        server = asyncio.ensure_future(
+            serve(self.activator, self.config.listen.host, self.config.listen.port)
+        )
+        try:
+            while not stop.is_set():
+                await self.tick()
+                self._wake.clear()
+                waiters = [
+                    asyncio.ensure_future(self._wake.wait()),
+                    asyncio.ensure_future(stop.wait()),
+                    server,
+                ]
+                await asyncio.wait(
+                    waiters, timeout=self.config.tick_s, return_when=asyncio.FIRST_COMPLETED
+                )
+                for w in waiters[:2]:
+                    w.cancel()
+                if server.done():
+                    server.result()  # raise the server's error
+                    break
+        finally:
+            server.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await server
+            await self.actuator.close()
+            await self.activator.close()

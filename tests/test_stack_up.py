@@ -1,0 +1,190 @@
+"""End to end through ``thaw up``: scale from zero, scale up under load, back to zero with the
+engine processes gone. With the emulator (seconds) and with real vLLM CPU (marked ``vllm``)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+import psutil
+import pytest
+from procs import child, free_port, thaw_argv, wait_http_ok
+
+
+def write_config(path: Path, port: int, model: str, engine: str, autoscaling: str) -> None:
+    path.write_text(
+        f"""
+listen: {{host: 127.0.0.1, port: {port}}}
+tick_s: 0.5
+models:
+  - name: {model}
+    engine: {engine}
+    autoscaling: {autoscaling}
+    activator: {{buffer_size: 200, wait_timeout_s: 240}}
+"""
+    )
+
+
+def engine_pids(model: str) -> list[int]:
+    """Engine processes (emulator or vLLM) serving ``model``, found by their command line."""
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if model in cmd and "--served-model-name" in cmd:
+            found.append(p.info["pid"])
+    return found
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def get_metrics(base: str) -> str:
+    async with aiohttp.ClientSession() as s, s.get(f"{base}/metrics") as r:
+        return await r.text()
+
+
+async def chat(session: aiohttp.ClientSession, base: str, model: str, max_tokens: int) -> int:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "hello there"}],
+        "max_tokens": max_tokens,
+    }
+    async with session.post(f"{base}/v1/chat/completions", json=body) as r:
+        data = await r.json()
+        assert r.status == 200, data
+        assert data["choices"][0]["message"]["role"] == "assistant"
+        return r.status
+
+
+async def wait_for(predicate, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+async def scenario(
+    base: str, model: str, *, load_requests: int, max_tokens: int, timeouts_s: float
+) -> None:
+    """At zero: one request is answered; load raises replicas; idle: back to zero, no process."""
+    assert engine_pids(model) == []
+    text = await get_metrics(base)
+    assert metric(text, "thaw_model_replicas", model=model, state="ready") == 0
+
+    timeout = aiohttp.ClientTimeout(total=timeouts_s * 2)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        await chat(session, base, model, 4)  # answered through a cold start
+        text = await get_metrics(base)
+        assert metric(text, "thaw_cold_starts_total", model=model) == 1
+        assert metric(text, "thaw_scale_from_zero_seconds_count", model=model) == 1
+        assert metric(text, "thaw_scale_from_zero_seconds_sum", model=model) > 0
+
+        # Load: more concurrent work than one replica's target; the autoscaler adds replicas.
+        peak = 0.0
+
+        async def watch() -> None:
+            nonlocal peak
+            while True:
+                t = await get_metrics(base)
+                live = metric(t, "thaw_model_replicas", model=model, state="ready") + metric(
+                    t, "thaw_model_replicas", model=model, state="starting"
+                )
+                peak = max(peak, live)
+                await asyncio.sleep(0.25)
+
+        watcher = asyncio.ensure_future(watch())
+        codes = await asyncio.gather(
+            *(chat(session, base, model, max_tokens) for _ in range(load_requests))
+        )
+        watcher.cancel()
+        assert codes == [200] * load_requests
+        assert peak >= 2, f"replicas never rose above {peak}"
+
+    # Idle: after the grace period every replica is stopped and its process is gone.
+    async def at_zero() -> bool:
+        t = await get_metrics(base)
+        return (
+            sum(
+                metric(t, "thaw_model_replicas", model=model, state=s)
+                for s in ("starting", "ready", "draining")
+            )
+            == 0
+        )
+
+    await wait_for(at_zero, timeouts_s, "the model to be back at zero")
+
+    async def no_processes() -> bool:
+        return engine_pids(model) == []
+
+    await wait_for(no_processes, 20, "engine processes to exit")
+
+
+def test_emulator_scale_from_zero_up_and_back(tmp_path: Path) -> None:
+    port = free_port()
+    model = f"emu-{uuid.uuid4().hex[:8]}"
+    cfg = tmp_path / "thaw.yaml"
+    write_config(
+        cfg,
+        port,
+        model,
+        "{kind: emulator, startup_timeout_s: 30, emulator: {load_time_s: 1.0, max_num_seqs: 2, "
+        "decode_base_s: 0.03}}",
+        "{min_replicas: 0, max_replicas: 3, target_concurrency_per_replica: 2, "
+        "stable_window_s: 6, scale_to_zero_grace_s: 2, metrics_stale_after_s: 5}",
+    )
+    log = tmp_path / "up.log"
+    with child(
+        thaw_argv("up", "--config", str(cfg), "--work-dir", str(tmp_path / "w")), log_path=log
+    ) as proc:
+        wait_http_ok(f"http://127.0.0.1:{port}/health", 30, proc)
+        asyncio.run(
+            scenario(
+                f"http://127.0.0.1:{port}", model, load_requests=12, max_tokens=60, timeouts_s=40
+            )
+        )
+    text = log.read_text()
+    assert re.search(rf"model {model}: 0 -> 1 replicas: .*cold start", text), text
+    assert re.search(rf"model {model}: scaled from zero in [0-9.]+ s", text), text
+    assert re.search(rf"model {model}: \d -> 0 replicas", text), text
+    assert engine_pids(model) == []
+
+
+@pytest.mark.vllm
+def test_vllm_scale_from_zero_up_and_back(tmp_path: Path) -> None:
+    port = free_port()
+    model = f"tiny-{uuid.uuid4().hex[:8]}"
+    cfg = tmp_path / "thaw.yaml"
+    write_config(
+        cfg,
+        port,
+        model,
+        "{kind: vllm, startup_timeout_s: 300, args: [--max-num-seqs, '2']}",
+        "{min_replicas: 0, max_replicas: 2, target_concurrency_per_replica: 1, "
+        "stable_window_s: 6, scale_to_zero_grace_s: 3, metrics_stale_after_s: 15}",
+    )
+    log = tmp_path / "up.log"
+    with child(
+        thaw_argv("up", "--config", str(cfg), "--work-dir", str(tmp_path / "w")), log_path=log
+    ) as proc:
+        wait_http_ok(f"http://127.0.0.1:{port}/health", 120, proc)
+        asyncio.run(
+            scenario(
+                f"http://127.0.0.1:{port}", model, load_requests=6, max_tokens=400, timeouts_s=240
+            )
+        )
+    text = log.read_text()
+    assert re.search(rf"model {model}: scaled from zero in [0-9.]+ s", text), text
+    assert engine_pids(model) == []
