@@ -37,11 +37,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from model_cache.cache import CachedModel, EnsureResult, ModelCache
+from model_cache.cache import ModelCache
 from model_cache.errors import CacheError, NotCachedError
 from model_cache.puller import PullConfig
 from model_cache.s3 import S3Client, S3Settings, parse_s3_uri
 from model_cache.store import Store
+from model_cache.types import cached_model_to_json, ensure_result_to_json
 from thaw.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -95,35 +96,6 @@ def error_body(message: str, type_: str, param: str | None, code: str | None) ->
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-def model_json(m: CachedModel) -> dict[str, Any]:
-    return {
-        "id": m.name,
-        "object": "model",
-        "name": m.name,
-        "revision": m.revision,
-        "path": str(m.path),
-        "size_bytes": m.size_bytes,
-        "last_used": m.last_used_s,
-        "pins": m.pins,
-        "pinned": m.pinned,
-        "state": m.state,
-    }
-
-
-def ensure_json(r: EnsureResult) -> dict[str, Any]:
-    return {
-        "name": r.name,
-        "revision": r.revision,
-        "path": str(r.path),
-        "tier": r.tier,
-        "size_bytes": r.size_bytes,
-        "fetched_bytes": r.fetched_bytes,
-        "resumed_bytes": r.resumed_bytes,
-        "pull_s": r.pull_s,
-        "pins": r.pins,
-    }
-
-
 def build_app(cache: ModelCache) -> FastAPI:
     """The agent's app; the cache starts and closes with the ASGI lifespan."""
 
@@ -166,7 +138,7 @@ def build_app(cache: ModelCache) -> FastAPI:
     async def ensure(name: str, body: EnsureBody | None = None) -> dict[str, Any]:
         b = body or EnsureBody()
         fut = cache.ensure_future(name, b.s3_uri, b.revision, b.pin, refresh=b.refresh)
-        return ensure_json(await asyncio.wrap_future(fut))
+        return ensure_result_to_json(await asyncio.wrap_future(fut))
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -174,23 +146,23 @@ def build_app(cache: ModelCache) -> FastAPI:
             "object": "list",
             "budget_bytes": cache.budget_bytes,
             "used_bytes": cache.used_bytes(),
-            "data": [model_json(m) for m in cache.models()],
+            "data": [cached_model_to_json(m) for m in cache.models()],
         }
 
     @app.get("/v1/models/{name}")
     async def one_model(name: str) -> dict[str, Any]:
-        found = [model_json(m) for m in cache.models() if m.name == name]
+        found = [cached_model_to_json(m) for m in cache.models() if m.name == name]
         if not found:
             raise NotCachedError(f"model {name!r} is not on this node", param="name")
         return {"object": "list", "data": found}
 
     @app.post("/v1/models/{name}/pin")
     async def pin(name: str, body: PinBody | None = None) -> dict[str, Any]:
-        return model_json(cache.pin(name, (body or PinBody()).revision))
+        return cached_model_to_json(cache.pin(name, (body or PinBody()).revision))
 
     @app.post("/v1/models/{name}/unpin")
     async def unpin(name: str, body: PinBody | None = None) -> dict[str, Any]:
-        return model_json(cache.unpin(name, (body or PinBody()).revision))
+        return cached_model_to_json(cache.unpin(name, (body or PinBody()).revision))
 
     @app.get("/health")
     async def health() -> dict[str, str]:

@@ -18,7 +18,6 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from prometheus_client import CollectorRegistry
 
@@ -41,45 +40,10 @@ from model_cache.metrics import CacheMetrics
 from model_cache.puller import Progress, PullConfig, Puller
 from model_cache.s3 import S3Client, S3Location, parse_s3_uri
 from model_cache.store import Store
+from model_cache.types import CachedModel, EnsureResult, State
 from thaw.clock import Clock
 
 log = logging.getLogger(__name__)
-
-Tier = Literal["hit", "miss"]
-State = Literal["ready", "pulling", "partial"]
-
-
-@dataclass(frozen=True)
-class CachedModel:
-    """One revision the node holds: ``ready`` (complete, under ``path``), ``pulling`` (a pull is
-    running) or ``partial`` (an interrupted pull; the next ensure resumes it)."""
-
-    name: str
-    revision: str
-    path: Path
-    size_bytes: int
-    last_used_s: float
-    pins: int
-    state: State
-
-    @property
-    def pinned(self) -> bool:
-        return self.pins > 0
-
-
-@dataclass(frozen=True)
-class EnsureResult:
-    """The answer to an ensure: where the model is and how it got there."""
-
-    name: str
-    revision: str
-    path: Path
-    tier: Tier  # hit: already on local disk; miss: pulled from S3 (possibly resumed)
-    size_bytes: int
-    fetched_bytes: int
-    resumed_bytes: int
-    pull_s: float
-    pins: int
 
 
 @dataclass

@@ -254,3 +254,26 @@ def test_missing_model_and_locked_dir(agent: Agent) -> None:
     )
     assert pull.returncode == 1
     assert "holds the cache's lock" in pull.stderr
+
+
+async def test_the_asyncio_client(agent: Agent) -> None:
+    import aiohttp
+
+    from model_cache.client import AgentError, CacheAgentClient
+    from model_cache.types import COLD_START_TIER
+
+    async with aiohttp.ClientSession() as session:
+        client = CacheAgentClient(agent.url, session)
+        r = await client.ensure("small", pin=True)
+        assert r.path.is_dir() and r.pins >= 1
+        assert COLD_START_TIER[r.tier] in ("local_disk", "remote")
+        [held] = await client.holds("small")
+        assert (held.path, held.revision, held.pinned) == (r.path, r.revision, True)
+        assert (await client.unpin("small")).pins == r.pins - 1
+        with pytest.raises(AgentError) as e:
+            await client.ensure("absent")
+        assert (e.value.status, e.value.code, e.value.param) == (404, "model_not_found", "s3_uri")
+        dead = CacheAgentClient(f"http://127.0.0.1:{free_port()}", session)
+        with pytest.raises(AgentError) as e:
+            await dead.models()
+        assert (e.value.status, e.value.code) == (0, "unreachable")

@@ -1,4 +1,4 @@
-"""The model cache's pure cores (manifest, eviction policy) import no I/O, directly or through
+"""The model cache's pure cores (manifest, eviction policy, result types) import no I/O, directly or through
 the project's own modules; and ``thaw cache``'s parser stays light (no boto3, FastAPI at import)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from procs import REPO
 
-PURE = ("model_cache.manifest", "model_cache.eviction")
+PURE = ("model_cache.manifest", "model_cache.eviction", "model_cache.types")
 FORBIDDEN = {
     "boto3",
     "botocore",
