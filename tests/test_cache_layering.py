@@ -1,5 +1,6 @@
-"""The model cache's pure cores (manifest, eviction policy, result types) import no I/O, directly or through
-the project's own modules; and ``thaw cache``'s parser stays light (no boto3, FastAPI at import)."""
+"""The model cache's pure cores (manifest, eviction policy, result types) import no I/O, directly
+or through the project's own modules; and ``thaw cache``'s parser stays light (no boto3, FastAPI
+at import)."""
 
 from __future__ import annotations
 
