@@ -113,6 +113,12 @@ def build_app(cache: ModelCache) -> FastAPI:
     async def cache_error(request: Request, exc: CacheError) -> JSONResponse:
         return JSONResponse(error_body(exc.message, exc.type, exc.param, exc.code), exc.status)
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("%s %s failed", request.method, request.url.path)
+        message = f"{request.method} {request.url.path}: {type(exc).__name__}: {exc}"
+        return JSONResponse(error_body(message, "server_error", None, "internal_error"), 500)
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()

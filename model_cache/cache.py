@@ -37,7 +37,7 @@ from model_cache.manifest import (
     validate_revision,
 )
 from model_cache.metrics import CacheMetrics
-from model_cache.puller import Progress, PullConfig, Puller
+from model_cache.puller import Progress, PullConfig, Puller, PullStoppedError
 from model_cache.s3 import S3Client, S3Location, parse_s3_uri
 from model_cache.store import Store
 from model_cache.types import CachedModel, EnsureResult, State
@@ -150,6 +150,14 @@ class ModelCache:
         if self._flight_pool is not None:
             self._flight_pool.shutdown(wait=True, cancel_futures=True)
             self._flight_pool = None
+        with self._lock:
+            unfinished = list(self._flights.values())
+            self._flights.clear()
+        for flight in unfinished:  # queued, never started: answer them rather than hang
+            if not flight.future.done():
+                flight.future.set_exception(
+                    PullStoppedError("the cache is shutting down; ensure again after restart")
+                )
         if self._puller is not None:
             self._puller.close()
             self._puller = None
