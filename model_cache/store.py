@@ -250,7 +250,8 @@ class Store:
 
     def scan(self) -> list[StoredRevision]:
         """Every revision on disk. A writer removes invalid ones (symlinks, missing or resized
-        files, a bad manifest) and logs why; a reader skips them."""
+        files, a bad manifest) and logs why; a reader skips them, and also skips what vanishes
+        while it looks (a reader may scan while the writer commits or evicts)."""
         found: list[StoredRevision] = []
         for complete, top in ((True, MODELS_DIR), (False, PARTIAL_DIR)):
             base = self.root / top
@@ -260,12 +261,23 @@ class Store:
                 if model_name_problem(name_dir.name) is not None or name_dir.is_symlink():
                     self._drop(name_dir, "not a model name, or a symlink")
                     continue
-                for rev_dir in sorted(name_dir.iterdir()):
+                try:
+                    rev_dirs = sorted(name_dir.iterdir())
+                except FileNotFoundError:
+                    if self.writer:
+                        raise
+                    continue
+                for rev_dir in rev_dirs:
                     if not complete and rev_dir.name.endswith(".parts"):
                         if not (name_dir / rev_dir.name.removesuffix(".parts")).is_dir():
                             self._drop(rev_dir, "parts of no staged revision")
                         continue
-                    entry = self._read_revision(name_dir.name, rev_dir, complete)
+                    try:
+                        entry = self._read_revision(name_dir.name, rev_dir, complete)
+                    except FileNotFoundError:
+                        if self.writer:
+                            raise
+                        continue
                     if entry is not None:
                         found.append(entry)
         return found
