@@ -279,6 +279,13 @@ class Puller:
         try:
             if not journal.open():
                 os.ftruncate(fd, 0)
+            elif journal.done:
+                log.info(
+                    "resuming %s: %d of %d bytes already on disk",
+                    f.path,
+                    sum(e - s for s, e in journal.done),
+                    f.size_bytes,
+                )
             os.ftruncate(fd, f.size_bytes)
             chunks = chunk_grid(f.size_bytes, cfg.chunk_bytes)
             todo = iter([c for c in chunks if c not in journal.done])
