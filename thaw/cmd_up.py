@@ -102,5 +102,10 @@ def run(args: argparse.Namespace) -> int:
         )
         await stack.run(stop)
 
-    asyncio.run(main())
+    try:
+        import uvloop  # the activator's hot path is ~2x cheaper on it
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
     return 0
