@@ -28,6 +28,8 @@ from activator.types import Replica
 from autoscaler.decider import ModelObservation, ReplicaObservation
 from autoscaler.engine_metrics import EngineMetrics, MetricsParseError, parse_engine_metrics
 from autoscaler.engine_process import EngineProcess, EngineSpec, EngineStartError
+from autoscaler.policy import WarmPoolConfig
+from autoscaler.warm_pool import Actions, PoolReplica, plan_actions
 from thaw.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,9 @@ class LocalReplica:
     metrics: EngineMetrics | None = None
     scraped_at_s: float | None = None
     draining_since_s: float | None = None
+    sleep_level: int | None = None
+    asleep_since_s: float | None = None
+    wake_started_s: float | None = None
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -82,6 +87,7 @@ class LocalActuator:
         scrape_timeout_s: float = 2.0,
         drain_timeout_s: float = 30.0,
         stop_grace_s: float = 10.0,
+        cpu_note: str = "",
     ) -> None:
         self._spec_factory = spec_factory
         self._clock = clock
@@ -94,6 +100,7 @@ class LocalActuator:
         self._ids = itertools.count(1)
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._cpu_note = cpu_note
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -160,32 +167,43 @@ class LocalActuator:
 
     # -- actuation ---------------------------------------------------------------------------
 
-    def scale(self, model: str, desired: int) -> tuple[list[str], list[str]]:
-        """Move ``model`` towards ``desired`` live (starting + ready) replicas.
-
-        Returns (started ids, drained ids). Scale-down drains starting replicas first (newest
-        first: the least sunk cost), then ready ones with the least work in their engine.
-        """
-        live = [r for r in self.replicas(model) if r.state in ("starting", "ready")]
-        started: list[str] = []
-        drained: list[str] = []
-        if desired > len(live):
-            for _ in range(desired - len(live)):
-                started.append(self._start_replica(model).replica_id)
-        elif desired < len(live):
-
-            def load(r: LocalReplica) -> float:
-                m = r.metrics
-                return (m.num_requests_running + m.num_requests_waiting) if m else 0.0
-
-            starting = sorted(
-                (r for r in live if r.state == "starting"), key=lambda r: -r.started_at_s
+    def pool_view(self, model: str) -> list[PoolReplica]:
+        """The model's replicas as the pure warm-pool planner sees them."""
+        out = []
+        for r in self.replicas(model):
+            m = r.metrics
+            out.append(
+                PoolReplica(
+                    replica_id=r.replica_id,
+                    state=r.state,
+                    load=(m.num_requests_running + m.num_requests_waiting) if m else 0.0,
+                    sleep_level=r.sleep_level,
+                    asleep_since_s=r.asleep_since_s,
+                    started_at_s=r.started_at_s,
+                )
             )
-            ready = sorted((r for r in live if r.state == "ready"), key=load)
-            for r in [*starting, *ready][: len(live) - desired]:
+        return out
+
+    def scale(self, model: str, desired: int) -> Actions:
+        """Move ``model`` to ``desired`` live replicas with no warm pool (start / stop only)."""
+        actions = plan_actions(
+            desired, self.pool_view(model), WarmPoolConfig(), self._clock.monotonic()
+        )
+        self.apply(model, actions)
+        return actions
+
+    def apply(self, model: str, actions: Actions) -> None:
+        """Carry out the warm pool's actions for ``model`` (each in its own task)."""
+        for rid in actions.wake:
+            self._wake(self._replicas[rid])
+        for _ in range(actions.start):
+            self._start_replica(model)
+        for rid, level in actions.sleep:
+            self._sleep(self._replicas[rid], level)
+        for rid in actions.stop:
+            r = self._replicas.get(rid)
+            if r is not None and r.state != "draining":
                 self._drain(r)
-                drained.append(r.replica_id)
-        return started, drained
 
     def _start_replica(self, model: str) -> LocalReplica:
         replica_id = f"{model}-{next(self._ids)}"
@@ -245,6 +263,77 @@ class LocalActuator:
         code = await replica.process.stop(self._stop_grace_s)
         self._replicas.pop(replica.replica_id, None)
         log.info("replica %s: stopped (exit %s)", replica.replica_id, code)
+
+    def _sleep(self, replica: LocalReplica, level: int) -> None:
+        was_ready = replica.state == "ready"
+        replica.state = "sleeping"
+        replica.sleep_level = level
+        replica.asleep_since_s = self._clock.monotonic()
+        if was_ready:
+            self._changed(replica.model)
+        self._spawn(self._run_sleep(replica, level))
+
+    async def _run_sleep(self, replica: LocalReplica, level: int) -> None:
+        assert self._session is not None
+        deadline = self._clock.monotonic() + self._drain_timeout_s
+        while self._clock.monotonic() < deadline:  # let in-flight requests finish first
+            await self.scrape_one(replica)
+            m = replica.metrics
+            if m is not None and m.num_requests_running + m.num_requests_waiting == 0:
+                break
+            await asyncio.sleep(0.5)
+        try:
+            url = f"{replica.base_url}/sleep?level={level}"
+            async with self._session.post(url) as resp:
+                if resp.status != 200:
+                    raise aiohttp.ClientResponseError(
+                        resp.request_info, (), status=resp.status, message=await resp.text()
+                    )
+        except (aiohttp.ClientError, TimeoutError) as e:
+            log.warning("replica %s: sleep failed (%s); stopping it instead", replica.replica_id, e)
+            self._drain(replica)
+            return
+        log.info(
+            "replica %s: asleep at level %d%s",
+            replica.replica_id,
+            level,
+            self._cpu_note,
+        )
+
+    def _wake(self, replica: LocalReplica) -> None:
+        replica.state = "starting"  # capacity on its way; not routed to until awake
+        replica.wake_started_s = self._clock.monotonic()
+        self._spawn(self._run_wake(replica))
+
+    async def _run_wake(self, replica: LocalReplica) -> None:
+        assert self._session is not None
+        started = replica.wake_started_s or self._clock.monotonic()
+        try:
+            async with self._session.post(f"{replica.base_url}/wake_up") as resp:
+                if resp.status != 200:
+                    raise aiohttp.ClientResponseError(
+                        resp.request_info, (), status=resp.status, message=await resp.text()
+                    )
+            for _ in range(600):
+                async with self._session.get(f"{replica.base_url}/is_sleeping") as resp:
+                    if not (await resp.json()).get("is_sleeping", False):
+                        break
+                await asyncio.sleep(0.05)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            log.warning("replica %s: wake failed (%s); stopping it", replica.replica_id, e)
+            self._drain(replica)
+            return
+        if replica.state != "starting":
+            return
+        await self.scrape_one(replica)
+        replica.state = "ready"
+        replica.sleep_level = None
+        replica.asleep_since_s = None
+        waited = self._clock.monotonic() - started
+        log.info("replica %s: awake in %.2f s", replica.replica_id, waited)
+        if self._on_ready is not None:
+            self._on_ready(replica.model, replica.replica_id, waited)
+        self._changed(replica.model)
 
     # -- scraping ----------------------------------------------------------------------------
 

@@ -28,12 +28,25 @@ from autoscaler.decider import DeciderState, Decision, decide
 from autoscaler.engine_process import EngineSpec, emulator_spec, vllm_spec
 from autoscaler.local_actuator import LocalActuator
 from autoscaler.policy import ModelConfig, PolicyWatcher, ThawConfig
+from autoscaler.warm_pool import plan_actions
 from thaw.clock import Clock
 
 log = logging.getLogger(__name__)
 
 REPLICA_STATES = ("starting", "ready", "sleeping", "draining")
 SCALE_FROM_ZERO_BUCKETS_S = (0.5, 1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600)
+
+
+def _cpu_sleep_note(config: ThawConfig) -> str:
+    """vLLM's sleep on CPU pauses the engine and frees nothing; say so rather than pretend."""
+    import shutil
+
+    if any(m.engine.kind == "vllm" for m in config.models) and not shutil.which("nvidia-smi"):
+        return (
+            " (vLLM on CPU: sleep only pauses the engine, no memory is freed; the wake still "
+            "skips the process start and model load)"
+        )
+    return ""
 
 
 class StackMetrics:
@@ -110,6 +123,7 @@ class LocalStack:
             clock,
             on_change=self._endpoints_changed,
             on_ready=self._replica_ready,
+            cpu_note=_cpu_sleep_note(config),
         )
         self.activator = Activator(
             models=self._limits(config),
@@ -219,17 +233,29 @@ class LocalStack:
             decision, run.state = decide(obs, run.config.autoscaling, run.state, now_s)
             run.last_decision = decision
             decisions.append(decision)
+            actions = plan_actions(
+                decision.desired_replicas,
+                self.actuator.pool_view(name),
+                run.config.warm_pool,
+                now_s,
+            )
             if decision.desired_replicas != decision.current_replicas:
                 log.info(
-                    "model %s: %d -> %d replicas: %s",
+                    "model %s: %d -> %d replicas (%s): %s",
                     name,
                     decision.current_replicas,
                     decision.desired_replicas,
+                    actions.describe(),
                     decision.reason,
                 )
-                started, _ = self.actuator.scale(name, decision.desired_replicas)
-                for _ in started:
-                    self.metrics.cold_starts.labels(name, self._tier(run.config)).inc()
+            elif not actions.empty:
+                log.info("model %s: warm pool: %s", name, actions.describe())
+            if not actions.empty:
+                self.actuator.apply(name, actions)
+                if actions.start:
+                    self.metrics.cold_starts.labels(name, self._tier(run.config)).inc(actions.start)
+                if actions.wake:
+                    self.metrics.cold_starts.labels(name, "wake").inc(len(actions.wake))
             self._export(name, decision)
         return decisions
 

@@ -318,6 +318,45 @@ class ActivatorConfig(_Frozen):
     )
 
 
+class WarmPoolConfig(_Frozen):
+    """Sleeping replicas kept instead of stopped on scale-down, woken before any cold start.
+
+    vLLM's sleep mode: level 1 offloads the weights to host RAM (wake is a host-to-GPU copy),
+    level 2 discards them (wake reloads from local disk). On CPU, vLLM only pauses the engine:
+    no memory is freed, but the wake still skips the process start and the model load.
+    """
+
+    enabled: bool = Field(
+        False, strict=True, description="Put scaled-down replicas to sleep instead of stopping."
+    )
+    sleep_level: Literal[1, 2] = Field(
+        1, description="Preferred sleep level: 1 keeps weights in host RAM, 2 discards them."
+    )
+    max_sleeping: int = Field(
+        1, strict=True, ge=0, le=1000, description="Most sleeping replicas of this model."
+    )
+    sleep_ttl_s: float = Field(
+        600.0,
+        strict=True,
+        gt=0,
+        description="A replica asleep this long is stopped (the model then costs nothing).",
+    )
+    host_ram_budget_bytes: int = Field(
+        32 * 2**30,
+        strict=True,
+        ge=0,
+        description="Host RAM the node lends to level-1 sleepers of this model; when a level-1 "
+        "sleeper would not fit, the replica sleeps at level 2, else it is stopped.",
+    )
+    weights_bytes: int = Field(
+        0,
+        strict=True,
+        ge=0,
+        description="Host RAM one level-1 sleeper holds (the model's weights); 0: measure nothing "
+        "and count each level-1 sleeper as free.",
+    )
+
+
 class ModelConfig(_Frozen):
     """One served model: its OpenAI name, its engine, its autoscaling and its activator limits."""
 
@@ -339,6 +378,10 @@ class ModelConfig(_Frozen):
     activator: ActivatorConfig = Field(
         default_factory=ActivatorConfig,
         description="Buffering limits at the activator.",
+    )
+    warm_pool: WarmPoolConfig = Field(
+        default_factory=WarmPoolConfig,
+        description="Sleeping replicas woken before any cold start (off by default).",
     )
 
 

@@ -156,7 +156,8 @@ def test_emulator_scale_from_zero_up_and_back(tmp_path: Path) -> None:
             )
         )
     text = log.read_text()
-    assert re.search(rf"model {model}: 0 -> 1 replicas: .*cold start", text), text
+    started = rf"model {model}: 0 -> 1 replicas \(start 1 cold\): .*cold start"
+    assert re.search(started, text), text
     assert re.search(rf"model {model}: scaled from zero in [0-9.]+ s", text), text
     assert re.search(rf"model {model}: \d -> 0 replicas", text), text
     assert engine_pids(model) == []
@@ -188,3 +189,48 @@ def test_vllm_scale_from_zero_up_and_back(tmp_path: Path) -> None:
     text = log.read_text()
     assert re.search(rf"model {model}: scaled from zero in [0-9.]+ s", text), text
     assert engine_pids(model) == []
+
+
+def test_emulator_warm_pool_sleeps_then_wakes_without_cold_start(tmp_path: Path) -> None:
+    port = free_port()
+    model = f"warm-{uuid.uuid4().hex[:8]}"
+    cfg = tmp_path / "thaw.yaml"
+    write_config(
+        cfg,
+        port,
+        model,
+        "{kind: emulator, startup_timeout_s: 30, emulator: {load_time_s: 2.0, wake_level1_s: 0.1}}",
+        "{min_replicas: 0, max_replicas: 1, target_concurrency_per_replica: 2, "
+        "stable_window_s: 6, scale_to_zero_grace_s: 1, metrics_stale_after_s: 5}",
+    )
+    with cfg.open("a") as f:
+        f.write("    warm_pool: {enabled: true, sleep_level: 1, max_sleeping: 1}\n")
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "up.log"
+    with child(
+        thaw_argv("up", "--config", str(cfg), "--work-dir", str(tmp_path / "w")), log_path=log
+    ) as proc:
+        wait_http_ok(f"{base}/health", 30, proc)
+
+        async def go() -> None:
+            async with aiohttp.ClientSession() as session:
+                await chat(session, base, model, 4)  # cold start from nothing
+
+                async def asleep() -> bool:
+                    t = await get_metrics(base)
+                    return metric(t, "thaw_model_replicas", model=model, state="sleeping") == 1
+
+                await wait_for(asleep, 30, "the replica to be put to sleep")
+                pids = engine_pids(model)
+                assert pids, "the sleeping replica's process must stay alive"
+                await chat(session, base, model, 4)  # woken, not cold-started
+                t = await get_metrics(base)
+                assert metric(t, "thaw_cold_starts_total", model=model, tier="wake") == 1
+                assert metric(t, "thaw_cold_starts_total", model=model, tier="local_disk") == 1
+                assert metric(t, "thaw_scale_from_zero_seconds_count", model=model) == 2
+                assert engine_pids(model) == pids
+
+        asyncio.run(go())
+    text = log.read_text()
+    assert re.search(r"asleep at level 1", text), text
+    assert re.search(r"awake in [0-9.]+ s", text), text
