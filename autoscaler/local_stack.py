@@ -107,6 +107,7 @@ class LocalStack:
         work_dir: Path,
         config_path: Path | None = None,
         registry: CollectorRegistry | None = None,
+        api_keys: frozenset[str] | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -131,6 +132,7 @@ class LocalStack:
             demand=self,
             clock=clock,
             registry=self.registry,
+            api_keys=api_keys,
         )
         self._model_dirs: dict[str, str] = {}
 

@@ -234,3 +234,42 @@ def test_emulator_warm_pool_sleeps_then_wakes_without_cold_start(tmp_path: Path)
     text = log.read_text()
     assert re.search(r"asleep at level 1", text), text
     assert re.search(r"awake in [0-9.]+ s", text), text
+
+
+def test_api_keys_guard_everything_but_health_and_metrics(tmp_path: Path) -> None:
+    port = free_port()
+    model = f"keyed-{uuid.uuid4().hex[:8]}"
+    cfg = tmp_path / "thaw.yaml"
+    write_config(
+        cfg,
+        port,
+        model,
+        "{kind: emulator, startup_timeout_s: 30, emulator: {load_time_s: 0.2}}",
+        "{min_replicas: 0, max_replicas: 1}",
+    )
+    keys = tmp_path / "keys"
+    keys.write_text("# team a\nsecret-a\n\nsecret-b\n")
+    base = f"http://127.0.0.1:{port}"
+    argv = thaw_argv(
+        "up", "--config", str(cfg), "--work-dir", str(tmp_path / "w"), "--api-key-file", str(keys)
+    )
+    with child(argv) as proc:
+        wait_http_ok(f"{base}/health", 30, proc)
+
+        async def go() -> None:
+            body = {"model": model, "prompt": "hi", "max_tokens": 2}
+            async with aiohttp.ClientSession() as s:
+                async with s.get(f"{base}/metrics") as r:
+                    assert r.status == 200
+                for headers in ({}, {"Authorization": "Bearer wrong"}):
+                    async with s.post(f"{base}/v1/completions", json=body, headers=headers) as r:
+                        assert r.status == 401
+                        err = (await r.json())["error"]
+                        assert set(err) == {"message", "type", "param", "code"}
+                    async with s.get(f"{base}/v1/models", headers=headers) as r:
+                        assert r.status == 401
+                ok = {"Authorization": "Bearer secret-b"}
+                async with s.post(f"{base}/v1/completions", json=body, headers=ok) as r:
+                    assert r.status == 200, await r.text()
+
+        asyncio.run(go())

@@ -54,12 +54,34 @@ def register(sub: Any) -> None:
         default=Path(".thaw"),
         help="where engine logs and built models go (default: %(default)s)",
     )
+    p.add_argument(
+        "--api-key-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="require 'Authorization: Bearer KEY' on everything but /health and /metrics; one "
+        "key per line (default: the comma-separated THAW_API_KEYS variable, else no keys)",
+    )
     p.set_defaults(func=run)
+
+
+def api_keys(path: Path | None, env_value: str | None) -> frozenset[str] | None:
+    """Keys from the file (one per line, # comments) or the environment; None: open access."""
+    if path is not None:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        keys = {ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")}
+        if not keys:
+            raise ValueError(f"--api-key-file {path}: no key in it (one key per line)")
+        return frozenset(keys)
+    if env_value:
+        return frozenset(k.strip() for k in env_value.split(",") if k.strip()) or None
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
+    import os
     import signal
     import sys
 
@@ -67,6 +89,11 @@ def run(args: argparse.Namespace) -> int:
     from autoscaler.policy import PolicyError, default_config_path, load_policy
     from thaw.clock import SystemClock
 
+    try:
+        keys = api_keys(args.api_key_file, os.environ.get("THAW_API_KEYS"))
+    except (OSError, ValueError) as e:
+        print(f"thaw up: {e}", file=sys.stderr)
+        return 2
     path: Path = args.config or default_config_path()
     try:
         config = load_policy(path)
@@ -84,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             SystemClock(),
             work_dir=args.work_dir,
             config_path=args.config,
+            api_keys=keys,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
