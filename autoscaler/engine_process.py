@@ -39,6 +39,7 @@ from autoscaler.engine_supervisor import (
     group_pids,
     prctl_setter,
 )
+from autoscaler.vllm_site import SITE_DIR
 from thaw.clock import Clock, SystemClock
 from thaw.errors import ThawError
 
@@ -111,7 +112,9 @@ def vllm_spec(
     """vLLM's OpenAI server on ``model`` (a directory or a Hugging Face id).
 
     ``--enforce-eager`` always (no compilation: a faster start on CPU); ``--max-model-len 2048``
-    unless ``extra_args`` sets it; :data:`VLLM_DEFAULT_ENV` under ``env``.
+    unless ``extra_args`` sets it; :data:`VLLM_DEFAULT_ENV` under ``env``, and
+    :mod:`autoscaler.vllm_site` first on ``PYTHONPATH`` (without it, vLLM CPU 0.32 dies of SIGILL
+    on AMX machines when the first prompt is a token or two long).
     """
     argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model]
     if served_model_name is not None:
@@ -120,9 +123,11 @@ def vllm_spec(
     if not _has_flag(extra_args, "--max-model-len"):
         argv += ["--max-model-len", str(VLLM_DEFAULT_MAX_MODEL_LEN)]
     argv += list(extra_args)
+    # Our sitecustomize first on the path: it lets vLLM's processes use AMX (see its docstring).
+    python_path = os.pathsep.join(p for p in (str(SITE_DIR), os.environ.get("PYTHONPATH")) if p)
     return EngineSpec(
         argv=tuple(argv),
-        env={**VLLM_DEFAULT_ENV, **(env or {})},
+        env={**VLLM_DEFAULT_ENV, "PYTHONPATH": python_path, **(env or {})},
         host=host,
         port=port,
         startup_timeout_s=startup_timeout_s,

@@ -130,8 +130,43 @@ def test_vllm_spec_keeps_a_given_max_model_len(extra: list[str]) -> None:
 
 def test_vllm_spec_env_overrides_defaults_and_omits_unset_name() -> None:
     spec = vllm_spec("m", port=1, env={"VLLM_CPU_KVCACHE_SPACE": "4", "X": "y"})
-    assert spec.env == {**VLLM_DEFAULT_ENV, "VLLM_CPU_KVCACHE_SPACE": "4", "X": "y"}
+    assert {k: v for k, v in spec.env.items() if k != "PYTHONPATH"} == {
+        **VLLM_DEFAULT_ENV,
+        "VLLM_CPU_KVCACHE_SPACE": "4",
+        "X": "y",
+    }
     assert "--served-model-name" not in spec.argv
+
+
+def test_vllm_spec_puts_the_amx_sitecustomize_first_on_the_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    spec = vllm_spec("m", port=1)
+    first, rest = spec.env["PYTHONPATH"].split(os.pathsep, 1)
+    assert rest == "/elsewhere"
+    assert (Path(first) / "sitecustomize.py").is_file()
+    # A Python started with that path holds the AMX permission (where the CPU has AMX).
+    probe = (
+        "import ctypes, platform\n"
+        "if platform.machine() == 'x86_64':\n"
+        "    v = ctypes.c_uint64(); ctypes.CDLL(None).syscall(158, 0x1022, ctypes.byref(v))\n"
+        "    print(bool(v.value & (1 << 18)))\n"
+        "import sitecustomize; print(sitecustomize.__file__)\n"
+    )
+    out = subprocess.run(
+        [PYTHON, "-c", probe],
+        env={**os.environ, "PYTHONPATH": spec.env["PYTHONPATH"]},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert out[-1] == str(Path(first) / "sitecustomize.py")
+    if (
+        "flags" in Path("/proc/cpuinfo").read_text()
+        and " amx_tile" in Path("/proc/cpuinfo").read_text()
+    ):
+        assert out[0] == "True"
 
 
 def test_emulator_spec_argv() -> None:
