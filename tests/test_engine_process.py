@@ -162,10 +162,7 @@ def test_vllm_spec_puts_the_amx_sitecustomize_first_on_the_path(
         check=True,
     ).stdout.split()
     assert out[-1] == str(Path(first) / "sitecustomize.py")
-    if (
-        "flags" in Path("/proc/cpuinfo").read_text()
-        and " amx_tile" in Path("/proc/cpuinfo").read_text()
-    ):
+    if " amx_tile" in Path("/proc/cpuinfo").read_text():
         assert out[0] == "True"
 
 
