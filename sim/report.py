@@ -1,0 +1,166 @@
+"""The simulator's report: figures per policy (pure) and the files ``thaw sim`` writes (adapter).
+
+:func:`summarize` turns a :class:`~sim.core.SimResult` into the ``report.json`` entry of one
+policy: ``requests``, ``ttft_p50_s``, ``ttft_p99_s``, ``e2e_p99_s``, ``slo_attainment_ratio``
+(TTFT within the SLO), ``cold_start_requests`` (requests that waited on a cold start),
+``cold_starts_by_tier``, ``gpu_hours_by_pool``, ``cost_usd``. Floats are rounded so that the same
+seed gives the same file, byte for byte. :func:`write_report` writes ``report.json`` and the PNG
+plots (matplotlib, Agg backend): replicas over time against demand, the TTFT CDF per policy, cold
+starts by tier, cost against SLO attainment.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from sim.core import SimResult
+from sim.fleet import Fleet
+
+_DIGITS = 6
+
+
+def _r(x: float) -> float:
+    return round(float(x), _DIGITS)
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of already sorted values, nearest rank; NaN when empty."""
+    if not sorted_values:
+        return math.nan
+    k = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
+    return sorted_values[k]
+
+
+def summarize(result: SimResult, fleet: Fleet, slo_ttft_s: float) -> dict[str, Any]:
+    """The ``report.json`` entry of one policy."""
+    ttft = sorted(r.ttft_s for r in result.records)
+    e2e = sorted(r.e2e_s for r in result.records)
+    n = len(result.records)
+    within = sum(1 for t in ttft if t <= slo_ttft_s)
+    hours = {p: _r(s / 3600.0) for p, s in sorted(result.gpu_seconds_by_pool.items())}
+    cost = sum(
+        result.gpu_seconds_by_pool[p.name] / 3600.0 * p.cost_per_hour_usd for p in fleet.pools
+    )
+    return {
+        "requests": n,
+        "rejected_requests": result.rejected_requests,
+        "ttft_p50_s": _r(percentile(ttft, 0.50)) if n else None,
+        "ttft_p99_s": _r(percentile(ttft, 0.99)) if n else None,
+        "e2e_p99_s": _r(percentile(e2e, 0.99)) if n else None,
+        "slo_attainment_ratio": _r(within / n) if n else None,
+        "cold_start_requests": sum(1 for r in result.records if r.cold_start),
+        "cold_starts_by_tier": dict(sorted(result.cold_starts_by_tier.items())),
+        "gpu_hours_by_pool": hours,
+        "gpu_hours": _r(sum(result.gpu_seconds_by_pool.values()) / 3600.0),
+        "cost_usd": _r(cost),
+        "capacity_refusals": result.capacity_refusals,
+        "simulated_s": _r(result.end_s),
+    }
+
+
+def report_json(
+    results: Sequence[SimResult], fleet: Fleet, slo_ttft_s: float, meta: Mapping[str, Any]
+) -> str:
+    """The whole ``report.json`` text: ``{"meta": ..., "policies": {name: entry}}``."""
+    doc = {
+        "meta": dict(meta),
+        "policies": {r.policy: summarize(r, fleet, slo_ttft_s) for r in results},
+    }
+    return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+
+
+# -- files ----------------------------------------------------------------------------------
+
+
+def write_report(
+    out_dir: Path,
+    results: Sequence[SimResult],
+    fleet: Fleet,
+    slo_ttft_s: float,
+    meta: Mapping[str, Any],
+) -> list[Path]:
+    """Write ``report.json`` and the plots into ``out_dir``; return the paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = out_dir / "report.json"
+    report.write_text(report_json(results, fleet, slo_ttft_s, meta), encoding="utf-8")
+    return [report, *_plots(out_dir, results, fleet, slo_ttft_s)]
+
+
+def _plots(
+    out_dir: Path, results: Sequence[SimResult], fleet: Fleet, slo_ttft_s: float
+) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    meta = {"Software": None}
+    paths: list[Path] = []
+
+    fig, axes = plt.subplots(len(results), 1, figsize=(10, 2.6 * len(results)), squeeze=False)
+    for ax, res in zip(axes[:, 0], results, strict=True):
+        t = [x / 60.0 for x in res.sample_times_s]
+        ax.step(t, res.sample_replicas, where="post", label="replicas (ready + starting)")
+        ax.plot(t, res.sample_demand, lw=0.6, alpha=0.7, label="demand (requests in system)")
+        ax.set_title(res.policy)
+        ax.set_ylabel("count")
+        ax.legend(loc="upper right", fontsize=7)
+    axes[-1, 0].set_xlabel("time (min)")
+    fig.tight_layout()
+    p = out_dir / "replicas.png"
+    fig.savefig(p, dpi=90, metadata=meta)
+    plt.close(fig)
+    paths.append(p)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for res in results:
+        ttft = sorted(r.ttft_s for r in res.records)
+        if ttft:
+            ys = [(k + 1) / len(ttft) for k in range(len(ttft))]
+            ax.plot(ttft, ys, label=res.policy)
+    ax.axvline(slo_ttft_s, color="grey", ls="--", lw=0.8, label=f"SLO {slo_ttft_s:g} s")
+    ax.set_xscale("log")
+    ax.set_xlabel("TTFT (s, log)")
+    ax.set_ylabel("fraction of requests")
+    ax.set_title("TTFT CDF per policy")
+    ax.legend()
+    fig.tight_layout()
+    p = out_dir / "ttft_cdf.png"
+    fig.savefig(p, dpi=90, metadata=meta)
+    plt.close(fig)
+    paths.append(p)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    tiers = sorted({t for r in results for t in r.cold_starts_by_tier})
+    width = 0.8 / max(len(results), 1)
+    for k, res in enumerate(results):
+        xs = [i + k * width for i in range(len(tiers))]
+        ax.bar(xs, [res.cold_starts_by_tier.get(t, 0) for t in tiers], width, label=res.policy)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(tiers))], tiers)
+    ax.set_ylabel("replica cold starts")
+    ax.set_title("Cold starts by tier")
+    ax.legend()
+    fig.tight_layout()
+    p = out_dir / "cold_starts.png"
+    fig.savefig(p, dpi=90, metadata=meta)
+    plt.close(fig)
+    paths.append(p)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for res in results:
+        s = summarize(res, fleet, slo_ttft_s)
+        ax.scatter([s["slo_attainment_ratio"] or 0.0], [s["cost_usd"]], s=60)
+        ax.annotate(res.policy, (s["slo_attainment_ratio"] or 0.0, s["cost_usd"]), fontsize=9)
+    ax.set_xlabel(f"SLO attainment (TTFT <= {slo_ttft_s:g} s)")
+    ax.set_ylabel("cost (USD)")
+    ax.set_title("Cost vs SLO attainment")
+    fig.tight_layout()
+    p = out_dir / "cost_vs_slo.png"
+    fig.savefig(p, dpi=90, metadata=meta)
+    plt.close(fig)
+    paths.append(p)
+    return paths

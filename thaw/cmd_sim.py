@@ -1,0 +1,172 @@
+"""``thaw sim``: replay a request trace on a simulated GPU fleet through Thaw's own decider."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+HELP = """\
+Replay a request trace against a simulated fleet of GPU pools, with the SAME autoscaler decider
+`thaw up` runs, and report what it would cost and how many requests would wait on a cold start.
+Each policy replays the whole trace:
+  thaw        the policy file's autoscaling (--config)
+  kpa         the same decider with Knative KPA's defaults: concurrency target 70 per replica
+              (100 x 0.7), stable window 60 s, panic window 6 s at 200 %, scale-to-zero grace 30 s
+  always-on   a fixed replica count per model, sized for the trace's busiest minute, never scaled
+
+Replicas start from local disk: ready after engine_start_s + weights / local-disk bandwidth
+(derived from the fleet file). A request that arrives while its model has no ready replica waits
+at the activator and counts as a cold-start request.
+
+Writes DIR/report.json (per policy: requests, ttft_p50_s, ttft_p99_s, e2e_p99_s,
+slo_attainment_ratio, cold_start_requests, cold_starts_by_tier, gpu_hours_by_pool, cost_usd) and
+DIR/replicas.png, ttft_cdf.png, cold_starts.png, cost_vs_slo.png. Same inputs and seed, same
+report.json, byte for byte.
+"""
+
+EPILOG = """\
+examples:
+  # the Azure conversation trace spread over 20 models (Zipf 1.0), three policies
+  thaw sim --trace AzureLLMInferenceTrace_conv.csv --fleet sim/examples/fleet.yaml \\
+      --config sim/examples/policy.yaml --models 20 --zipf 1.0 --compare kpa,always-on --out out/
+  # a Mooncake JSONL trace, first 10 minutes, TTFT SLO 2 s
+  thaw sim --trace mooncake.jsonl --trace-format mooncake --fleet fleet.yaml \\
+      --config thaw.yaml --duration-s 600 --slo-ttft-s 2 --out out/
+"""
+
+_EXAMPLES = Path(__file__).resolve().parent.parent / "sim" / "examples"
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "sim",
+        help="simulate a trace on a GPU fleet: cost, TTFT, cold starts per policy",
+        description=HELP,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--trace", required=True, metavar="FILE", help="the request trace")
+    parser.add_argument(
+        "--trace-format",
+        choices=["azure", "mooncake"],
+        default="azure",
+        help="azure: CSV TIMESTAMP,ContextTokens,GeneratedTokens; mooncake: JSONL with "
+        "timestamp (ms), input_length, output_length (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--fleet",
+        metavar="FILE",
+        default=str(_EXAMPLES / "fleet.yaml"),
+        help="the fleet file: GPU pools and models (default: the bundled example, H100/A100/L4)",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="POLICY",
+        default=str(_EXAMPLES / "policy.yaml"),
+        help="the policy file for the `thaw` policy (the format `thaw policy check` validates; "
+        "default: sim/examples/policy.yaml)",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="where to write the report")
+    parser.add_argument(
+        "--compare",
+        default="",
+        metavar="LIST",
+        help="baselines to run besides thaw, comma-separated, from: kpa, always-on (default: none)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the Zipf spread (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--models",
+        type=int,
+        default=0,
+        metavar="N",
+        help="spread the trace over N models with Zipf popularity (default: 0 = one model)",
+    )
+    parser.add_argument(
+        "--zipf", type=float, default=1.0, metavar="S", help="Zipf exponent (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--duration-s",
+        type=float,
+        default=None,
+        metavar="S",
+        help="replay only the first S seconds of the trace (default: all of it)",
+    )
+    parser.add_argument(
+        "--slo-ttft-s",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="TTFT SLO for slo_attainment_ratio, seconds (default: %(default)s)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from autoscaler.policy import PolicyError, load_policy
+    from sim.core import PolicyName
+    from sim.fleet import FleetError, load_fleet
+    from sim.report import write_report
+    from sim.runner import run_policies
+    from sim.traces import TraceError, clip, load_trace, spread_zipf
+
+    baselines: dict[str, PolicyName] = {"kpa": "kpa", "always-on": "always-on"}
+    policies: list[PolicyName] = ["thaw"]
+    for name in (s.strip() for s in args.compare.split(",") if s.strip()):
+        if name not in baselines:
+            print(
+                f"thaw sim: --compare {name!r}: must be a comma-separated list of kpa, always-on",
+                file=sys.stderr,
+            )
+            return 2
+        if baselines[name] not in policies:
+            policies.append(baselines[name])
+    for flag, value, low in (("--models", args.models, 0), ("--zipf", args.zipf, 0)):
+        if value < low:
+            print(f"thaw sim: {flag} = {value}: must be >= {low}", file=sys.stderr)
+            return 2
+    if args.slo_ttft_s <= 0 or (args.duration_s is not None and args.duration_s <= 0):
+        print("thaw sim: --slo-ttft-s and --duration-s must be > 0", file=sys.stderr)
+        return 2
+    try:
+        fleet = load_fleet(args.fleet)
+        thaw = load_policy(args.config)
+        requests = load_trace(args.trace, args.trace_format)
+    except (FleetError, PolicyError, TraceError) as e:
+        print(f"thaw sim: {e}", file=sys.stderr)
+        return 1
+    if args.duration_s is not None:
+        requests = clip(requests, args.duration_s)
+    if args.models > 0:
+        requests = spread_zipf(requests, args.models, args.zipf, args.seed)
+    horizon = args.duration_s if args.duration_s is not None else 0.0
+    with tqdm(
+        total=len(requests) * len(policies),
+        unit="req",
+        disable=args.no_progress,
+        desc="simulating",
+        file=sys.stderr,
+    ) as bar:
+        results = run_policies(policies, requests, fleet, thaw, horizon, bar.update)
+    meta = {
+        "trace": Path(args.trace).name,
+        "trace_format": args.trace_format,
+        "fleet": Path(args.fleet).name,
+        "config": Path(args.config).name,
+        "seed": args.seed,
+        "models": args.models,
+        "zipf": args.zipf,
+        "duration_s": args.duration_s,
+        "slo_ttft_s": args.slo_ttft_s,
+        "cold_start_tier": "local_disk",
+    }
+    paths = write_report(Path(args.out), results, fleet, args.slo_ttft_s, meta)
+    for p in paths:
+        print(p)
+    return 0
