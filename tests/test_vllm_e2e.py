@@ -1,0 +1,354 @@
+"""Real vLLM CPU on the tiny Llama, end to end: the OpenAI API (plain and streaming, with the
+official ``openai`` client and raw HTTP), ``/metrics`` read by the autoscaler's parser, sleep and
+wake-up, and no orphans after a clean stop or after the launcher dies by SIGKILL.
+
+Two vLLM starts (about 40 s each on 2 cores): one held by a driver process that the first test
+kills, then one started in this process and shared by the rest of the module. The cold-start
+time and the memory of the engine's processes are printed (run with ``-s`` to see them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import textwrap
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+
+import httpx
+import pytest
+from openai import OpenAI
+from procs import PYTHON, REPO, free_port
+
+from autoscaler.engine_metrics import KV_USAGE, WAITING, parse_engine_metrics
+from autoscaler.engine_process import EngineProcess, vllm_spec
+from model_cache.tiny_model import build_tiny_llama
+
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.skipif(find_spec("vllm") is None, reason="vLLM is not installed (setup.sh)"),
+]
+
+NAME = "tiny-llama"
+
+
+# -- /proc, read independently of the launcher -----------------------------------------------
+
+
+def stat_fields(pid: int) -> list[str] | None:
+    """``/proc/PID/stat`` after the command name: state, ppid, pgrp, ...; None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2 :].split()
+
+
+def alive(pid: int) -> bool:
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = stat_fields(int(entry.name))
+            if fields is not None and fields[0] != "Z" and int(fields[2]) == pgid:
+                members.append(int(entry.name))
+    return members
+
+
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def memory_mb(pids: list[int]) -> tuple[float, float]:
+    """(sum of RSS, sum of PSS) in MiB: RSS counts shared pages in every process, PSS splits
+    them."""
+    rss_kb = pss_kb = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss_kb += int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss_kb += int(line.split()[1])
+        except OSError:
+            continue
+    return rss_kb / 1024, pss_kb / 1024
+
+
+def wait_all_gone(pids: list[int], timeout_s: float) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    left = pids
+    while left and time.monotonic() < deadline:
+        left = [p for p in left if alive(p)]
+        time.sleep(0.1)
+    return left
+
+
+def kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+# -- 1. the launcher dies by SIGKILL: vLLM's whole group goes --------------------------------
+
+DRIVER = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from pathlib import Path
+    from autoscaler.engine_process import EngineProcess, vllm_spec
+
+    async def main() -> None:
+        model, port, log = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+        engine = EngineProcess(vllm_spec(model, port=port, served_model_name="tiny-llama",
+                                         log_path=log))
+        await engine.start()
+        print(json.dumps({"pgid": engine.pid, "startup_s": engine.startup_s}), flush=True)
+        await asyncio.sleep(3600)
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_launcher_killed_by_sigkill_takes_the_whole_vllm_group(tmp_path: Path) -> None:
+    model = build_tiny_llama(tmp_path / "tiny-llama")
+    port = free_port()
+    driver = subprocess.Popen(
+        [PYTHON, "-c", DRIVER, str(model), str(port), str(tmp_path / "vllm.log")],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    pids: list[int] = []
+    try:
+        assert driver.stdout is not None
+        line = driver.stdout.readline()
+        assert line, f"vLLM did not start; see {tmp_path / 'vllm.log'}"
+        info = json.loads(line)
+        pids = group_members(info["pgid"])
+        names = sorted(comm(p) for p in pids)
+        print(f"\nvLLM group held by a driver: {names}; cold start {info['startup_s']:.1f} s")
+        assert "VLLM::EngineCor" in names and "VLLM::Worker" in names  # grandchildren exist
+        assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=10)
+        assert wait_all_gone(pids, 20.0) == [], [comm(p) for p in pids if alive(p)]
+    finally:
+        kill_all([driver.pid, *pids])
+        driver.wait(timeout=10)
+        if driver.stdout is not None:
+            driver.stdout.close()
+
+
+# -- 2. one engine for the rest of the module --------------------------------------------------
+
+
+@dataclass
+class Vllm:
+    engine: EngineProcess
+    base_url: str
+    pids: list[int]
+    log_path: Path
+
+
+@pytest.fixture(scope="module")
+def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vllm]:
+    tmp = tmp_path_factory.mktemp("vllm")
+    model = build_tiny_llama(tmp / "tiny-llama")
+    log_path = tmp / "vllm.log"
+    spec = vllm_spec(str(model), port=free_port(), served_model_name=NAME, log_path=log_path)
+    engine = EngineProcess(spec)
+    pids: list[int] = []
+    try:
+        asyncio.run(engine.start())
+        assert engine.pid is not None
+        pids = group_members(engine.pid)
+        rss_mb, pss_mb = memory_mb(pids)
+        print(
+            f"\nvLLM CPU cold start (start() to /health 200): {engine.startup_s:.1f} s; "
+            f"{len(pids)} processes {sorted(comm(p) for p in pids)}: "
+            f"RSS {rss_mb:.0f} MiB summed, PSS {pss_mb:.0f} MiB"
+        )
+        yield Vllm(engine=engine, base_url=engine.base_url, pids=pids, log_path=log_path)
+    finally:
+        asyncio.run(engine.stop(30.0))
+        kill_all(pids)
+
+
+@pytest.fixture(scope="module")
+def client(vllm: Vllm) -> Iterator[OpenAI]:
+    with OpenAI(base_url=f"{vllm.base_url}/v1", api_key="unused", max_retries=0) as c:
+        yield c
+
+
+def test_the_group_is_api_server_engine_core_and_worker(vllm: Vllm) -> None:
+    names = [comm(p) for p in vllm.pids]
+    assert "VLLM::EngineCor" in names and "VLLM::Worker" in names
+    assert vllm.engine.running
+
+
+def test_models_lists_the_served_name(vllm: Vllm) -> None:
+    body = httpx.get(f"{vllm.base_url}/v1/models").json()
+    assert [m["id"] for m in body["data"]] == [NAME]
+
+
+def test_completions_with_the_openai_client(client: OpenAI) -> None:
+    result = client.completions.create(
+        model=NAME, prompt="Once upon a time", max_tokens=8, temperature=0.8
+    )
+    assert result.object == "text_completion"
+    assert isinstance(result.choices[0].text, str)
+    assert result.choices[0].finish_reason in ("length", "stop")
+    assert result.usage is not None and 1 <= result.usage.completion_tokens <= 8
+
+
+@pytest.mark.parametrize("prompt", ["hi", "a", "Once"])
+def test_completions_of_a_one_token_prompt(vllm: Vllm, prompt: str) -> None:
+    """Without the AMX sitecustomize, vLLM CPU 0.32 dies of SIGILL on this (on AMX CPUs)."""
+    resp = httpx.post(
+        f"{vllm.base_url}/v1/completions",
+        json={"model": NAME, "prompt": prompt, "max_tokens": 4},
+        timeout=60,
+    )
+    assert resp.status_code == 200, resp.text
+    assert vllm.engine.running
+
+
+def test_completions_raw_http(vllm: Vllm) -> None:
+    resp = httpx.post(
+        f"{vllm.base_url}/v1/completions",
+        json={"model": NAME, "prompt": "The quick brown fox", "max_tokens": 5},
+        timeout=60,
+    )
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["object"] == "text_completion" and body["model"] == NAME
+    assert body["usage"]["prompt_tokens"] >= 2
+
+
+def test_chat_with_the_openai_client(client: OpenAI) -> None:
+    result = client.chat.completions.create(
+        model=NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=8
+    )
+    assert result.object == "chat.completion"
+    assert result.choices[0].message.role == "assistant"
+    assert isinstance(result.choices[0].message.content, str)
+    # The chat template's tokens: BOS, two headers and an <|eot_id|> around "user" and "hi".
+    assert result.usage is not None and result.usage.prompt_tokens >= 8
+
+
+def test_chat_raw_http(vllm: Vllm) -> None:
+    resp = httpx.post(
+        f"{vllm.base_url}/v1/chat/completions",
+        json={
+            "model": NAME,
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "hello"},
+            ],
+            "max_tokens": 6,
+        },
+        timeout=60,
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["choices"][0]["message"]["role"] == "assistant"
+
+
+def test_chat_streaming_raw_sse(vllm: Vllm) -> None:
+    request = {
+        "model": NAME,
+        "messages": [{"role": "user", "content": "tell me a story"}],
+        "max_tokens": 8,
+        "stream": True,
+    }
+    with httpx.stream(
+        "POST", f"{vllm.base_url}/v1/chat/completions", json=request, timeout=60
+    ) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in resp.iter_lines() if line]
+    assert all(line.startswith("data: ") for line in lines)
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    assert chunks[0]["choices"][0]["delta"].get("role") == "assistant"
+    assert chunks[-1]["choices"][0]["finish_reason"] in ("length", "stop")
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert len(chunks) >= 3 and isinstance(text, str)
+
+
+def test_chat_streaming_with_the_openai_client(client: OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model=NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=6, stream=True
+    )
+    chunks = list(stream)
+    assert len(chunks) >= 2
+    assert chunks[-1].choices[0].finish_reason in ("length", "stop")
+
+
+def test_metrics_parse_with_the_autoscalers_parser(vllm: Vllm) -> None:
+    text = httpx.get(f"{vllm.base_url}/metrics").text
+    assert f"{WAITING}{{" in text and f"{KV_USAGE}{{" in text
+    metrics = parse_engine_metrics(text)
+    assert metrics.num_requests_waiting == 0 and metrics.num_requests_running == 0
+    assert 0.0 <= metrics.kv_cache_usage_ratio <= 1.0
+    assert metrics.sleeping is False
+
+
+def test_sleep_pauses_and_wake_up_resumes(vllm: Vllm) -> None:
+    """On CPU, /sleep?level=1 offloads nothing (vLLM logs "sleep mode is not supported on CPU")
+    but it does pause the engine: a request waits until /wake_up, then completes."""
+    url = vllm.base_url
+    rss_awake_mb, _ = memory_mb(vllm.pids)
+    assert httpx.post(f"{url}/sleep", params={"level": 1}, timeout=30).status_code == 200
+    try:
+        assert httpx.get(f"{url}/is_sleeping").json() == {"is_sleeping": True}
+        assert parse_engine_metrics(httpx.get(f"{url}/metrics").text).sleeping is True
+        rss_asleep_mb, _ = memory_mb(vllm.pids)
+        assert rss_asleep_mb > 0.9 * rss_awake_mb  # nothing was freed
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(
+                httpx.post,
+                f"{url}/v1/completions",
+                json={"model": NAME, "prompt": "while asleep", "max_tokens": 3},
+                timeout=120,
+            )
+            time.sleep(2.0)
+            assert not pending.done()  # paused, not refused
+            assert httpx.post(f"{url}/wake_up", timeout=30).status_code == 200
+            assert pending.result(timeout=60).status_code == 200
+    finally:
+        httpx.post(f"{url}/wake_up", timeout=30)
+    assert httpx.get(f"{url}/is_sleeping").json() == {"is_sleeping": False}
+    assert parse_engine_metrics(httpx.get(f"{url}/metrics").text).sleeping is False
+    resp = httpx.post(
+        f"{url}/v1/completions", json={"model": NAME, "prompt": "hi", "max_tokens": 3}, timeout=60
+    )
+    assert resp.status_code == 200
+
+
+def test_stop_ends_every_vllm_process(vllm: Vllm) -> None:
+    """Last in the module: a clean stop exits 0 and leaves none of the group's processes."""
+    started = time.monotonic()
+    code = asyncio.run(vllm.engine.stop(30.0))
+    print(f"\nvLLM stopped in {time.monotonic() - started:.1f} s with status {code}")
+    assert code == 0
+    assert wait_all_gone(vllm.pids, 5.0) == []
