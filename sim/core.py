@@ -154,7 +154,8 @@ class _Run:
         for name in sorted({r.model for r in requests} | set(cfg.specs)):
             if name not in cfg.specs:
                 raise KeyError(f"trace model {name!r} has no fleet model")
-            self.models[name] = _Model(name, cfg.specs[name], cfg.autoscaling.get(name))
+            policy = None if cfg.policy == "always-on" else cfg.autoscaling.get(name)
+            self.models[name] = _Model(name, cfg.specs[name], policy)
         self.first_token: list[float] = [math.nan] * len(requests)
         self.finished: list[float] = [math.nan] * len(requests)
         self.cold: list[bool] = [False] * len(requests)
@@ -265,8 +266,7 @@ class _Run:
             for m in self.models.values():
                 for _ in range(max(1, cfg.always_on_replicas.get(m.name, 1))):
                     self.start_replica(m, 0.0, ready_now=True)
-        else:
-            self.push(0.0, _TICK, None)
+        self.push(0.0, _TICK, None)
         reqs = self.requests
         n = len(reqs)
         i = 0
@@ -286,7 +286,7 @@ class _Run:
                 self.outstanding += 1
                 at_zero = not any(r.ready and not r.draining for r in m.replicas)
                 self.route(m, i, req, now)
-                if at_zero and cfg.policy != "always-on" and len(m.buffer) == 1:
+                if at_zero and len(m.buffer) == 1:
                     self.decide(m, now)  # the activator's poke
                 i += 1
                 if progress is not None and i % 4096 == 0:

@@ -1,0 +1,95 @@
+"""``thaw sim`` as a real process: report.json and plots written, errors name the line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from procs import thaw_argv
+
+from sim.traces import poisson
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_azure(path: Path) -> None:
+    lines = ["TIMESTAMP,ContextTokens,GeneratedTokens"]
+    for r in poisson(0.5, 300.0, 3, 300, 12):
+        whole = int(r.arrival_s)
+        frac = f"{r.arrival_s - whole:.7f}"[2:]
+        lines.append(
+            f"2023-11-16 18:{whole // 60:02d}:{whole % 60:02d}.{frac},"
+            f"{r.prompt_tokens},{r.output_tokens}"
+        )
+    path.write_text("\n".join(lines) + "\n")
+
+
+def sim(tmp: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    argv = thaw_argv(
+        "sim",
+        "--trace",
+        str(tmp / "t.csv"),
+        "--fleet",
+        str(ROOT / "sim/examples/fleet.yaml"),
+        "--config",
+        str(ROOT / "sim/examples/policy.yaml"),
+        "--no-progress",
+        *extra,
+    )
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def test_cli_writes_report_and_plots(tmp_path: Path) -> None:
+    write_azure(tmp_path / "t.csv")
+    out = tmp_path / "out"
+    args = ("--models", "3", "--compare", "kpa,always-on", "--seed", "1")
+    done = sim(tmp_path, "--out", str(out), *args)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["policies"]) == {"thaw", "kpa", "always-on"}
+    for entry in report["policies"].values():
+        for key in (
+            "requests",
+            "ttft_p50_s",
+            "ttft_p99_s",
+            "e2e_p99_s",
+            "slo_attainment_ratio",
+            "cold_start_requests",
+            "cold_starts_by_tier",
+            "gpu_hours_by_pool",
+            "cost_usd",
+        ):
+            assert key in entry
+    assert report["policies"]["always-on"]["cold_start_requests"] == 0
+    assert report["policies"]["thaw"]["cold_start_requests"] > 0
+    for name in ("replicas.png", "ttft_cdf.png", "cold_starts.png", "cost_vs_slo.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = tmp_path / "again"
+    assert sim(tmp_path, "--out", str(again), *args).returncode == 0
+    assert (again / "report.json").read_bytes() == (out / "report.json").read_bytes()
+
+
+def test_cli_bad_row_names_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,44\n"
+        "2023-11-16 18:15:47.0,12,lots\n"
+    )
+    done = sim(tmp_path, "--out", str(tmp_path / "out"))
+    assert done.returncode == 1
+    assert "t.csv:3: GeneratedTokens = 'lots'" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_rejects_unknown_baseline(tmp_path: Path) -> None:
+    write_azure(tmp_path / "t.csv")
+    done = sim(tmp_path, "--out", str(tmp_path / "out"), "--compare", "hpa")
+    assert done.returncode == 2
+    assert "'hpa'" in done.stderr
+
+
+def test_help_teaches_with_an_example() -> None:
+    done = subprocess.run(thaw_argv("sim", "--help"), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    assert "thaw sim --trace" in done.stdout
+    assert "always-on" in done.stdout
