@@ -75,6 +75,8 @@ class SimConfig:
     horizon_s: float = 0.0
     """Keep simulating (ticks, GPU time) at least until here."""
     sample_every_s: float = 10.0
+    fast_forward: bool = True
+    """Run identical decode steps as one event (same results; off: one event per step)."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,9 @@ class _Replica:
     draining: bool = False
     stopped: bool = False
     plan: StepPlan | None = None
+    chunk: tuple[float, float, int] | None = None
+    """Steps fast-forwarded as one event: (start_s, step_s, steps); see ``_Run.plan``."""
+    version: int = 0
 
     @property
     def load(self) -> int:
@@ -136,6 +141,7 @@ class _Model:
 
 
 _READY, _STEP, _TICK = 0, 1, 2
+_Payload = tuple[_Model, _Replica, int]
 
 
 class _Run:
@@ -143,7 +149,7 @@ class _Run:
         self.requests = requests
         self.fleet = fleet
         self.cfg = cfg
-        self.heap: list[tuple[float, int, int, tuple[_Model, _Replica] | None]] = []
+        self.heap: list[tuple[float, int, int, _Payload | None]] = []
         self.seq = 0
         self.free_gpus = {p.name: p.count for p in fleet.pools}
         self.gpu_s = {p.name: 0.0 for p in fleet.pools}
@@ -165,7 +171,7 @@ class _Run:
         self.samples_d: list[int] = []
 
     # events
-    def push(self, t: float, kind: int, payload: tuple[_Model, _Replica] | None) -> None:
+    def push(self, t: float, kind: int, payload: _Payload | None) -> None:
         self.seq += 1
         heapq.heappush(self.heap, (t, self.seq, kind, payload))
 
@@ -182,7 +188,7 @@ class _Run:
                 else:
                     delay = cold_start_s(m.spec, self.fleet.pool(pool_name), self.cfg.tier)
                     self.cold_by_tier[self.cfg.tier] += 1
-                    self.push(now + delay, _READY, (m, rep))
+                    self.push(now + delay, _READY, (m, rep, 0))
                 return True
         self.capacity_refusals += 1
         return False
@@ -201,19 +207,70 @@ class _Run:
             return
         rep = min(ready, key=lambda r: r.load)
         rep.core.add(EngineSeq(str(idx), req.prompt_tokens, req.output_tokens, req.arrival_s))
-        if rep.plan is None:
+        if rep.chunk is not None:
+            self.split_chunk(m, rep, now)
+        elif rep.plan is None:
             self.plan(m, rep, now)
 
     def plan(self, m: _Model, rep: _Replica, now: float) -> None:
-        plan = rep.core.plan_step(now)
+        """Plan the replica's next step, or fast-forward a run of identical decode steps.
+
+        With nothing waiting and every running sequence past its first token, the next steps
+        are identical decode steps until the first sequence finishes: they become one event
+        (``chunk``) instead of one per token. An arrival splits the chunk at the step in
+        progress (:meth:`split_chunk`), so admission happens at the same step boundary as
+        stepping one by one would give.
+        """
+        core = rep.core
+        rep.version += 1
+        if self.cfg.fast_forward and not core.waiting and core.running:
+            k = min(s.max_tokens - s.generated_tokens for s in core.running)
+            if k >= 2 and all(s.first_token_s is not None for s in core.running):
+                step = core.perf.decode_step_s(len(core.running))
+                rep.plan = None
+                rep.chunk = (now, step, k)
+                self.push(now + k * step, _STEP, (m, rep, rep.version))
+                return
+        plan = core.plan_step(now)
         rep.plan = plan
         if plan is not None:
-            self.push(plan.end_s, _STEP, (m, rep))
+            self.push(plan.end_s, _STEP, (m, rep, rep.version))
         elif rep.draining:
             self.stop_replica(m, rep, now)
 
+    @staticmethod
+    def _advance(rep: _Replica, steps: int) -> None:
+        for s in rep.core.running:
+            s.generated_tokens += steps
+
+    def _chunk_steps_done(self, rep: _Replica, now: float) -> int:
+        assert rep.chunk is not None
+        start, step, k = rep.chunk
+        return min(int((now - start) / step), k - 1)
+
+    def split_chunk(self, m: _Model, rep: _Replica, now: float) -> None:
+        """End a fast-forward at the step in progress at ``now``; that step becomes a plan."""
+        assert rep.chunk is not None
+        start, step, _ = rep.chunk
+        j = self._chunk_steps_done(rep, now)
+        self._advance(rep, j)
+        rep.chunk = None
+        rep.version += 1
+        plan = StepPlan(start + j * step, step, (), tuple(rep.core.running))
+        rep.plan = plan
+        self.push(plan.end_s, _STEP, (m, rep, rep.version))
+
+    def kv_ratio(self, rep: _Replica, now: float) -> float:
+        """The replica's KV usage at ``now``, counting fast-forwarded steps already done."""
+        core = rep.core
+        extra = 0
+        if rep.chunk is not None:
+            extra = self._chunk_steps_done(rep, now) * len(core.running)
+        used = sum(s.kv_tokens for s in core.running) + extra
+        return min(used / core.perf.kv_capacity_tokens, 1.0)
+
     # decisions
-    def observe(self, m: _Model) -> ModelObservation:
+    def observe(self, m: _Model, now: float) -> ModelObservation:
         reps = []
         for r in m.replicas:
             if r.draining:
@@ -225,7 +282,7 @@ class _Run:
                         "ready",
                         float(r.core.num_waiting),
                         float(r.core.num_running),
-                        r.core.kv_usage_ratio,
+                        self.kv_ratio(r, now),
                         0.0,
                     )
                 )
@@ -236,7 +293,7 @@ class _Run:
     def decide(self, m: _Model, now: float) -> None:
         if m.policy is None:
             return
-        decision, m.state = decide(self.observe(m), m.policy, m.state, now)
+        decision, m.state = decide(self.observe(m, now), m.policy, m.state, now)
         live = [r for r in m.replicas if not r.draining]
         diff = decision.desired_replicas - len(live)
         for _ in range(diff):
@@ -305,7 +362,7 @@ class _Run:
                     self.push(now + cfg.tick_s, _TICK, None)
             elif kind == _READY:
                 assert payload is not None
-                m, rep = payload
+                m, rep, _ = payload
                 if rep.stopped:
                     continue
                 rep.ready = True
@@ -314,9 +371,17 @@ class _Run:
                     self.route(m, idx, req, now)
             else:
                 assert payload is not None
-                m, rep = payload
-                plan = rep.plan
-                assert plan is not None
+                m, rep, version = payload
+                if version != rep.version:
+                    continue  # superseded by a split chunk
+                if rep.chunk is not None:
+                    start, step, k = rep.chunk
+                    self._advance(rep, k - 1)
+                    rep.chunk = None
+                    plan = StepPlan(start + (k - 1) * step, step, (), tuple(rep.core.running))
+                else:
+                    assert rep.plan is not None
+                    plan = rep.plan
                 res = rep.core.finish_step(plan)
                 for s in res.first_tokens:
                     self.first_token[int(s.request_id)] = res.end_s

@@ -123,3 +123,24 @@ def test_kpa_uses_knative_defaults() -> None:
     assert pol.target_kv_cache_usage_ratio is None
     assert (pol.stable_window_s, pol.panic_window_s, pol.panic_threshold_pct) == (60.0, 6.0, 200.0)
     assert pol.scale_to_zero_grace_s == 30.0
+
+
+def test_fast_forward_gives_the_same_results_as_stepping_token_by_token() -> None:
+    from dataclasses import replace
+
+    from sim.core import simulate
+
+    fleet = parse_fleet(FLEET)
+    reqs = spread_zipf(poisson(3.0, 120.0, 9, 300, 40), 2, 1.0, 9)
+    cfg = thaw_config(max_replicas=3, target_waiting_per_replica=1.0)
+    for policy in ("thaw", "always-on"):
+        fast = sim_config(policy, reqs, fleet, cfg, 0.0)  # type: ignore[arg-type]
+        a = simulate(reqs, fleet, fast)
+        b = simulate(reqs, fleet, replace(fast, fast_forward=False))
+        assert len(a.records) == len(b.records) == len(reqs)
+        for x, y in zip(a.records, b.records, strict=True):
+            assert x.ttft_s == pytest.approx(y.ttft_s, abs=1e-6)
+            assert x.e2e_s == pytest.approx(y.e2e_s, abs=1e-6)
+            assert x.cold_start == y.cold_start
+        assert a.cold_starts_by_tier == b.cold_starts_by_tier
+        assert a.sample_replicas == b.sample_replicas
