@@ -17,7 +17,9 @@ address, start-up timeout, log file), built by :func:`vllm_spec` or :func:`emula
   reaches end-of-file; ``PR_SET_PDEATHSIG``) and stops the group; see the supervisor's docstring
   for why vLLM needs one.
 
-The process's stdout and stderr go to ``spec.log_path`` (appended) or nowhere.
+The process's stdout and stderr go to ``spec.log_path`` (appended) or nowhere. Call ``start()``
+from a thread that outlives the engine (normally the main thread): ``PR_SET_PDEATHSIG`` fires when
+the *thread* that spawned the supervisor ends, and the supervisor then stops the engine.
 """
 
 from __future__ import annotations
@@ -360,10 +362,11 @@ class EngineProcess:
         finalizing kills it (default handlers are back) instead of letting it exit 0. Anything
         forked after this scan is stopped by the supervisor once the engine has exited."""
         assert self._proc is not None
-        for pid in group_pids(self._proc.pid):
-            if pid != self._proc.pid:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGTERM)
+        others = [pid for pid in group_pids(self._proc.pid) if pid != self._proc.pid]
+        # Right after spawn the supervisor may not have started the engine yet: tell it instead.
+        for pid in others or [self._proc.pid]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
 
     def _signal_group(self, sig: int) -> None:
         if self._proc is None:

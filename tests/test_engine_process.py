@@ -421,3 +421,18 @@ def test_helper_children_do_outlive_it_without_the_supervisor() -> None:
         os.killpg(proc.pid, signal.SIGKILL)
         kill_all(children)
         proc.wait(timeout=5)
+
+
+async def test_stop_right_after_spawn_is_prompt(engines: list[EngineProcess]) -> None:
+    """stop() before the supervisor has started the engine must not wait out the whole grace."""
+    engine = EngineProcess(helper_spec(free_port(), "--ready-after-s", "1000"))
+    engines.append(engine)
+    task = asyncio.ensure_future(engine.start())
+    await asyncio.sleep(0)  # spawned; the supervisor is still importing
+    code = await engine.stop(grace_s=30.0)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    # SIGTERM reached the supervisor (before or after its handler was in place), not the
+    # SIGKILL that ends the grace period.
+    assert code in (0, -signal.SIGTERM)
+    assert not engine.running
