@@ -25,7 +25,7 @@ import aiohttp
 import httpx
 import openai
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from procs import child, free_port, thaw_argv
 from prometheus_client.parser import text_string_to_metric_families
@@ -470,18 +470,19 @@ JSON = st.recursive(
     ),
     max_leaves=8,
 )
+OPTIONAL = {
+    "messages": st.just([{"role": "user", "content": "hi"}]) | JSON,
+    "prompt": st.text(max_size=20) | JSON,
+    "max_tokens": st.integers(-2, 4) | JSON,
+    "stream": st.booleans() | JSON,
+    "temperature": JSON,
+}
+#: Bodies naming the served model (so they reach the emulator), then any field mix, then any JSON.
+SERVED = st.fixed_dictionaries({"model": st.just(MODEL)}, optional=OPTIONAL)
 FIELDS = st.fixed_dictionaries(
-    {},
-    optional={
-        "model": st.sampled_from([MODEL, "other", ""]) | JSON,
-        "messages": st.just([{"role": "user", "content": "hi"}]) | JSON,
-        "prompt": st.text(max_size=20) | JSON,
-        "max_tokens": st.integers(-2, 4) | JSON,
-        "stream": st.booleans() | JSON,
-        "temperature": JSON,
-    },
+    {}, optional={"model": st.sampled_from([MODEL, "other", ""]) | JSON, **OPTIONAL}
 )
-BODIES = FIELDS.map(lambda d: json.dumps(d).encode()) | JSON.map(lambda v: json.dumps(v).encode())
+BODIES = (SERVED | FIELDS | JSON).map(lambda v: json.dumps(v).encode())
 
 
 async def test_random_bodies_never_get_a_500(tmp_path: Path) -> None:
@@ -498,6 +499,11 @@ async def test_random_bodies_never_get_a_500(tmp_path: Path) -> None:
                 suppress_health_check=[HealthCheck.function_scoped_fixture],
             )
             @given(path=st.sampled_from(["/v1/chat/completions", "/v1/completions"]), raw=BODIES)
+            @example(path="/v1/chat/completions", raw=json.dumps(CHAT).encode())
+            @example(
+                path="/v1/completions", raw=b'{"model": "tiny", "prompt": "a", "max_tokens": 2}'
+            )
+            @example(path="/v1/completions", raw=b'{"model": "tiny", "prompt": 5}')
             def check(path: str, raw: bytes) -> None:
                 r = httpx.post(
                     url + path,
@@ -512,3 +518,4 @@ async def test_random_bodies_never_get_a_500(tmp_path: Path) -> None:
 
             await asyncio.to_thread(check)
             assert sum(seen.values()) >= 30
+            assert seen[200] >= 2, seen  # valid bodies reached the emulator and came back
