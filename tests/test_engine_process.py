@@ -436,3 +436,12 @@ async def test_stop_right_after_spawn_is_prompt(engines: list[EngineProcess]) ->
     # SIGKILL that ends the grace period.
     assert code in (0, -signal.SIGTERM)
     assert not engine.running
+
+
+def test_thaw_engine_help_teaches() -> None:
+    from procs import thaw_argv
+
+    out = subprocess.run(thaw_argv("engine", "--help"), cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    for words in ("--model", "--port", "VLLM_CPU_KVCACHE_SPACE=1", "examples:", "-- VLLM_ARGS"):
+        assert words in out.stdout

@@ -2,8 +2,8 @@
 official ``openai`` client and raw HTTP), ``/metrics`` read by the autoscaler's parser, sleep and
 wake-up, and no orphans after a clean stop or after the launcher dies by SIGKILL.
 
-Two vLLM starts (about 40 s each on 2 cores): one held by a driver process that the first test
-kills, then one started in this process and shared by the rest of the module. The cold-start
+Two vLLM starts (about 40 s each on 2 cores): one by ``thaw engine``, which the first test kills,
+then one started in this process and shared by the rest of the module. The cold-start
 time and the memory of the engine's processes are printed (run with ``-s`` to see them).
 """
 
@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import subprocess
-import textwrap
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 from openai import OpenAI
-from procs import PYTHON, REPO, free_port
+from procs import free_port, thaw_argv
 
 from autoscaler.engine_metrics import KV_USAGE, WAITING, parse_engine_metrics
 from autoscaler.engine_process import EngineProcess, vllm_spec
@@ -106,56 +105,56 @@ def kill_all(pids: list[int]) -> None:
             pass
 
 
-# -- 1. the launcher dies by SIGKILL: vLLM's whole group goes --------------------------------
-
-DRIVER = textwrap.dedent(
-    """
-    import asyncio, json, sys
-    from pathlib import Path
-    from autoscaler.engine_process import EngineProcess, vllm_spec
-
-    async def main() -> None:
-        model, port, log = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
-        engine = EngineProcess(vllm_spec(model, port=port, served_model_name="tiny-llama",
-                                         log_path=log))
-        await engine.start()
-        print(json.dumps({"pgid": engine.pid, "startup_s": engine.startup_s}), flush=True)
-        await asyncio.sleep(3600)
-
-    asyncio.run(main())
-    """
-)
+# -- 1. `thaw engine`, then SIGKILL it: vLLM's whole group goes ----------------------------
 
 
-def test_launcher_killed_by_sigkill_takes_the_whole_vllm_group(tmp_path: Path) -> None:
-    model = build_tiny_llama(tmp_path / "tiny-llama")
+def test_thaw_engine_serves_and_its_death_by_sigkill_takes_the_vllm_group(tmp_path: Path) -> None:
     port = free_port()
-    driver = subprocess.Popen(
-        [PYTHON, "-c", DRIVER, str(model), str(port), str(tmp_path / "vllm.log")],
-        cwd=REPO,
+    log_path = tmp_path / "engine.log"
+    thaw = subprocess.Popen(
+        thaw_argv("engine", "--port", str(port), "--log", str(log_path)),
+        cwd=tmp_path,  # the tiny model is built into ./.thaw/models/tiny-llama
         stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
     )
     pids: list[int] = []
     try:
-        assert driver.stdout is not None
-        line = driver.stdout.readline()
-        assert line, f"vLLM did not start; see {tmp_path / 'vllm.log'}"
-        info = json.loads(line)
-        pids = group_members(info["pgid"])
+        assert thaw.stdout is not None
+        output = []
+        for line in thaw.stdout:
+            output.append(line)
+            if "Ctrl-C stops it." in line or line.startswith("thaw engine:"):
+                break
+        text = "".join(output)
+        assert "Ctrl-C stops it." in text, text + log_path.read_text()[-3000:]
+        assert (tmp_path / ".thaw/models/tiny-llama/config.json").is_file()
+        base_url = f"http://127.0.0.1:{port}"
+        assert f"curl {base_url}/v1/chat/completions" in text
+        assert f'OpenAI(base_url="{base_url}/v1"' in text
+        print("\n" + next(line for line in output if "cold start" in line).strip())
+        resp = httpx.post(
+            f"{base_url}/v1/completions",
+            json={"model": NAME, "prompt": "Once upon a time", "max_tokens": 4},
+            timeout=60,
+        )
+        assert resp.status_code == 200, resp.text
+        supervisor = next(
+            p for p in map(int, filter(str.isdigit, os.listdir("/proc")))
+            if (fields := stat_fields(p)) is not None and int(fields[1]) == thaw.pid
+        )  # fmt: skip
+        pids = group_members(supervisor)
         names = sorted(comm(p) for p in pids)
-        print(f"\nvLLM group held by a driver: {names}; cold start {info['startup_s']:.1f} s")
         assert "VLLM::EngineCor" in names and "VLLM::Worker" in names  # grandchildren exist
-        assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=10)
+        os.kill(thaw.pid, signal.SIGKILL)
+        thaw.wait(timeout=10)
         assert wait_all_gone(pids, 20.0) == [], [comm(p) for p in pids if alive(p)]
     finally:
-        kill_all([driver.pid, *pids])
-        driver.wait(timeout=10)
-        if driver.stdout is not None:
-            driver.stdout.close()
+        kill_all([thaw.pid, *pids])
+        thaw.wait(timeout=10)
+        if thaw.stdout is not None:
+            thaw.stdout.close()
 
 
 # -- 2. one engine for the rest of the module --------------------------------------------------
