@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -457,6 +458,8 @@ async def test_sse_chunks_pass_through_as_they_are_made(tmp_path: Path) -> None:
         assert len(arrivals) == n
         # Tokens arrive one decode step apart; a buffering proxy would deliver them together.
         assert arrivals[-1] - arrivals[0] >= 0.5 * (n - 1) * decode_s
+        gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+        assert sum(g >= 0.3 * decode_s for g in gaps) >= len(gaps) // 2, gaps  # not in one lump
 
 
 JSON = st.recursive(
