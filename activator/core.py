@@ -118,6 +118,7 @@ class Activator:
         api_keys: Iterable[str] | None = None,
         retry_after_s: int = 5,
         connect_timeout_s: float = 5.0,
+        recheck_s: float = RECHECK_S,
     ) -> None:
         self._endpoints = endpoints
         self._demand = demand
@@ -126,6 +127,7 @@ class Activator:
         self._api_keys = frozenset(api_keys) if api_keys else None
         self._retry_after = str(retry_after_s).encode()
         self._connect_timeout_s = connect_timeout_s
+        self._recheck_s = recheck_s
         self._outstanding: dict[str, int] = {}
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -461,7 +463,7 @@ class Activator:
                     return 504
                 await asyncio.wait(
                     (fut, disconnect),
-                    timeout=min(remaining_s, RECHECK_S),
+                    timeout=min(remaining_s, self._recheck_s),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 if disconnect.done():

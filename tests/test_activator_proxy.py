@@ -139,9 +139,13 @@ async def metric(base: str, name: str, **labels: str) -> float:
     return sum(_samples(text, name, **labels))
 
 
-def _activator(src: Endpoints, sink: Sink, **limits: Any) -> Activator:
+def _activator(src: Endpoints, sink: Sink, recheck_s: float = 1.0, **limits: Any) -> Activator:
     return Activator(
-        models={MODEL: ModelLimits(**limits)}, endpoints=src, demand=sink, clock=SystemClock()
+        models={MODEL: ModelLimits(**limits)},
+        endpoints=src,
+        demand=sink,
+        clock=SystemClock(),
+        recheck_s=recheck_s,
     )
 
 
@@ -210,7 +214,8 @@ async def test_at_zero_one_poke_then_all_released(tmp_path: Path) -> None:
             act.endpoints_changed(model)
 
         sink = Sink(scale_up)
-        act = _activator(src, sink, buffer_size=100, wait_timeout_s=60)
+        # No safety-net recheck: only endpoints_changed() can release the buffer here.
+        act = _activator(src, sink, recheck_s=3600, buffer_size=100, wait_timeout_s=60)
         async with running(act) as url:
             async with httpx.AsyncClient(
                 base_url=url, timeout=60, limits=httpx.Limits(max_connections=n + 10)
