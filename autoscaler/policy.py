@@ -146,6 +146,7 @@ class AutoscalingPolicy(_Frozen):
     max_replicas: int = Field(
         1,
         strict=True,
+        validate_default=True,
         ge=1,
         le=1000,
         description="Most replicas (Knative max-scale; Knative's 0 = unbounded has no "
@@ -154,6 +155,7 @@ class AutoscalingPolicy(_Frozen):
     initial_replicas: int = Field(
         0,
         strict=True,
+        validate_default=True,
         ge=0,
         le=1000,
         description="Replicas held for the first stable window after start (Knative "

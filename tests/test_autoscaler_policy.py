@@ -412,3 +412,12 @@ def test_cli_schema_and_show_default_round_trip(tmp_path: Path) -> None:
     assert load_policy(copy) == load_policy(default_config_path())
     helped = thaw("policy", "--help")
     assert "thaw policy check thaw.yaml" in helped.stdout
+
+
+def test_min_above_the_default_max_is_an_error_on_max() -> None:
+    # Found by hypothesis in CI: field validators do not run on defaults unless asked to.
+    with pytest.raises(PolicyError) as e:
+        parse_policy("models:\n  - name: m\n    autoscaling: {min_replicas: 2}\n", "f.yaml")
+    assert list(e.value.errors) == [
+        "models[0].autoscaling.max_replicas (line 3): value 1: must be >= min_replicas (2)"
+    ]
