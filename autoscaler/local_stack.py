@@ -318,8 +318,10 @@ class LocalStack:
                     server.result()  # raise the server's error
                     break
         finally:
+            log.info("shutting down: stopping %d engine replica(s)", len(self.actuator.replicas()))
             server.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await server
             await self.actuator.close()
             await self.activator.close()
+            log.info("stopped; no engine process left")
