@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from activator.routing import choose_replica
 from activator.types import DemandSink, EndpointSource, ModelLimits, Replica
 from thaw.clock import Clock
 
@@ -38,6 +39,8 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+#: An answer the activator makes itself: status, JSON body, extra headers.
+Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
 
 PROXIED_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
 OPEN_PATHS = frozenset({"/health", "/metrics"})
@@ -60,12 +63,31 @@ def error_body(message: str, type_: str, param: str | None, code: int | str | No
     ).encode()
 
 
+def _answer(
+    status: int,
+    message: str,
+    type_: str,
+    param: str | None = None,
+    code: int | str | None = None,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> Answer:
+    return (
+        status,
+        error_body(message, type_, param, status if code is None else code),
+        headers or [],
+    )
+
+
 class _UpstreamFailed(Exception):
     """The replica failed before the client saw a byte; the request may go elsewhere."""
 
 
-class _ModelGone(Exception):
-    """The model was removed from the policy while the request waited."""
+class _Refused(Exception):
+    """A buffered request's wait ended without a replica; carries the answer to give."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(answer[0])
+        self.answer = answer
 
 
 @dataclass
@@ -75,7 +97,28 @@ class _ModelState:
     in_flight: int = 0
 
 
+class _Watch:
+    """Cancels a request's task when its client disconnects, until its answer has begun: a
+    waiting request leaves the buffer at once, a forwarded one drops its upstream connection
+    (which makes vLLM abort the generation)."""
+
+    __slots__ = ("armed", "gone", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.armed = True
+        self.gone = False
+
+    def __call__(self, _: asyncio.Future[Message]) -> None:
+        if self.armed:
+            self.armed = False
+            self.gone = True
+            self.task.cancel()
+
+
 class ActivatorMetrics:
+    """The activator's Prometheus series, in the registry it was given (never the global one)."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
         self.buffered = Gauge(
             "thaw_activator_buffered_requests",
@@ -85,7 +128,8 @@ class ActivatorMetrics:
         )
         self.requests = Counter(
             "thaw_activator_requests_total",
-            "Requests answered by the activator, by model and HTTP status.",
+            "Requests answered by the activator, by model and HTTP status "
+            "(499: the client left first; model '-': no configured model named).",
             ["model", "code"],
             registry=registry,
         )
@@ -125,15 +169,21 @@ class Activator:
         self._clock = clock
         self._models: dict[str, _ModelState] = {n: _ModelState(lim) for n, lim in models.items()}
         self._api_keys = frozenset(api_keys) if api_keys else None
-        self._retry_after = str(retry_after_s).encode()
+        self._retry_after = [(b"retry-after", str(retry_after_s).encode())]
         self._connect_timeout_s = connect_timeout_s
         self._recheck_s = recheck_s
         self._outstanding: dict[str, int] = {}
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._draining = False
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = ActivatorMetrics(self.registry)
         self._rest = _rest_app(self)
+
+    @property
+    def asgi_app(self) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+        """The ASGI application (the activator itself): the hot path, FastAPI behind it."""
+        return self
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -146,12 +196,16 @@ class Activator:
                 auto_decompress=False,
             )
 
+    def drain(self) -> None:
+        """Shutting down: every buffered request is answered 503 with ``Retry-After`` now, and
+        so is any later one that would wait; requests already at a replica go on to the end."""
+        self._draining = True
+        for name, st in self._models.items():
+            self._refuse_all(name, st, self._shutting_down)
+
     async def close(self) -> None:
-        for st in self._models.values():
-            while st.buffer:
-                fut = st.buffer.popleft()
-                if not fut.done():
-                    fut.set_exception(_ModelGone("the activator is shutting down"))
+        """Drain, then close the upstream session (after the server stopped)."""
+        self.drain()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -165,14 +219,17 @@ class Activator:
         return self._models[model].limits
 
     def buffered(self, model: str) -> int:
+        """Requests of ``model`` waiting for a ready replica now (the autoscaler reads this)."""
         st = self._models.get(model)
         return len(st.buffer) if st else 0
 
     def in_flight(self, model: str) -> int:
+        """Requests of ``model`` inside the activator now: buffered or at a replica."""
         st = self._models.get(model)
         return st.in_flight if st else 0
 
     def outstanding(self, replica_id: str) -> int:
+        """Requests the activator has at ``replica_id`` now."""
         return self._outstanding.get(replica_id, 0)
 
     def set_models(self, models: Mapping[str, ModelLimits]) -> None:
@@ -180,10 +237,7 @@ class Activator:
         for name in list(self._models):
             if name not in models:
                 st = self._models.pop(name)
-                while st.buffer:
-                    fut = st.buffer.popleft()
-                    if not fut.done():
-                        fut.set_exception(_ModelGone(f"model {name!r} was removed"))
+                self._refuse_all(name, st, lambda m: _model_gone(m, "was removed"))
         for name, lim in models.items():
             if name in self._models:
                 self._models[name].limits = lim
@@ -201,6 +255,21 @@ class Activator:
                 fut.set_result(None)
         self.metrics.buffered.labels(model).set(0)
 
+    def _refuse_all(self, model: str, st: _ModelState, answer: Callable[[str], Answer]) -> None:
+        while st.buffer:
+            fut = st.buffer.popleft()
+            if not fut.done():
+                fut.set_exception(_Refused(answer(model)))
+        self.metrics.buffered.labels(model).set(0)
+
+    def _shutting_down(self, model: str) -> Answer:
+        return _answer(
+            503,
+            f"the activator is shutting down; retry the request for model {model!r}",
+            "service_unavailable",
+            headers=self._retry_after,
+        )
+
     # -- ASGI ----------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -213,12 +282,11 @@ class Activator:
             ):
                 await _respond(
                     send,
-                    401,
-                    error_body(
+                    *_answer(
+                        401,
                         "missing or invalid API key (send 'Authorization: Bearer KEY')",
                         "authentication_error",
-                        None,
-                        "invalid_api_key",
+                        code="invalid_api_key",
                     ),
                 )
                 return
@@ -240,6 +308,7 @@ class Activator:
         start_s = self._clock.monotonic()
         model = "-"
         code = 500
+        watch: _Watch | None = None
         disconnect: asyncio.Future[Message] | None = None
         try:
             body, error = await self._read_body(scope, receive)
@@ -248,7 +317,7 @@ class Activator:
                 await _respond(send, *error)
                 return
             model, st, error = self._parse(body)
-            if error is not None or st is None:
+            if st is None:
                 code = error[0] if error else 400
                 if error:
                     await _respond(send, *error)
@@ -257,13 +326,29 @@ class Activator:
                 code = 413
                 await _respond(send, *_too_large(st.limits.max_body_bytes))
                 return
+            task = asyncio.current_task()
+            assert task is not None
+            watch = _Watch(task)
             disconnect = asyncio.ensure_future(receive())
+            disconnect.add_done_callback(watch)
             st.in_flight += 1
             try:
-                code = await self._route(scope["path"], body, model, st, start_s, send, disconnect)
+                result = await self._route(scope["path"], body, model, st, start_s, send, watch)
+            except asyncio.CancelledError:
+                if not watch.gone or task.uncancel() > 0:
+                    raise
+                result = 499  # the client left; no one to answer
             finally:
                 st.in_flight -= 1
+            if isinstance(result, int):
+                code = result
+            else:
+                watch.armed = False
+                code = result[0]
+                await _respond(send, *result)
         finally:
+            if watch is not None:
+                watch.armed = False
             if disconnect is not None and not disconnect.done():
                 disconnect.cancel()
             if model != "-" or code != 500:
@@ -271,9 +356,7 @@ class Activator:
                 if model != "-":
                     self.metrics.duration.labels(model).observe(self._clock.monotonic() - start_s)
 
-    async def _read_body(
-        self, scope: Scope, receive: Receive
-    ) -> tuple[bytes, tuple[int, bytes, list[tuple[bytes, bytes]]] | None]:
+    async def _read_body(self, scope: Scope, receive: Receive) -> tuple[bytes, Answer | None]:
         cap = max((st.limits.max_body_bytes for st in self._models.values()), default=1)
         for k, v in scope["headers"]:
             if k == b"content-length" and v.isdigit() and int(v) > cap:
@@ -293,87 +376,32 @@ class Activator:
             more = msg.get("more_body", False)
         return b"".join(chunks), None
 
-    def _parse(
-        self, body: bytes
-    ) -> tuple[str, _ModelState | None, tuple[int, bytes, list[tuple[bytes, bytes]]] | None]:
+    def _parse(self, body: bytes) -> tuple[str, _ModelState | None, Answer | None]:
+        """``model`` from the body (the only field read), its state, or the error answer."""
         try:
             payload = json.loads(body)
         except ValueError as e:
-            return (
-                "-",
-                None,
-                (
-                    400,
-                    error_body(
-                        f"the body is not valid JSON: {e}", "invalid_request_error", None, 400
-                    ),
-                    [],
-                ),
-            )
+            return "-", None, _answer(400, f"the body is not valid JSON: {e}", INVALID)
         if not isinstance(payload, dict):
-            return (
-                "-",
-                None,
-                (
-                    400,
-                    error_body(
-                        f"the body must be a JSON object, got {type(payload).__name__}",
-                        "invalid_request_error",
-                        None,
-                        400,
-                    ),
-                    [],
-                ),
-            )
+            kind = type(payload).__name__
+            return "-", None, _answer(400, f"the body must be a JSON object, got {kind}", INVALID)
         model = payload.get("model")
         if not isinstance(model, str) or not model:
             return (
                 "-",
                 None,
-                (
+                _answer(
                     400,
-                    error_body(
-                        f"'model' is required and must be a non-empty string, got {model!r}",
-                        "invalid_request_error",
-                        "model",
-                        400,
-                    ),
-                    [],
+                    f"'model' is required and must be a non-empty string, got {model!r}",
+                    INVALID,
+                    "model",
                 ),
             )
         st = self._models.get(model)
         if st is None:
-            return (
-                "-",
-                None,
-                (
-                    404,
-                    error_body(
-                        f"the model {model!r} does not exist; served models: "
-                        f"{', '.join(sorted(self._models)) or '(none)'}",
-                        "NotFoundError",
-                        "model",
-                        "model_not_found",
-                    ),
-                    [],
-                ),
-            )
+            served = ", ".join(sorted(self._models)) or "(none)"
+            return "-", None, _model_gone(model, f"does not exist; served models: {served}")
         return model, st, None
-
-    def _pick(self, model: str, exclude: set[str]) -> Replica | None:
-        best: Replica | None = None
-        best_key: tuple[int, float, float] | None = None
-        for r in self._endpoints.ready_replicas(model):
-            if r.replica_id in exclude:
-                continue
-            key = (
-                self._outstanding.get(r.replica_id, 0),
-                r.kv_cache_usage_ratio if r.kv_cache_usage_ratio is not None else 0.0,
-                r.num_requests_waiting if r.num_requests_waiting is not None else 0.0,
-            )
-            if best_key is None or key < best_key:
-                best, best_key = r, key
-        return best
 
     async def _route(
         self,
@@ -383,62 +411,51 @@ class Activator:
         st: _ModelState,
         start_s: float,
         send: Send,
-        disconnect: asyncio.Future[Message],
-    ) -> int:
+        watch: _Watch,
+    ) -> int | Answer:
+        """Forward to the best ready replica, retrying once elsewhere before the first byte and
+        waiting in the buffer when there is none. The upstream's status once it answered, else
+        the answer to give."""
         deadline_s = start_s + st.limits.wait_timeout_s
         tried: set[str] = set()
         retried = False
-        must_wait = False
         while True:
-            replica = None if must_wait else self._pick(model, tried)
+            replicas = self._endpoints.ready_replicas(model)
+            replica = choose_replica(replicas, self._outstanding, tried)
             if replica is None:
-                code = await self._wait(model, st, deadline_s, send, disconnect)
-                if code is not None:
-                    return code
+                answer = await self._wait(model, st, deadline_s)
+                if answer is not None:
+                    return answer
                 tried.clear()
-                must_wait = False
                 continue
             try:
-                return await self._forward(path, body, replica, send)
+                return await self._forward(path, body, replica, send, watch)
             except _UpstreamFailed as e:
                 tried.add(replica.replica_id)
-                if disconnect.done():
-                    return 499
-                if not retried:
-                    retried = True
-                    self.metrics.retries.labels(model).inc()
-                    log.warning(
-                        "model %s: replica %s failed (%s); retrying elsewhere",
-                        model,
-                        replica.replica_id,
-                        e,
-                    )
-                else:
-                    must_wait = True
+                if retried:  # once is enough: wait as at zero from here
+                    tried.update(r.replica_id for r in replicas)
+                    continue
+                retried = True
+                self.metrics.retries.labels(model).inc()
+                log.warning(
+                    "model %s: replica %s failed (%s); retrying elsewhere",
+                    model,
+                    replica.replica_id,
+                    e,
+                )
 
-    async def _wait(
-        self,
-        model: str,
-        st: _ModelState,
-        deadline_s: float,
-        send: Send,
-        disconnect: asyncio.Future[Message],
-    ) -> int | None:
-        """Wait in the buffer. None: go pick a replica; else the status already answered."""
+    async def _wait(self, model: str, st: _ModelState, deadline_s: float) -> Answer | None:
+        """Wait in the buffer. None: go pick a replica; else the answer to give."""
+        if self._draining:
+            return self._shutting_down(model)
         if len(st.buffer) >= st.limits.buffer_size:
-            await _respond(
-                send,
+            return _answer(
                 503,
-                error_body(
-                    f"model {model!r} is scaling up and its buffer is full "
-                    f"({st.limits.buffer_size} requests); retry later",
-                    "service_unavailable",
-                    None,
-                    503,
-                ),
-                [(b"retry-after", self._retry_after)],
+                f"model {model!r} is scaling up and its buffer is full "
+                f"({st.limits.buffer_size} requests); retry later",
+                "service_unavailable",
+                headers=self._retry_after,
             )
-            return 503
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         first = not st.buffer
         st.buffer.append(fut)
@@ -449,35 +466,18 @@ class Activator:
             while True:
                 remaining_s = deadline_s - self._clock.monotonic()
                 if remaining_s <= 0:
-                    await _respond(
-                        send,
+                    return _answer(
                         504,
-                        error_body(
-                            f"no replica of model {model!r} became ready within "
-                            f"{st.limits.wait_timeout_s:g} s",
-                            "timeout",
-                            None,
-                            504,
-                        ),
+                        f"no replica of model {model!r} became ready within "
+                        f"{st.limits.wait_timeout_s:g} s",
+                        "timeout",
                     )
-                    return 504
-                await asyncio.wait(
-                    (fut, disconnect),
-                    timeout=min(remaining_s, self._recheck_s),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if disconnect.done():
-                    return 499
+                await asyncio.wait((fut,), timeout=min(remaining_s, self._recheck_s))
                 if fut.done():
                     try:
                         fut.result()
-                    except _ModelGone as e:
-                        await _respond(
-                            send,
-                            404,
-                            error_body(str(e), "NotFoundError", "model", "model_not_found"),
-                        )
-                        return 404
+                    except _Refused as e:
+                        return e.answer
                     return None
                 if self._endpoints.ready_replicas(model) and st.buffer and st.buffer[0] is fut:
                     return None  # a missed push; the head of the line goes first
@@ -486,7 +486,7 @@ class Activator:
                 fut.cancel()
             with contextlib.suppress(ValueError):
                 st.buffer.remove(fut)
-            if model in self._models:
+            if self._models.get(model) is st:
                 self.metrics.buffered.labels(model).set(len(st.buffer))
 
     async def _poke(self, model: str) -> None:
@@ -495,12 +495,15 @@ class Activator:
         except Exception:  # a failed poke must not fail the request; the tick still comes
             log.exception("poking the autoscaler for %s failed", model)
 
-    async def _forward(self, path: str, body: bytes, replica: Replica, send: Send) -> int:
+    async def _forward(
+        self, path: str, body: bytes, replica: Replica, send: Send, watch: _Watch
+    ) -> int:
+        """Send ``body`` to ``replica`` and its answer to the client; the upstream's status.
+        Raises :class:`_UpstreamFailed` only while the client has seen nothing."""
         if self._session is None:
             raise RuntimeError("Activator.start() was not awaited")
         rid = replica.replica_id
         self._outstanding[rid] = self._outstanding.get(rid, 0) + 1
-        started = False
         try:
             try:
                 resp = await self._session.post(
@@ -514,19 +517,18 @@ class Activator:
                 if resp.status in RETRYABLE_STATUS:
                     raise _UpstreamFailed(f"answered {resp.status}")
                 headers = [(k, v) for k, v in resp.raw_headers if k.lower() not in SKIP_HEADERS]
-                streaming = resp.content_type == "text/event-stream"
-                if not streaming:
+                if resp.content_type != "text/event-stream":
                     try:
                         data = await resp.read()
                     except (TimeoutError, aiohttp.ClientError, OSError) as e:
                         raise _UpstreamFailed(f"{type(e).__name__}: {e}") from e
+                    watch.armed = False
                     headers.append((b"content-length", str(len(data)).encode()))
                     await send(
                         {"type": "http.response.start", "status": resp.status, "headers": headers}
                     )
                     await send({"type": "http.response.body", "body": data})
                     return resp.status
-                first: bytes | None = None
                 try:
                     first = await resp.content.readany()
                 except (TimeoutError, aiohttp.ClientError, OSError) as e:
@@ -534,7 +536,7 @@ class Activator:
                 await send(
                     {"type": "http.response.start", "status": resp.status, "headers": headers}
                 )
-                started = True
+                # From here on the client has bytes: no retry, an error event instead.
                 await send({"type": "http.response.body", "body": first, "more_body": True})
                 try:
                     async for chunk in resp.content.iter_any():
@@ -554,12 +556,9 @@ class Activator:
                             "more_body": True,
                         }
                     )
+                watch.armed = False
                 await send({"type": "http.response.body", "body": b""})
                 return resp.status
-        except _UpstreamFailed:
-            if started:  # cannot happen: failures after the first byte are handled above
-                raise RuntimeError("retry after the first byte") from None
-            raise
         finally:
             left = self._outstanding.get(rid, 1) - 1
             if left:
@@ -573,16 +572,16 @@ class Activator:
         task.add_done_callback(self._tasks.discard)
 
 
-def _too_large(cap: int) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-    return (
-        413,
-        error_body(
-            f"the request body is larger than the model's limit of {cap} bytes",
-            "invalid_request_error",
-            None,
-            413,
-        ),
-        [],
+INVALID = "invalid_request_error"
+
+
+def _model_gone(model: str, why: str) -> Answer:
+    return _answer(404, f"the model {model!r} {why}", "NotFoundError", "model", "model_not_found")
+
+
+def _too_large(cap: int) -> Answer:
+    return _answer(
+        413, f"the request body is larger than the model's limit of {cap} bytes", INVALID
     )
 
 

@@ -1,10 +1,12 @@
-"""Serving the activator with uvicorn on one address, lean: no access log, no lifespan, no
-signal handlers of its own (the caller owns SIGINT/SIGTERM and sets ``stop``)."""
+"""Serving the activator with uvicorn on one address, lean (no access log, no lifespan, no signal
+handlers of its own: the caller owns SIGINT/SIGTERM and sets ``stop`` or cancels), and shutting
+it down gracefully."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 import uvicorn
 
@@ -20,10 +22,13 @@ async def serve(
     started: asyncio.Event | None = None,
     graceful_s: int = 30,
 ) -> None:
-    """Serve until ``stop`` is set (or the task is cancelled), then stop accepting, let in-flight
-    requests finish for up to ``graceful_s``, and return. ``started`` is set once listening."""
+    """Serve until ``stop`` is set or the task is cancelled, then shut down gracefully: stop
+    accepting, answer buffered requests 503 with ``Retry-After`` (:meth:`Activator.drain`), let
+    requests already at a replica finish for up to ``graceful_s``, and return (or re-raise the
+    cancellation). ``started`` is set once listening. uvicorn picks uvloop and httptools when
+    they are installed (they are dependencies)."""
     config = uvicorn.Config(
-        activator,
+        activator.asgi_app,
         host=host,
         port=port,
         log_level="warning",
@@ -35,23 +40,22 @@ async def serve(
     server = uvicorn.Server(config)
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     await activator.start()
-
-    async def watch() -> None:
-        while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for it
-            await asyncio.sleep(0.02)
-        if started is not None:
-            started.set()
-        if stop is not None:
-            await stop.wait()
-            server.should_exit = True
-
-    watcher = asyncio.ensure_future(watch())
+    running = asyncio.ensure_future(server.serve())
     try:
-        await server.serve()
-    except asyncio.CancelledError:
-        server.should_exit = True
-        raise
+        while not server.started and not running.done():  # noqa: ASYNC110 - uvicorn has no event
+            await asyncio.sleep(0.02)
+        if started is not None and server.started:
+            started.set()
+        waiters: list[asyncio.Future[Any]] = [running]
+        if stop is not None:
+            waiters.append(asyncio.ensure_future(stop.wait()))
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters[1:]:
+                w.cancel()
     finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        activator.drain()
+        server.should_exit = True
+        # Shielded: a cancellation of serve() still waits for the graceful shutdown to end.
+        await asyncio.shield(running)
