@@ -1,20 +1,35 @@
 """The discrete-event core of the cold-start simulator. Pure and deterministic.
 
-Owns virtual time: a heap of events (replica ready, engine step end, autoscaler tick) merged with
-the sorted arrivals of a trace. Per model it keeps a simulated activator buffer (requests that
-arrive while no replica is ready wait there: they *waited on a cold start*) and replicas, each an
-:class:`~sim.engine_model.EngineCore` (the same continuous-batching scheduler as
-``thaw emulator``). Every ``tick_s`` — and at once when a request is buffered at zero, as the
+Owns virtual time: a heap of events (replica ready, engine step end, replica asleep, autoscaler
+tick) merged with the sorted arrivals of a trace. Per model it keeps a simulated activator buffer
+(requests that arrive while no replica is ready wait there: they *waited on a cold start*) and
+replicas, each an :class:`~sim.engine_model.EngineCore` (the same continuous-batching scheduler
+as ``thaw emulator``). Every ``tick_s`` — and at once when a request is buffered at zero, as the
 activator pokes the autoscaler — it builds a :class:`~autoscaler.decider.ModelObservation` from
-the simulated replicas and calls the real :func:`autoscaler.decider.decide`, then applies the
-desired count: new replicas are ready after the fleet's derived cold-start time for the tier;
-scaling down stops starting replicas first, then idle ones at once, then drains busy ones (no new
-requests; stopped when empty).
+the simulated replicas, calls the real :func:`autoscaler.decider.decide`, and turns the desired
+count into actions with the real warm-pool planner :func:`autoscaler.warm_pool.plan_actions`
+(wake sleepers before starting cold replicas; on scale-down sleep within the host-RAM budget,
+else stop). As the local actuator does: a stopped replica that still has requests drains first
+(no new requests); a replica put to sleep finishes its requests, then sleeps.
 
-Policies: ``thaw`` (the policy file's autoscaling), ``kpa`` (the same decider with Knative's
-defaults: concurrency target 100 x 0.7, 60 s stable / 10 % panic window, 200 % panic threshold,
-30 s scale-to-zero grace) and ``always-on`` (a fixed count sized for the trace's peak, never
-scaled, ready from the start).
+Replica life and costs:
+
+- a new replica takes a GPU at once and is ready after the fleet's derived cold-start time for
+  the run's start tier (``local_disk`` or ``remote``);
+- a sleeper holds no GPU: level 1 holds its weights in the pool's host RAM (falls back to level 2
+  when the RAM is taken), level 2 holds nothing; going to sleep at level 1 keeps the GPU for the
+  copy-out time. Waking needs a free GPU in the sleeper's pool (else a cold start elsewhere) and
+  takes the derived ``wake_level1`` / ``wake_level2`` time;
+- GPU time counts from a replica taking its GPU until it gives it back, within the measured part.
+
+Measurement: requests before ``SimConfig.first_measured`` only prime the fleet (a warm-up whose
+requests, GPU time, cold starts and samples are not reported); times in :class:`SimResult` are
+seconds from ``SimConfig.measure_from_s``.
+
+Policies: ``thaw`` (the policy file's autoscaling and warm pool), ``kpa`` (the same decider with
+Knative's defaults: concurrency target 100 x 0.7, 60 s stable / 10 % panic window, 200 % panic
+threshold, 30 s scale-to-zero grace, no warm pool) and ``always-on`` (a fixed count sized for the
+trace's peak, never scaled, ready from the start).
 
 No I/O, no clock reads; the optional ``progress`` callback is the only way out.
 """
@@ -29,14 +44,16 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from autoscaler.decider import DeciderState, ModelObservation, ReplicaObservation, decide
-from autoscaler.policy import AutoscalingPolicy
+from autoscaler.policy import AutoscalingPolicy, WarmPoolConfig
+from autoscaler.warm_pool import PoolReplica, plan_actions
 from sim.engine_model import EngineCore, StepPlan
 from sim.engine_model import Sequence as EngineSeq
-from sim.fleet import TIERS, Fleet, FleetModel, Tier, cold_start_s
+from sim.fleet import TIERS, Fleet, FleetModel, Tier, cold_start_s, sleep_s, wake_tier
 from sim.traces import Request
 
 PolicyName = Literal["thaw", "kpa", "always-on"]
 POLICIES: tuple[PolicyName, ...] = ("thaw", "kpa", "always-on")
+_NO_WARM_POOL = WarmPoolConfig()
 
 
 def kpa_policy(max_replicas: int) -> AutoscalingPolicy:
@@ -68,13 +85,23 @@ class SimConfig:
     """Per trace model, the policy the decider gets (unused for ``always-on``)."""
     specs: Mapping[str, FleetModel]
     """Per trace model, the fleet model it runs as."""
+    warm_pools: Mapping[str, WarmPoolConfig] = field(default_factory=dict)
+    """Per trace model, its warm pool (absent: none, scaled-down replicas stop)."""
     tick_s: float = 1.0
     tier: Tier = "local_disk"
+    """Where a new engine loads its weights from: ``local_disk`` or ``remote``."""
     always_on_replicas: Mapping[str, int] = field(default_factory=dict)
     """Per trace model, the fixed count for ``always-on``."""
     horizon_s: float = 0.0
-    """Keep simulating (ticks, GPU time) at least until here."""
+    """Keep simulating (ticks, GPU time) at least until here (simulation time)."""
+    first_measured: int = 0
+    """Index of the first request that is measured; those before only warm the fleet up."""
+    measure_from_s: float = 0.0
+    """Simulation time where measurement starts (GPU time, cold starts, samples)."""
     sample_every_s: float = 10.0
+    drain_s: float = 3600.0
+    """After the last arrival (and the horizon), stop ticking this long after it even if
+    requests are still buffered for a model that cannot get a GPU; they end unserved."""
     fast_forward: bool = True
     """Run identical decode steps as one event (same results; off: one event per step)."""
 
@@ -92,18 +119,27 @@ class RequestRecord:
 
 @dataclass(frozen=True)
 class SimResult:
-    """Everything one run measured."""
+    """Everything one run measured; times are seconds from the start of measurement."""
 
     policy: PolicyName
     records: tuple[RequestRecord, ...]
+    """The measured requests that finished."""
     rejected_requests: int
+    """Measured requests the engine refuses (prompt + output over the model's context)."""
+    unserved_requests: int
+    """Measured requests still unfinished at the end: their model never got a replica (no free
+    GPU) within ``SimConfig.drain_s`` of the last arrival."""
     capacity_refusals: int
     cold_starts_by_tier: Mapping[str, int]
     gpu_seconds_by_pool: Mapping[str, float]
     end_s: float
     sample_times_s: tuple[float, ...]
     sample_replicas: tuple[int, ...]
+    """Replicas holding a GPU (starting, ready, draining, going to sleep) at each sample."""
+    sample_sleeping: tuple[int, ...]
+    """Replicas asleep (no GPU) at each sample."""
     sample_demand: tuple[int, ...]
+    """Requests in the system (buffered, waiting, running) at each sample."""
 
 
 # -- mutable simulation state (private to one run) -------------------------------------------
@@ -113,16 +149,26 @@ class SimResult:
 class _Replica:
     rid: str
     pool: str
-    gpus: int
-    started_s: float
     core: EngineCore
-    ready: bool = False
-    draining: bool = False
+    started_s: float
+    """When it last started or began to wake (the warm pool's ``started_at_s``)."""
+    state: Literal["starting", "ready", "sleeping", "draining"] = "starting"
+    gpu_since_s: float | None = None
+    """When it took its GPU; None while it holds none (asleep)."""
+    sleep_level: int | None = None
+    asleep_since_s: float | None = None
+    going_to_sleep: bool = False
+    """An ``_ASLEEP`` event is pending (the copy-out is under way)."""
+    ram_bytes: int = 0
+    """Host RAM it holds as a level-1 sleeper."""
     stopped: bool = False
     plan: StepPlan | None = None
     chunk: tuple[float, float, int] | None = None
     """Steps fast-forwarded as one event: (start_s, step_s, steps); see ``_Run.plan``."""
     version: int = 0
+    """Bumped whenever a pending step event is superseded."""
+    epoch: int = 0
+    """Bumped whenever a pending ready / asleep event is superseded."""
 
     @property
     def load(self) -> int:
@@ -134,13 +180,20 @@ class _Model:
     name: str
     spec: FleetModel
     policy: AutoscalingPolicy | None
+    warm_pool: WarmPoolConfig
     state: DeciderState = field(default_factory=DeciderState.initial)
     replicas: list[_Replica] = field(default_factory=list)
     buffer: deque[tuple[int, Request]] = field(default_factory=deque)
     next_id: int = 0
 
+    def find(self, rid: str) -> _Replica | None:
+        for r in self.replicas:
+            if r.rid == rid:
+                return r
+        return None
 
-_READY, _STEP, _TICK = 0, 1, 2
+
+_READY, _STEP, _TICK, _ASLEEP = 0, 1, 2, 3
 _Payload = tuple[_Model, _Replica, int]
 
 
@@ -152,6 +205,7 @@ class _Run:
         self.heap: list[tuple[float, int, int, _Payload | None]] = []
         self.seq = 0
         self.free_gpus = {p.name: p.count for p in fleet.pools}
+        self.free_ram = {p.name: p.host_ram_bytes * fleet.pool_nodes(p.name) for p in fleet.pools}
         self.gpu_s = {p.name: 0.0 for p in fleet.pools}
         self.cold_by_tier: dict[str, int] = dict.fromkeys(TIERS, 0)
         self.capacity_refusals = 0
@@ -161,13 +215,15 @@ class _Run:
             if name not in cfg.specs:
                 raise KeyError(f"trace model {name!r} has no fleet model")
             policy = None if cfg.policy == "always-on" else cfg.autoscaling.get(name)
-            self.models[name] = _Model(name, cfg.specs[name], policy)
+            warm = cfg.warm_pools.get(name, _NO_WARM_POOL)
+            self.models[name] = _Model(name, cfg.specs[name], policy, warm)
         self.first_token: list[float] = [math.nan] * len(requests)
         self.finished: list[float] = [math.nan] * len(requests)
         self.cold: list[bool] = [False] * len(requests)
         self.outstanding = 0
         self.samples_t: list[float] = []
         self.samples_r: list[int] = []
+        self.samples_s: list[int] = []
         self.samples_d: list[int] = []
 
     # events
@@ -175,42 +231,135 @@ class _Run:
         self.seq += 1
         heapq.heappush(self.heap, (t, self.seq, kind, payload))
 
-    # replicas
+    def count_start(self, tier: Tier, now: float) -> None:
+        if now >= self.cfg.measure_from_s:
+            self.cold_by_tier[tier] += 1
+
+    # GPUs and host RAM
+    def take_gpu(self, rep: _Replica, now: float) -> None:
+        self.free_gpus[rep.pool] -= 1
+        rep.gpu_since_s = now
+
+    def give_gpu(self, rep: _Replica, now: float) -> None:
+        if rep.gpu_since_s is None:
+            return
+        self.free_gpus[rep.pool] += 1
+        held = now - max(rep.gpu_since_s, self.cfg.measure_from_s)
+        if held > 0:
+            self.gpu_s[rep.pool] += held
+        rep.gpu_since_s = None
+
+    def give_ram(self, rep: _Replica) -> None:
+        self.free_ram[rep.pool] += rep.ram_bytes
+        rep.ram_bytes = 0
+
+    # replica lifecycle
     def start_replica(self, m: _Model, now: float, ready_now: bool) -> bool:
         for pool_name in m.spec.pools:
             if self.free_gpus[pool_name] >= 1:
-                self.free_gpus[pool_name] -= 1
                 m.next_id += 1
-                rep = _Replica(f"{m.name}-{m.next_id}", pool_name, 1, now, EngineCore(m.spec.perf))
+                rep = _Replica(f"{m.name}-{m.next_id}", pool_name, EngineCore(m.spec.perf), now)
+                self.take_gpu(rep, now)
                 m.replicas.append(rep)
                 if ready_now:
-                    rep.ready = True
+                    rep.state = "ready"
                 else:
                     delay = cold_start_s(m.spec, self.fleet.pool(pool_name), self.cfg.tier)
-                    self.cold_by_tier[self.cfg.tier] += 1
-                    self.push(now + delay, _READY, (m, rep, 0))
+                    self.count_start(self.cfg.tier, now)
+                    self.push(now + delay, _READY, (m, rep, rep.epoch))
                 return True
-        self.capacity_refusals += 1
+        if now >= self.cfg.measure_from_s:
+            self.capacity_refusals += 1
         return False
 
-    def stop_replica(self, m: _Model, rep: _Replica, now: float) -> None:
+    def remove(self, m: _Model, rep: _Replica, now: float) -> None:
         rep.stopped = True
+        rep.epoch += 1
+        rep.version += 1
         m.replicas.remove(rep)
-        self.free_gpus[rep.pool] += rep.gpus
-        self.gpu_s[rep.pool] += (now - rep.started_s) * rep.gpus
+        self.give_gpu(rep, now)
+        self.give_ram(rep)
 
+    def wake(self, m: _Model, rep: _Replica, now: float) -> None:
+        if rep.gpu_since_s is not None:  # still finishing or copying out: cancel the sleep
+            rep.epoch += 1
+            rep.going_to_sleep = False
+            rep.state = "ready"
+            rep.sleep_level = rep.asleep_since_s = None
+            self.give_ram(rep)
+            self.route_buffer(m, now)
+            return
+        if self.free_gpus[rep.pool] < 1:  # its node's GPUs are taken: start cold elsewhere
+            self.start_replica(m, now, ready_now=False)
+            return
+        level = rep.sleep_level or 1
+        self.take_gpu(rep, now)
+        self.give_ram(rep)
+        rep.state = "starting"
+        rep.started_s = now
+        rep.sleep_level = rep.asleep_since_s = None
+        rep.epoch += 1
+        tier = wake_tier(level)
+        self.count_start(tier, now)
+        delay = cold_start_s(m.spec, self.fleet.pool(rep.pool), tier)
+        self.push(now + delay, _READY, (m, rep, rep.epoch))
+
+    def sleep(self, m: _Model, rep: _Replica, level: int, now: float) -> None:
+        if level == 1:
+            if self.free_ram[rep.pool] >= m.spec.weights_bytes:
+                self.free_ram[rep.pool] -= m.spec.weights_bytes
+                rep.ram_bytes = m.spec.weights_bytes
+            else:
+                level = 2
+        rep.state = "sleeping"
+        rep.sleep_level = level
+        rep.asleep_since_s = now
+        if rep.load == 0:
+            self.fall_asleep(m, rep, now)
+
+    def fall_asleep(self, m: _Model, rep: _Replica, now: float) -> None:
+        """The replica has no request left: copy the weights out, then give the GPU back."""
+        rep.going_to_sleep = True
+        rep.epoch += 1
+        delay = sleep_s(m.spec, self.fleet.pool(rep.pool), rep.sleep_level or 1)
+        self.push(now + delay, _ASLEEP, (m, rep, rep.epoch))
+
+    def stop(self, m: _Model, rep: _Replica, now: float) -> None:
+        if rep.state == "draining":
+            return
+        if rep.load == 0:
+            self.remove(m, rep, now)
+            return
+        rep.state = "draining"  # finishes its requests, then stops
+        self.give_ram(rep)
+
+    def idle(self, m: _Model, rep: _Replica, now: float) -> None:
+        """The replica's engine has nothing left to run."""
+        if rep.state == "draining":
+            self.remove(m, rep, now)
+        elif rep.state == "sleeping" and not rep.going_to_sleep and rep.gpu_since_s is not None:
+            self.fall_asleep(m, rep, now)
+
+    # requests
     def route(self, m: _Model, idx: int, req: Request, now: float) -> None:
-        ready = [r for r in m.replicas if r.ready and not r.draining]
-        if not ready:
+        best: _Replica | None = None
+        for r in m.replicas:
+            if r.state == "ready" and (best is None or r.load < best.load):
+                best = r
+        if best is None:
             self.cold[idx] = True
             m.buffer.append((idx, req))
             return
-        rep = min(ready, key=lambda r: r.load)
-        rep.core.add(EngineSeq(str(idx), req.prompt_tokens, req.output_tokens, req.arrival_s))
-        if rep.chunk is not None:
-            self.split_chunk(m, rep, now)
-        elif rep.plan is None:
-            self.plan(m, rep, now)
+        best.core.add(EngineSeq(str(idx), req.prompt_tokens, req.output_tokens, req.arrival_s))
+        if best.chunk is not None:
+            self.split_chunk(m, best, now)
+        elif best.plan is None:
+            self.plan(m, best, now)
+
+    def route_buffer(self, m: _Model, now: float) -> None:
+        while m.buffer:
+            idx, req = m.buffer.popleft()
+            self.route(m, idx, req, now)
 
     def plan(self, m: _Model, rep: _Replica, now: float) -> None:
         """Plan the replica's next step, or fast-forward a run of identical decode steps.
@@ -235,8 +384,8 @@ class _Run:
         rep.plan = plan
         if plan is not None:
             self.push(plan.end_s, _STEP, (m, rep, rep.version))
-        elif rep.draining:
-            self.stop_replica(m, rep, now)
+        else:
+            self.idle(m, rep, now)
 
     @staticmethod
     def _advance(rep: _Replica, steps: int) -> None:
@@ -273,9 +422,7 @@ class _Run:
     def observe(self, m: _Model, now: float) -> ModelObservation:
         reps = []
         for r in m.replicas:
-            if r.draining:
-                continue
-            if r.ready:
+            if r.state == "ready":
                 reps.append(
                     ReplicaObservation(
                         r.rid,
@@ -286,35 +433,57 @@ class _Run:
                         0.0,
                     )
                 )
-            else:
-                reps.append(ReplicaObservation(r.rid, "starting", None, None, None, None))
+            elif r.state != "draining":
+                reps.append(ReplicaObservation(r.rid, r.state, None, None, None, None))
         return ModelObservation(m.name, tuple(reps), len(m.buffer))
 
     def decide(self, m: _Model, now: float) -> None:
         if m.policy is None:
             return
         decision, m.state = decide(self.observe(m, now), m.policy, m.state, now)
-        live = [r for r in m.replicas if not r.draining]
-        diff = decision.desired_replicas - len(live)
-        for _ in range(diff):
+        view = [
+            PoolReplica(
+                r.rid,
+                r.state,
+                float(r.load) if r.state == "ready" else 0.0,
+                r.sleep_level,
+                r.asleep_since_s,
+                r.started_s,
+            )
+            for r in m.replicas
+        ]
+        actions = plan_actions(decision.desired_replicas, view, m.warm_pool, now)
+        if actions.empty:
+            return
+        for rid in actions.wake:
+            rep = m.find(rid)
+            if rep is not None:
+                self.wake(m, rep, now)
+        for _ in range(actions.start):
             if not self.start_replica(m, now, ready_now=False):
                 break
-        if diff < 0:
-            # starting first, then idle, then the least loaded (drained).
-            order = sorted(live, key=lambda r: (r.ready, r.load > 0, r.load, r.rid))
-            for rep in order[:-diff]:
-                if not rep.ready or rep.load == 0:
-                    self.stop_replica(m, rep, now)
-                else:
-                    rep.draining = True
+        for rid, level in actions.sleep:
+            rep = m.find(rid)
+            if rep is not None:
+                self.sleep(m, rep, level, now)
+        for rid in actions.stop:
+            rep = m.find(rid)
+            if rep is not None:
+                self.stop(m, rep, now)
 
     def sample(self, now: float) -> None:
-        n = demand = 0
+        awake = asleep = demand = 0
         for m in self.models.values():
-            n += sum(1 for r in m.replicas if not r.draining)
-            demand += len(m.buffer) + sum(r.load for r in m.replicas)
-        self.samples_t.append(now)
-        self.samples_r.append(n)
+            demand += len(m.buffer)
+            for r in m.replicas:
+                if r.gpu_since_s is None:
+                    asleep += 1
+                else:
+                    awake += 1
+                demand += r.load
+        self.samples_t.append(now - self.cfg.measure_from_s)
+        self.samples_r.append(awake)
+        self.samples_s.append(asleep)
         self.samples_d.append(demand)
 
     def run(self, progress: Callable[[int], None] | None) -> SimResult:
@@ -324,11 +493,12 @@ class _Run:
                 for _ in range(max(1, cfg.always_on_replicas.get(m.name, 1))):
                     self.start_replica(m, 0.0, ready_now=True)
         self.push(0.0, _TICK, None)
+        ticks = 0
         reqs = self.requests
         n = len(reqs)
         i = 0
         now = 0.0
-        next_sample = 0.0
+        next_sample = cfg.measure_from_s
         horizon = max(cfg.horizon_s, reqs[-1].arrival_s if n else 0.0)
         heap = self.heap
         while True:
@@ -337,13 +507,14 @@ class _Run:
                 now = req.arrival_s
                 m = self.models[req.model]
                 if req.prompt_tokens + req.output_tokens > m.spec.perf.max_model_len_tokens:
-                    self.rejected += 1  # the engine would refuse it (AdmissionError)
+                    if i >= cfg.first_measured:
+                        self.rejected += 1  # the engine would refuse it (AdmissionError)
                     i += 1
                     continue
                 self.outstanding += 1
-                at_zero = not any(r.ready and not r.draining for r in m.replicas)
+                at_zero = not m.buffer
                 self.route(m, i, req, now)
-                if at_zero and len(m.buffer) == 1:
+                if at_zero and m.buffer:
                     self.decide(m, now)  # the activator's poke
                 i += 1
                 if progress is not None and i % 4096 == 0:
@@ -358,21 +529,24 @@ class _Run:
                     next_sample = now + cfg.sample_every_s
                 for m in self.models.values():
                     self.decide(m, now)
-                if i < n or self.outstanding > 0 or now < horizon:
-                    self.push(now + cfg.tick_s, _TICK, None)
-            elif kind == _READY:
-                assert payload is not None
-                m, rep, _ = payload
-                if rep.stopped:
+                if i < n or now < horizon or (self.outstanding > 0 and now < horizon + cfg.drain_s):
+                    ticks += 1
+                    self.push(ticks * cfg.tick_s, _TICK, None)
+                continue
+            assert payload is not None
+            m, rep, tag = payload
+            if kind == _READY:
+                if tag != rep.epoch:
                     continue
-                rep.ready = True
-                while m.buffer:
-                    idx, req = m.buffer.popleft()
-                    self.route(m, idx, req, now)
+                rep.state = "ready"
+                self.route_buffer(m, now)
+            elif kind == _ASLEEP:
+                if tag != rep.epoch:
+                    continue
+                rep.going_to_sleep = False
+                self.give_gpu(rep, now)
             else:
-                assert payload is not None
-                m, rep, version = payload
-                if version != rep.version:
+                if tag != rep.version:
                     continue  # superseded by a split chunk
                 if rep.chunk is not None:
                     start, step, k = rep.chunk
@@ -394,28 +568,37 @@ class _Run:
         end = max(now, horizon)
         for m in self.models.values():
             for rep in list(m.replicas):
-                self.stop_replica(m, rep, end)
+                self.remove(m, rep, end)
+        t0 = cfg.measure_from_s
         records = tuple(
             RequestRecord(
                 r.model,
-                r.arrival_s,
+                r.arrival_s - t0,
                 self.first_token[k] - r.arrival_s,
                 self.finished[k] - r.arrival_s,
                 self.cold[k],
             )
             for k, r in enumerate(reqs)
-            if not math.isnan(self.finished[k])
+            if k >= cfg.first_measured and not math.isnan(self.finished[k])
         )
         return SimResult(
             policy=cfg.policy,
             records=records,
             rejected_requests=self.rejected,
+            unserved_requests=sum(
+                1
+                for k in range(cfg.first_measured, n)
+                if math.isnan(self.finished[k])
+                and reqs[k].prompt_tokens + reqs[k].output_tokens
+                <= self.models[reqs[k].model].spec.perf.max_model_len_tokens
+            ),
             capacity_refusals=self.capacity_refusals,
             cold_starts_by_tier=dict(self.cold_by_tier),
             gpu_seconds_by_pool=dict(self.gpu_s),
-            end_s=end,
+            end_s=max(end - t0, 0.0),
             sample_times_s=tuple(self.samples_t),
             sample_replicas=tuple(self.samples_r),
+            sample_sleeping=tuple(self.samples_s),
             sample_demand=tuple(self.samples_d),
         )
 

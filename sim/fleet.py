@@ -1,13 +1,22 @@
 """The simulated fleet: heterogeneous GPU pools and the models they serve.
 
 Owns the fleet file (YAML, pydantic v2, ``extra="forbid"``): GPU pools (GPU type and memory,
-count, price, host RAM, local-disk / S3 / host-to-GPU bandwidths) and models (weights, KV bytes
-per token, the shared :class:`~sim.engine_model.EnginePerf`, the pools they fit, engine start
-overhead). Cold-start seconds by load tier are derived here, never typed in:
+count, GPUs and host RAM per node, price, local-disk / S3 / host-to-GPU bandwidths) and models
+(weights, KV bytes per token, the shared :class:`~sim.engine_model.EnginePerf`, the pools they
+fit, engine start and wake overheads). Cold-start seconds by load tier are derived here, never
+typed in:
 
-- ``wake``: weights / host_to_gpu_bytes_per_s + perf.wake_level1_s (a level-1 sleeper wakes);
-- ``local_disk``: engine_start_s + weights / local_disk_bytes_per_s;
-- ``remote``: engine_start_s + weights / s3_bytes_per_s.
+- ``wake_level1``: weights / host_to_gpu_bytes_per_s + wake_overhead_s (a sleeper whose weights
+  were offloaded to host RAM wakes);
+- ``wake_level2``: weights / local_disk_bytes_per_s + wake_overhead_s (a sleeper whose weights
+  were discarded reloads them; the engine process is still up);
+- ``local_disk``: engine_start_s + weights / local_disk_bytes_per_s (a new engine, weights in the
+  node's model cache);
+- ``remote``: engine_start_s + weights / s3_bytes_per_s (a new engine, weights from S3).
+
+Going to sleep at level 1 copies the weights out (weights / host_to_gpu_bytes_per_s); level 2
+discards them (no time). The engine model's own ``sleep_*`` / ``wake_*`` fields are the
+emulator's typed-in figures and are not used here.
 
 :func:`parse_fleet` is pure (text in); :func:`load_fleet` is the file adapter.
 """
@@ -24,8 +33,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from sim.engine_model import EnginePerf
 from thaw.errors import ConfigError
 
-Tier = Literal["wake", "local_disk", "remote"]
-TIERS: tuple[Tier, ...] = ("wake", "local_disk", "remote")
+Tier = Literal["wake_level1", "wake_level2", "local_disk", "remote"]
+TIERS: tuple[Tier, ...] = ("wake_level1", "wake_level2", "local_disk", "remote")
+#: The tiers a new engine (not a sleeper) can load from.
+START_TIERS: tuple[Tier, ...] = ("local_disk", "remote")
 
 
 class FleetError(ConfigError):
@@ -48,11 +59,20 @@ class Pool(_Frozen):
     gpu_type: str = Field(..., min_length=1, description="GPU model, e.g. NVIDIA H100 80GB SXM.")
     gpu_memory_bytes: int = Field(..., gt=0, description="Memory of one GPU, bytes.")
     count: int = Field(..., ge=0, description="GPUs in the pool (the most replicas it can host).")
+    gpus_per_node: int = Field(
+        8,
+        ge=1,
+        description="GPUs per node; the pool has ceil(count / gpus_per_node) nodes, each with "
+        "host_ram_bytes.",
+    )
     cost_per_hour_usd: float = Field(
         ..., ge=0, description="Price of one GPU for one hour, US dollars."
     )
     host_ram_bytes: int = Field(
-        ..., ge=0, description="Host RAM per node available for sleeping (level-1) engines."
+        ...,
+        ge=0,
+        description="Host RAM per node available for sleeping (level-1) engines, bytes; a "
+        "level-1 sleeper holds its weights_bytes of it.",
     )
     local_disk_bytes_per_s: float = Field(
         ..., gt=0, description="Read bandwidth of the node's local disk (model cache), bytes/s."
@@ -81,6 +101,12 @@ class FleetModel(_Frozen):
     )
     engine_start_s: float = Field(
         ..., ge=0, description="Engine process start overhead before loading weights, seconds."
+    )
+    wake_overhead_s: float = Field(
+        0.5,
+        ge=0,
+        description="A sleeping engine's resume overhead once its weights are back on the GPU "
+        "(KV cache re-allocated, scheduler resumed), seconds.",
     )
 
 
@@ -116,6 +142,11 @@ class Fleet(_Frozen):
             raise ValueError("; ".join(problems))
         return self
 
+    def pool_nodes(self, name: str) -> int:
+        """Nodes in pool ``name``: ceil(count / gpus_per_node)."""
+        p = self.pool(name)
+        return -(-p.count // p.gpus_per_node)
+
     def pool(self, name: str) -> Pool:
         for p in self.pools:
             if p.name == name:
@@ -131,11 +162,24 @@ class Fleet(_Frozen):
 
 def cold_start_s(model: FleetModel, pool: Pool, tier: Tier) -> float:
     """Seconds from the decision to a ready replica of ``model`` on ``pool`` from ``tier``."""
-    if tier == "wake":
-        return model.weights_bytes / pool.host_to_gpu_bytes_per_s + model.perf.wake_level1_s
+    w = model.weights_bytes
+    if tier == "wake_level1":
+        return w / pool.host_to_gpu_bytes_per_s + model.wake_overhead_s
+    if tier == "wake_level2":
+        return w / pool.local_disk_bytes_per_s + model.wake_overhead_s
     if tier == "local_disk":
-        return model.engine_start_s + model.weights_bytes / pool.local_disk_bytes_per_s
-    return model.engine_start_s + model.weights_bytes / pool.s3_bytes_per_s
+        return model.engine_start_s + w / pool.local_disk_bytes_per_s
+    return model.engine_start_s + w / pool.s3_bytes_per_s
+
+
+def sleep_s(model: FleetModel, pool: Pool, level: int) -> float:
+    """Seconds to put ``model`` to sleep on ``pool``: level 1 copies weights out, 2 drops them."""
+    return model.weights_bytes / pool.host_to_gpu_bytes_per_s if level == 1 else 0.0
+
+
+def wake_tier(level: int) -> Tier:
+    """The load tier of waking a sleeper of ``level``."""
+    return "wake_level1" if level == 1 else "wake_level2"
 
 
 def cold_start_table(fleet: Fleet) -> dict[str, dict[str, dict[str, float]]]:

@@ -2,9 +2,12 @@
 
 :func:`summarize` turns a :class:`~sim.core.SimResult` into the ``report.json`` entry of one
 policy: ``requests``, ``ttft_p50_s``, ``ttft_p99_s``, ``e2e_p99_s``, ``slo_attainment_ratio``
-(TTFT within the SLO), ``cold_start_requests`` (requests that waited on a cold start),
-``cold_starts_by_tier``, ``gpu_hours_by_pool``, ``cost_usd``. Floats are rounded so that the same
-seed gives the same file, byte for byte. :func:`write_report` writes ``report.json`` and the PNG
+(TTFT within the SLO), ``cold_start_requests`` (requests that waited on a replica start or
+wake), ``cold_starts_by_tier``, ``gpu_hours_by_pool``, ``cost_usd``; and, to read them by:
+``rejected_requests`` / ``unserved_requests`` (never served), the TTFT of cold-start requests,
+``gpu_hours`` in all and ``busy_gpu_hours_floor`` (:func:`busy_gpu_hours`), ``capacity_refusals``
+(starts refused for want of a free GPU). Floats are rounded so that the same seed gives the same
+file, byte for byte. :func:`write_report` writes ``report.json`` and the PNG
 plots (matplotlib, Agg backend): replicas over time against demand, the TTFT CDF per policy, cold
 starts by tier, cost against SLO attainment.
 """
@@ -35,9 +38,31 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[k]
 
 
+def busy_gpu_hours(result: SimResult) -> float:
+    """GPU-hours of an oracle that holds one GPU per model exactly while the model has a request
+    in the system (this run's own latencies, no cold start): a floor for any policy that runs a
+    model on at least one whole GPU whenever it has work."""
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for r in result.records:
+        spans.setdefault(r.model, []).append((r.arrival_s, r.arrival_s + r.e2e_s))
+    total = 0.0
+    for xs in spans.values():
+        xs.sort()
+        lo, hi = xs[0]
+        for a, b in xs[1:]:
+            if a > hi:
+                total += hi - lo
+                lo, hi = a, b
+            elif b > hi:
+                hi = b
+        total += hi - lo
+    return total / 3600.0
+
+
 def summarize(result: SimResult, fleet: Fleet, slo_ttft_s: float) -> dict[str, Any]:
     """The ``report.json`` entry of one policy."""
     ttft = sorted(r.ttft_s for r in result.records)
+    cold_ttft = sorted(r.ttft_s for r in result.records if r.cold_start)
     e2e = sorted(r.e2e_s for r in result.records)
     n = len(result.records)
     within = sum(1 for t in ttft if t <= slo_ttft_s)
@@ -48,14 +73,18 @@ def summarize(result: SimResult, fleet: Fleet, slo_ttft_s: float) -> dict[str, A
     return {
         "requests": n,
         "rejected_requests": result.rejected_requests,
+        "unserved_requests": result.unserved_requests,
         "ttft_p50_s": _r(percentile(ttft, 0.50)) if n else None,
         "ttft_p99_s": _r(percentile(ttft, 0.99)) if n else None,
         "e2e_p99_s": _r(percentile(e2e, 0.99)) if n else None,
         "slo_attainment_ratio": _r(within / n) if n else None,
-        "cold_start_requests": sum(1 for r in result.records if r.cold_start),
+        "cold_start_requests": len(cold_ttft),
+        "cold_start_ttft_p50_s": _r(percentile(cold_ttft, 0.5)) if cold_ttft else None,
+        "cold_start_ttft_max_s": _r(cold_ttft[-1]) if cold_ttft else None,
         "cold_starts_by_tier": dict(sorted(result.cold_starts_by_tier.items())),
         "gpu_hours_by_pool": hours,
         "gpu_hours": _r(sum(result.gpu_seconds_by_pool.values()) / 3600.0),
+        "busy_gpu_hours_floor": _r(busy_gpu_hours(result)) if n else 0.0,
         "cost_usd": _r(cost),
         "capacity_refusals": result.capacity_refusals,
         "simulated_s": _r(result.end_s),
@@ -104,7 +133,9 @@ def _plots(
     fig, axes = plt.subplots(len(results), 1, figsize=(10, 2.6 * len(results)), squeeze=False)
     for ax, res in zip(axes[:, 0], results, strict=True):
         t = [x / 60.0 for x in res.sample_times_s]
-        ax.step(t, res.sample_replicas, where="post", label="replicas (ready + starting)")
+        ax.step(t, res.sample_replicas, where="post", label="replicas holding a GPU")
+        if any(res.sample_sleeping):
+            ax.step(t, res.sample_sleeping, where="post", ls=":", label="replicas asleep (no GPU)")
         ax.plot(t, res.sample_demand, lw=0.6, alpha=0.7, label="demand (requests in system)")
         ax.set_title(res.policy)
         ax.set_ylabel("count")

@@ -2,17 +2,25 @@
 
 Owns the mapping rules, pure: each trace model runs as the fleet model of the same name, else as
 ``fleet.models[i % len]`` in sorted-name order; the ``thaw`` policy of a trace model is the policy
-file's model of the same name, else its first model; ``kpa`` gets Knative's defaults with the same
-``max_replicas``; ``always-on`` gets :func:`~sim.core.peak_replicas` per model.
+file's model of the same name, else its first model (autoscaling and warm pool; a warm pool with
+``weights_bytes: 0`` gets the fleet model's weights); ``kpa`` gets Knative's defaults with the
+same ``max_replicas`` and no warm pool; ``always-on`` gets :func:`~sim.core.peak_replicas` per
+model.
+
+It also owns the warm-up: :func:`with_warmup` puts the first ``warmup_s`` of the trace in front
+of it, unmeasured, so that every policy meets the measured trace with the fleet it would have
+after such traffic, rather than with every model at zero (an artefact of starting a replay, not
+of the policy).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
-from autoscaler.policy import ThawConfig
+from autoscaler.policy import ThawConfig, WarmPoolConfig
 from sim.core import PolicyName, SimConfig, SimResult, kpa_policy, peak_replicas, simulate
-from sim.fleet import Fleet, FleetModel
+from sim.fleet import Fleet, FleetModel, Tier
 from sim.traces import Request
 
 
@@ -23,16 +31,40 @@ def assign_specs(requests: Sequence[Request], fleet: Fleet) -> dict[str, FleetMo
     return {n: by_name.get(n, fleet.models[i % len(fleet.models)]) for i, n in enumerate(names)}
 
 
+def with_warmup(requests: Sequence[Request], warmup_s: float) -> tuple[tuple[Request, ...], int]:
+    """The trace's first ``warmup_s`` seconds, then the whole trace shifted by ``warmup_s``.
+
+    Returns the requests and the index of the first measured one.
+    """
+    if warmup_s <= 0:
+        return tuple(requests), 0
+    prime = tuple(r for r in requests if r.arrival_s < warmup_s)
+    shifted = tuple(replace(r, arrival_s=r.arrival_s + warmup_s) for r in requests)
+    return prime + shifted, len(prime)
+
+
 def sim_config(
     policy: PolicyName,
     requests: Sequence[Request],
     fleet: Fleet,
     thaw: ThawConfig,
     horizon_s: float,
+    *,
+    warmup_s: float = 0.0,
+    first_measured: int = 0,
+    tier: Tier = "local_disk",
 ) -> SimConfig:
-    """The :class:`SimConfig` of ``policy`` for this trace."""
+    """The :class:`SimConfig` of ``policy`` for this trace (``requests`` without the warm-up)."""
     specs = assign_specs(requests, fleet)
-    auto = {n: (thaw.model(n) or thaw.models[0]).autoscaling for n in specs}
+    chosen = {n: thaw.model(n) or thaw.models[0] for n in specs}
+    auto = {n: c.autoscaling for n, c in chosen.items()}
+    warm: dict[str, WarmPoolConfig] = {}
+    if policy == "thaw":
+        for n, c in chosen.items():
+            w = c.warm_pool
+            if w.enabled and w.weights_bytes == 0:
+                w = w.model_copy(update={"weights_bytes": specs[n].weights_bytes})
+            warm[n] = w
     if policy == "kpa":
         auto = {n: kpa_policy(a.max_replicas) for n, a in auto.items()}
     always: dict[str, int] = {}
@@ -45,9 +77,13 @@ def sim_config(
         policy=policy,
         autoscaling=auto,
         specs=specs,
+        warm_pools=warm,
         tick_s=thaw.tick_s,
+        tier=tier,
         always_on_replicas=always,
-        horizon_s=horizon_s,
+        horizon_s=horizon_s + warmup_s if horizon_s > 0 else 0.0,
+        first_measured=first_measured,
+        measure_from_s=warmup_s,
     )
 
 
@@ -58,9 +94,19 @@ def run_policies(
     thaw: ThawConfig,
     horizon_s: float,
     progress: Callable[[int], None] | None = None,
+    *,
+    warmup_s: float = 0.0,
+    tier: Tier = "local_disk",
 ) -> list[SimResult]:
-    """Simulate each policy on the same trace, in order."""
-    return [
-        simulate(requests, fleet, sim_config(p, requests, fleet, thaw, horizon_s), progress)
-        for p in policies
-    ]
+    """Simulate each policy on the same trace (after the same warm-up), in order.
+
+    ``horizon_s`` (0: the last arrival) is measured from the start of the trace proper.
+    """
+    primed, first = with_warmup(requests, warmup_s)
+    out = []
+    for p in policies:
+        cfg = sim_config(
+            p, requests, fleet, thaw, horizon_s, warmup_s=warmup_s, first_measured=first, tier=tier
+        )
+        out.append(simulate(primed, fleet, cfg, progress))
+    return out

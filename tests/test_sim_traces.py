@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -80,11 +81,12 @@ def test_missing_file_is_a_trace_error(tmp_path: Path) -> None:
 
 
 def test_generators_are_seeded_and_sorted() -> None:
-    for gen in (
+    gens: tuple[Callable[[int], tuple[Request, ...]], ...] = (
         lambda s: poisson(2.0, 100.0, s),
         lambda s: bursty(5.0, 10.0, 50.0, 300.0, s),
         lambda s: diurnal(1.0, 100.0, 0.8, 300.0, s),
-    ):
+    )
+    for gen in gens:
         a, b, c = gen(1), gen(1), gen(2)
         assert a == b
         assert a != c

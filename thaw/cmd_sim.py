@@ -11,14 +11,18 @@ HELP = """\
 Replay a request trace against a simulated fleet of GPU pools, with the SAME autoscaler decider
 `thaw up` runs, and report what it would cost and how many requests would wait on a cold start.
 Each policy replays the whole trace:
-  thaw        the policy file's autoscaling (--config)
+  thaw        the policy file's autoscaling and warm pool (--config)
   kpa         the same decider with Knative KPA's defaults: concurrency target 70 per replica
-              (100 x 0.7), stable window 60 s, panic window 6 s at 200 %, scale-to-zero grace 30 s
+              (100 x 0.7), stable window 60 s, panic window 6 s at 200 %, scale-to-zero grace 30 s;
+              no warm pool
   always-on   a fixed replica count per model, sized for the trace's busiest minute, never scaled
 
-Replicas start from local disk: ready after engine_start_s + weights / local-disk bandwidth
-(derived from the fleet file). A request that arrives while its model has no ready replica waits
-at the activator and counts as a cold-start request.
+Cold-start times are derived from the fleet file: a new engine loads from --start-tier
+(local_disk: engine_start_s + weights / local-disk bandwidth); a warm-pool sleeper wakes from host
+RAM (weights / host-to-GPU bandwidth + wake_overhead_s) and holds no GPU while asleep. A request
+that arrives while its model has no ready replica waits at the activator and counts as a
+cold-start request. Before the trace, its first --warmup-s seconds are replayed unmeasured, so
+that no policy is charged for every model starting at zero.
 
 Writes DIR/report.json (per policy: requests, ttft_p50_s, ttft_p99_s, e2e_p99_s,
 slo_attainment_ratio, cold_start_requests, cold_starts_by_tier, gpu_hours_by_pool, cost_usd) and
@@ -102,6 +106,21 @@ def register(subparsers: Any) -> None:
         metavar="S",
         help="TTFT SLO for slo_attainment_ratio, seconds (default: %(default)s)",
     )
+    parser.add_argument(
+        "--warmup-s",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="replay the trace's first S seconds before it, unmeasured (default: %(default)s; "
+        "0: every model starts at zero)",
+    )
+    parser.add_argument(
+        "--start-tier",
+        choices=["local_disk", "remote"],
+        default="local_disk",
+        help="where a new engine loads its weights from: the node's model cache or S3 "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run)
 
@@ -134,6 +153,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.slo_ttft_s <= 0 or (args.duration_s is not None and args.duration_s <= 0):
         print("thaw sim: --slo-ttft-s and --duration-s must be > 0", file=sys.stderr)
         return 2
+    if args.warmup_s < 0:
+        print(f"thaw sim: --warmup-s = {args.warmup_s}: must be >= 0", file=sys.stderr)
+        return 2
     try:
         fleet = load_fleet(args.fleet)
         thaw = load_policy(args.config)
@@ -146,14 +168,24 @@ def _run(args: argparse.Namespace) -> int:
     if args.models > 0:
         requests = spread_zipf(requests, args.models, args.zipf, args.seed)
     horizon = args.duration_s if args.duration_s is not None else 0.0
+    warmup = sum(1 for r in requests if r.arrival_s < args.warmup_s)
     with tqdm(
-        total=len(requests) * len(policies),
+        total=(len(requests) + warmup) * len(policies),
         unit="req",
         disable=args.no_progress,
         desc="simulating",
         file=sys.stderr,
     ) as bar:
-        results = run_policies(policies, requests, fleet, thaw, horizon, bar.update)
+        results = run_policies(
+            policies,
+            requests,
+            fleet,
+            thaw,
+            horizon,
+            bar.update,
+            warmup_s=args.warmup_s,
+            tier=args.start_tier,
+        )
     meta = {
         "trace": Path(args.trace).name,
         "trace_format": args.trace_format,
@@ -164,7 +196,8 @@ def _run(args: argparse.Namespace) -> int:
         "zipf": args.zipf,
         "duration_s": args.duration_s,
         "slo_ttft_s": args.slo_ttft_s,
-        "cold_start_tier": "local_disk",
+        "start_tier": args.start_tier,
+        "warmup_s": args.warmup_s,
     }
     paths = write_report(Path(args.out), results, fleet, args.slo_ttft_s, meta)
     for p in paths:
