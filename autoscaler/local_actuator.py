@@ -18,7 +18,7 @@ import contextlib
 import itertools
 import logging
 import socket
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -31,17 +31,20 @@ from autoscaler.engine_process import EngineProcess, EngineSpec, EngineStartErro
 from autoscaler.policy import WarmPoolConfig
 from autoscaler.warm_pool import Actions, PoolReplica, plan_actions
 from thaw.clock import Clock
+from thaw.errors import ThawError
 
 log = logging.getLogger(__name__)
 
 ReplicaState = Literal["starting", "ready", "sleeping", "draining"]
 
-#: Builds the launch spec of one replica: (model name, port, replica id) -> spec.
-SpecFactory = Callable[[str, int, str], EngineSpec]
+#: Prepares one replica's launch (may pull the model): (model, port, replica id) -> (spec, tier),
+#: the tier being where the weights load from: "local_disk" or "remote".
+SpecFactory = Callable[[str, int, str], Awaitable[tuple[EngineSpec, str]]]
 #: Called when a model's set of ready replicas changes (the activator releases its buffer).
 ChangeListener = Callable[[str], None]
-#: Called when a replica becomes ready: (model, replica id, seconds from start to ready).
-ReadyListener = Callable[[str, str, float], None]
+#: Called when a replica becomes ready: (model, replica id, seconds to ready, tier), tier being
+#: "wake", "local_disk" or "remote".
+ReadyListener = Callable[[str, str, float, str], None]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -57,7 +60,7 @@ class LocalReplica:
 
     replica_id: str
     model: str
-    process: EngineProcess
+    process: EngineProcess | None  # None while the model is being prepared (pulled)
     state: ReplicaState
     started_at_s: float
     ready_at_s: float | None = None
@@ -71,7 +74,7 @@ class LocalReplica:
 
     @property
     def base_url(self) -> str:
-        return self.process.base_url
+        return self.process.base_url if self.process is not None else ""
 
 
 class LocalActuator:
@@ -117,7 +120,8 @@ class LocalActuator:
         replicas = list(self._replicas.values())
         self._replicas.clear()
         await asyncio.gather(
-            *(r.process.stop(self._stop_grace_s) for r in replicas), return_exceptions=True
+            *(r.process.stop(self._stop_grace_s) for r in replicas if r.process is not None),
+            return_exceptions=True,
         )
         if self._session is not None:
             await self._session.close()
@@ -207,26 +211,28 @@ class LocalActuator:
 
     def _start_replica(self, model: str) -> LocalReplica:
         replica_id = f"{model}-{next(self._ids)}"
-        spec = self._spec_factory(model, free_port(), replica_id)
         replica = LocalReplica(
             replica_id=replica_id,
             model=model,
-            process=EngineProcess(spec),
+            process=None,
             state="starting",
             started_at_s=self._clock.monotonic(),
         )
         self._replicas[replica_id] = replica
         replica.task = self._spawn(self._run_start(replica))
-        log.info("replica %s: starting on %s", replica_id, spec.base_url)
         return replica
 
     async def _run_start(self, replica: LocalReplica) -> None:
         try:
+            spec, tier = await self._spec_factory(replica.model, free_port(), replica.replica_id)
+            replica.process = EngineProcess(spec)
+            log.info("replica %s: starting on %s (%s)", replica.replica_id, spec.base_url, tier)
             await replica.process.start()
-        except (EngineStartError, OSError) as e:
+        except (EngineStartError, OSError, ThawError) as e:
             log.error("replica %s failed to start: %s", replica.replica_id, e)
             self._replicas.pop(replica.replica_id, None)
-            await replica.process.stop(self._stop_grace_s)
+            if replica.process is not None:
+                await replica.process.stop(self._stop_grace_s)
             return
         if replica.state != "starting":  # drained while starting: the drain task stops it
             return
@@ -236,7 +242,7 @@ class LocalActuator:
         replica.state = "ready"
         log.info("replica %s: ready in %.1f s", replica.replica_id, now_s - replica.started_at_s)
         if self._on_ready is not None:
-            self._on_ready(replica.model, replica.replica_id, now_s - replica.started_at_s)
+            self._on_ready(replica.model, replica.replica_id, now_s - replica.started_at_s, tier)
         self._changed(replica.model)
 
     def _drain(self, replica: LocalReplica) -> None:
@@ -260,7 +266,7 @@ class LocalActuator:
             if m is not None and m.num_requests_running + m.num_requests_waiting == 0:
                 break
             await asyncio.sleep(0.5)
-        code = await replica.process.stop(self._stop_grace_s)
+        code = await replica.process.stop(self._stop_grace_s) if replica.process else None
         self._replicas.pop(replica.replica_id, None)
         log.info("replica %s: stopped (exit %s)", replica.replica_id, code)
 
@@ -332,7 +338,7 @@ class LocalActuator:
         waited = self._clock.monotonic() - started
         log.info("replica %s: awake in %.2f s", replica.replica_id, waited)
         if self._on_ready is not None:
-            self._on_ready(replica.model, replica.replica_id, waited)
+            self._on_ready(replica.model, replica.replica_id, waited, "wake")
         self._changed(replica.model)
 
     # -- scraping ----------------------------------------------------------------------------
@@ -342,9 +348,11 @@ class LocalActuator:
         replicas = [r for r in self.replicas(model) if r.state == "ready"]
         await asyncio.gather(*(self.scrape_one(r) for r in replicas))
         for r in replicas:
-            if not r.process.running and r.state == "ready":
+            if r.process is not None and not r.process.running and r.state == "ready":
                 log.error(
-                    "replica %s exited unexpectedly (exit %s)", r.replica_id, r.process.returncode
+                    "replica %s exited unexpectedly (exit %s)",
+                    r.replica_id,
+                    r.process.returncode,
                 )
                 self._replicas.pop(r.replica_id, None)
                 self._changed(r.model)

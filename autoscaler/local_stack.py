@@ -19,6 +19,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -30,6 +31,9 @@ from autoscaler.local_actuator import LocalActuator
 from autoscaler.policy import ModelConfig, PolicyWatcher, ThawConfig
 from autoscaler.warm_pool import plan_actions
 from thaw.clock import Clock
+
+if TYPE_CHECKING:
+    from model_cache.cache import ModelCache
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +138,7 @@ class LocalStack:
             registry=self.registry,
             api_keys=api_keys,
         )
-        self._model_dirs: dict[str, str] = {}
+        self._cache: ModelCache | None = None
 
     # -- wiring ------------------------------------------------------------------------------
 
@@ -149,18 +153,20 @@ class LocalStack:
             for m in config.models
         }
 
-    def _spec_for(self, model: str, port: int, replica_id: str) -> EngineSpec:
+    async def _spec_for(self, model: str, port: int, replica_id: str) -> tuple[EngineSpec, str]:
+        """The launch of one replica, and the tier its weights load from."""
         cfg = self._runs[model].config
         engine = cfg.engine
         log_dir = self.work_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"{replica_id}.log"
+        path, tier = await self._model_path(cfg)
         if engine.kind == "emulator":
             extra: list[str] = []
             if engine.emulator is not None:
                 for name, value in engine.emulator.model_dump().items():
                     extra += [f"--{name.replace('_', '-')}", str(value)]
-            return emulator_spec(
+            spec = emulator_spec(
                 port=port,
                 served_model_name=cfg.name,
                 extra_args=[*extra, *engine.args],
@@ -168,8 +174,9 @@ class LocalStack:
                 startup_timeout_s=engine.startup_timeout_s,
                 log_path=log_path,
             )
-        return vllm_spec(
-            self._model_dir(cfg),
+            return spec, tier
+        spec = vllm_spec(
+            path,
             port=port,
             served_model_name=cfg.name,
             extra_args=list(engine.args),
@@ -177,20 +184,48 @@ class LocalStack:
             startup_timeout_s=engine.startup_timeout_s,
             log_path=log_path,
         )
+        return spec, tier
 
-    def _model_dir(self, cfg: ModelConfig) -> str:
-        """The engine's model path; with none configured, the tiny Llama (built once)."""
-        if cfg.engine.model:
-            return cfg.engine.model
-        if cfg.name not in self._model_dirs:
+    async def _model_path(self, cfg: ModelConfig) -> tuple[str, str]:
+        """Where the engine loads the model from, and the tier: ``remote`` if it had to be
+        pulled from S3 now, else ``local_disk``. No model configured: the tiny Llama."""
+        model = cfg.engine.model
+        if model and model.startswith("s3://"):
+            result = await asyncio.to_thread(self._model_cache().ensure, cfg.name, model)
+            tier = "remote" if result.tier == "miss" else "local_disk"
+            log.info(
+                "model %s: %s from the cache (%s, %d bytes fetched in %.2f s)",
+                cfg.name,
+                "pulled" if tier == "remote" else "found",
+                result.path,
+                result.fetched_bytes,
+                result.pull_s,
+            )
+            return str(result.path), tier
+        if model:
+            return model, "local_disk"
+        target = self.work_dir / "models" / "tiny-llama"
+        if not (target / "config.json").exists():
             from model_cache.tiny_model import build_tiny_llama
 
-            target = self.work_dir / "models" / "tiny-llama"
-            if not (target / "config.json").exists():
-                log.info("building the tiny Llama into %s (no model configured)", target)
-                build_tiny_llama(target)
-            self._model_dirs[cfg.name] = str(target)
-        return self._model_dirs[cfg.name]
+            log.info("building the tiny Llama into %s (no model configured)", target)
+            await asyncio.to_thread(build_tiny_llama, target)
+        return str(target), "local_disk"
+
+    def _model_cache(self) -> ModelCache:
+        if self._cache is None:
+            from model_cache.agent import AgentSettings, open_cache
+            from model_cache.s3 import S3Settings
+
+            c = self.config.cache
+            settings = AgentSettings(
+                dir=Path(c.dir),
+                budget_bytes=c.budget_bytes,
+                s3=S3Settings(endpoint_url=c.s3_endpoint_url, region=c.s3_region),
+            )
+            self._cache = open_cache(settings, self.clock)
+            self._cache.start()
+        return self._cache
 
     # -- the activator's DemandSink -----------------------------------------------------------
 
@@ -204,17 +239,19 @@ class LocalStack:
     def _endpoints_changed(self, model: str) -> None:
         self.activator.endpoints_changed(model)
 
-    def _replica_ready(self, model: str, replica_id: str, startup_s: float) -> None:
+    def _replica_ready(self, model: str, replica_id: str, startup_s: float, tier: str) -> None:
+        self.metrics.cold_starts.labels(model, tier).inc()
         run = self._runs.get(model)
         if run is not None and run.zero_since_s is not None:
             waited_s = self.clock.monotonic() - run.zero_since_s
             self.metrics.scale_from_zero.labels(model).observe(waited_s)
             log.info(
                 "model %s: scaled from zero in %.1f s (first buffered request to %s ready; "
-                "engine start %.1f s)",
+                "%s start %.1f s)",
                 model,
                 waited_s,
                 replica_id,
+                tier,
                 startup_s,
             )
             run.zero_since_s = None
@@ -254,17 +291,8 @@ class LocalStack:
                 log.info("model %s: warm pool: %s", name, actions.describe())
             if not actions.empty:
                 self.actuator.apply(name, actions)
-                if actions.start:
-                    self.metrics.cold_starts.labels(name, self._tier(run.config)).inc(actions.start)
-                if actions.wake:
-                    self.metrics.cold_starts.labels(name, "wake").inc(len(actions.wake))
             self._export(name, decision)
         return decisions
-
-    @staticmethod
-    def _tier(cfg: ModelConfig) -> str:
-        # Local engines load from this machine's disk; the warm pool adds "wake".
-        return "local_disk"
 
     def _export(self, model: str, decision: Decision) -> None:
         for state in REPLICA_STATES:
@@ -324,4 +352,6 @@ class LocalStack:
                 await server
             await self.actuator.close()
             await self.activator.close()
+            if self._cache is not None:
+                self._cache.close()
             log.info("stopped; no engine process left")

@@ -80,8 +80,10 @@ class EngineConfig(_Frozen):
     model: str | None = Field(
         None,
         min_length=1,
-        description="vllm: the model directory or Hugging Face id to serve; null: the tiny "
-        "Llama that `thaw model build-tiny` builds (built once, offline). Ignored by the emulator.",
+        description="The model to serve: a local directory, a Hugging Face id, or "
+        "s3://BUCKET/PREFIX published by `thaw cache push` (pulled through the node cache, see "
+        "`cache`); null: the tiny Llama that `thaw model build-tiny` builds (offline). The "
+        "emulator ignores it (an s3:// model is still pulled, so the cache tiers show).",
     )
     args: tuple[str, ...] = Field(
         (),
@@ -359,6 +361,26 @@ class WarmPoolConfig(_Frozen):
     )
 
 
+class CacheConfig(_Frozen):
+    """The node-local model cache the local stack pulls s3:// models through.
+
+    Credentials come from the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or boto3's
+    chain), never from this file.
+    """
+
+    dir: str = Field(
+        ".thaw/cache", min_length=1, description="Cache directory (relative: to the cwd)."
+    )
+    budget_bytes: int = Field(
+        100 * 2**30, strict=True, ge=0, description="Most bytes of model files kept on disk."
+    )
+    s3_endpoint_url: str | None = Field(
+        None,
+        description="S3 endpoint, e.g. http://127.0.0.1:8333; null: AWS (or AWS_ENDPOINT_URL).",
+    )
+    s3_region: str = Field("us-east-1", min_length=1, description="Region requests are signed for.")
+
+
 class ModelConfig(_Frozen):
     """One served model: its OpenAI name, its engine, its autoscaling and its activator limits."""
 
@@ -401,6 +423,10 @@ class ThawConfig(_Frozen):
         le=60,
         description="Autoscaler loop period: scrape, decide, actuate every this many seconds "
         "(and at once when a request is buffered at zero).",
+    )
+    cache: CacheConfig = Field(
+        default_factory=CacheConfig,
+        description="The model cache for engine.model values of the form s3://BUCKET/PREFIX.",
     )
     models: tuple[ModelConfig, ...] = Field(
         ..., min_length=1, description="The models to serve; names must be unique."

@@ -298,3 +298,56 @@ def test_api_keys_guard_everything_but_health_and_metrics(tmp_path: Path) -> Non
                     assert r.status == 200, await r.text()
 
         asyncio.run(go())
+
+
+def test_s3_model_is_pulled_once_then_loaded_from_local_disk(tmp_path: Path) -> None:
+    from cache_servers import moto_server
+
+    from model_cache.push import push
+    from model_cache.s3 import parse_s3_uri
+    from model_cache.tiny_model import build_tiny_llama
+
+    port = free_port()
+    model = f"s3m-{uuid.uuid4().hex[:8]}"
+    src = build_tiny_llama(tmp_path / "src")
+    with moto_server(tmp_path) as s3:
+        uri = f"s3://{s3.bucket}/tiny"
+        push(src, parse_s3_uri(uri), s3.client(), name=model)
+        cfg = tmp_path / "thaw.yaml"
+        write_config(
+            cfg,
+            port,
+            model,
+            f"{{kind: emulator, model: '{uri}', emulator: {{load_time_s: 0.3}}}}",
+            "{min_replicas: 0, max_replicas: 1, stable_window_s: 6, scale_to_zero_grace_s: 1}",
+        )
+        with cfg.open("a") as f:
+            f.write(f"cache: {{dir: '{tmp_path / 'cache'}', s3_endpoint_url: '{s3.endpoint}'}}\n")
+        base = f"http://127.0.0.1:{port}"
+        argv = thaw_argv("up", "--config", str(cfg), "--work-dir", str(tmp_path / "w"))
+        log = tmp_path / "up.log"
+        with child(argv, env=s3.env, log_path=log) as proc:
+            wait_http_ok(f"{base}/health", 30, proc)
+
+            async def go() -> None:
+                async with aiohttp.ClientSession() as session:
+                    await chat(session, base, model, 2)
+                    t = await get_metrics(base)
+                    assert metric(t, "thaw_cold_starts_total", model=model, tier="remote") == 1
+
+                    async def at_zero() -> bool:
+                        t = await get_metrics(base)
+                        return sum(
+                            metric(t, "thaw_model_replicas", model=model, state=s)
+                            for s in ("starting", "ready", "draining")
+                        ) == 0 and not engine_pids(model)
+
+                    await wait_for(at_zero, 30, f"zero replicas:\n{_tail(log, 3000)}")
+                    await chat(session, base, model, 2)
+                    t = await get_metrics(base)
+                    assert metric(t, "thaw_cold_starts_total", model=model, tier="remote") == 1
+                    assert metric(t, "thaw_cold_starts_total", model=model, tier="local_disk") == 1
+
+            asyncio.run(go())
+    files = sorted(p.name for p in (tmp_path / "cache").rglob("*.safetensors"))
+    assert files == ["model.safetensors"], files
