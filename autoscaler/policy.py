@@ -424,12 +424,12 @@ class ThawConfig(_Frozen):
         description="Autoscaler loop period: scrape, decide, actuate every this many seconds "
         "(and at once when a request is buffered at zero).",
     )
+    models: tuple[ModelConfig, ...] = Field(
+        ..., min_length=1, description="The models to serve; names must be unique."
+    )
     cache: CacheConfig = Field(
         default_factory=CacheConfig,
         description="The model cache for engine.model values of the form s3://BUCKET/PREFIX.",
-    )
-    models: tuple[ModelConfig, ...] = Field(
-        ..., min_length=1, description="The models to serve; names must be unique."
     )
 
     @field_validator("models")
