@@ -12,7 +12,7 @@ each request ends with the upstream's answer or one of 400/401/404/413/503/504 i
 shape.
 
 The proxied paths are a bare ASGI hot path; everything else (``/v1/models``, ``/health``,
-``/metrics``, the OpenAPI document) is a FastAPI app behind it.
+``/metrics``, the OpenAPI document) is the FastAPI app of :mod:`activator.rest` behind it.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from activator.rest import build_rest_app
 from activator.routing import choose_replica
 from activator.types import DemandSink, EndpointSource, ModelLimits, Replica
 from thaw.clock import Clock
@@ -178,7 +179,7 @@ class Activator:
         self._draining = False
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = ActivatorMetrics(self.registry)
-        self._rest = _rest_app(self)
+        self._rest = build_rest_app(self)
 
     @property
     def asgi_app(self) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
@@ -206,6 +207,8 @@ class Activator:
     async def close(self) -> None:
         """Drain, then close the upstream session (after the server stopped)."""
         self.drain()
+        for task in list(self._tasks):  # pokes still under way
+            task.cancel()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -227,6 +230,10 @@ class Activator:
         """Requests of ``model`` inside the activator now: buffered or at a replica."""
         st = self._models.get(model)
         return st.in_flight if st else 0
+
+    def ready_count(self, model: str) -> int:
+        """Ready replicas of ``model`` now, as the endpoint source says."""
+        return len(self._endpoints.ready_replicas(model))
 
     def outstanding(self, replica_id: str) -> int:
         """Requests the activator has at ``replica_id`` now."""
@@ -418,31 +425,25 @@ class Activator:
         the answer to give."""
         deadline_s = start_s + st.limits.wait_timeout_s
         tried: set[str] = set()
-        retried = False
+        failed = 0  # upstream failures before the first byte since the last wait
         while True:
             replicas = self._endpoints.ready_replicas(model)
-            replica = choose_replica(replicas, self._outstanding, tried)
-            if replica is None:
+            replica = None if failed > 1 else choose_replica(replicas, self._outstanding, tried)
+            if replica is None:  # none ready, or the one retry is spent: wait as at zero
                 answer = await self._wait(model, st, deadline_s)
                 if answer is not None:
                     return answer
                 tried.clear()
+                failed = 0
                 continue
+            if failed:
+                self.metrics.retries.labels(model).inc()
             try:
                 return await self._forward(path, body, replica, send, watch)
             except _UpstreamFailed as e:
                 tried.add(replica.replica_id)
-                if retried:  # once is enough: wait as at zero from here
-                    tried.update(r.replica_id for r in replicas)
-                    continue
-                retried = True
-                self.metrics.retries.labels(model).inc()
-                log.warning(
-                    "model %s: replica %s failed (%s); retrying elsewhere",
-                    model,
-                    replica.replica_id,
-                    e,
-                )
+                failed += 1
+                log.warning("model %s: replica %s failed (%s)", model, replica.replica_id, e)
 
     async def _wait(self, model: str, st: _ModelState, deadline_s: float) -> Answer | None:
         """Wait in the buffer. None: go pick a replica; else the answer to give."""
@@ -602,80 +603,3 @@ async def _respond(
         }
     )
     await send({"type": "http.response.body", "body": body})
-
-
-def _rest_app(activator: Activator) -> Any:
-    """FastAPI for everything off the hot path, and the OpenAPI document."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, Response
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-    from pydantic import BaseModel, ConfigDict
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
-    app = FastAPI(
-        title="Thaw activator",
-        description="OpenAI-compatible front door: routes by `model`, buffers at zero replicas.",
-        version="1",
-    )
-
-    class ChatRequest(BaseModel):
-        """Any OpenAI chat request; forwarded unchanged."""
-
-        model_config = ConfigDict(extra="allow")
-        model: str
-        messages: list[dict[str, Any]]
-
-    class CompletionRequest(BaseModel):
-        """Any OpenAI completion request; forwarded unchanged."""
-
-        model_config = ConfigDict(extra="allow")
-        model: str
-        prompt: str | list[Any]
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(
-            {
-                "error": {
-                    "message": str(exc.detail),
-                    "type": "invalid_request_error",
-                    "param": None,
-                    "code": exc.status_code,
-                }
-            },
-            status_code=exc.status_code,
-        )
-
-    @app.post("/v1/chat/completions", summary="Chat completion (proxied; documentation only)")
-    async def _chat(body: ChatRequest) -> dict[str, Any]:  # pragma: no cover - hot path serves
-        raise StarletteHTTPException(500, "served by the activator's hot path")
-
-    @app.post("/v1/completions", summary="Completion (proxied; documentation only)")
-    async def _completions(body: CompletionRequest) -> dict[str, Any]:  # pragma: no cover
-        raise StarletteHTTPException(500, "served by the activator's hot path")
-
-    @app.get("/v1/models", summary="Every configured model, scaled to zero or not")
-    async def _models() -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [
-                {
-                    "id": name,
-                    "object": "model",
-                    "owned_by": "thaw",
-                    "ready_replicas": len(activator._endpoints.ready_replicas(name)),
-                    "buffered_requests": activator.buffered(name),
-                }
-                for name in activator.models()
-            ],
-        }
-
-    @app.get("/health", summary="200 while the activator serves")
-    async def _health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/metrics", summary="Prometheus metrics")
-    async def _metrics() -> Response:
-        return Response(generate_latest(activator.registry), media_type=CONTENT_TYPE_LATEST)
-
-    return app
