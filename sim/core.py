@@ -104,6 +104,9 @@ class SimConfig:
     requests are still buffered for a model that cannot get a GPU; they end unserved."""
     fast_forward: bool = True
     """Run identical decode steps as one event (same results; off: one event per step)."""
+    skip_idle: bool = True
+    """Skip the ticks of models at rest and replay the last stable window's worth of them when
+    the model is next needed (same results; off: every model decides every tick)."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,10 @@ class SimResult:
     """Replicas asleep (no GPU) at each sample."""
     sample_demand: tuple[int, ...]
     """Requests in the system (buffered, waiting, running) at each sample."""
+    events: int = 0
+    """Events processed (arrivals and heap events, superseded ones included), for benchmarks."""
+    decisions: int = 0
+    """Calls of the decider, for benchmarks."""
 
 
 # -- mutable simulation state (private to one run) -------------------------------------------
@@ -185,6 +192,10 @@ class _Model:
     replicas: list[_Replica] = field(default_factory=list)
     buffer: deque[tuple[int, Request]] = field(default_factory=deque)
     next_id: int = 0
+    rest_tick: int | None = None
+    """At rest since this tick (see ``_Run.at_rest``): its ticks are skipped, then replayed."""
+    rest_until_tick: int | None = None
+    """The tick where a sleeper's time-to-live ends, which ends the rest; None: no such tick."""
 
     def find(self, rid: str) -> _Replica | None:
         for r in self.replicas:
@@ -225,6 +236,8 @@ class _Run:
         self.samples_r: list[int] = []
         self.samples_s: list[int] = []
         self.samples_d: list[int] = []
+        self.decisions = 0
+        self.tick_k = -1
 
     # events
     def push(self, t: float, kind: int, payload: _Payload | None) -> None:
@@ -437,10 +450,21 @@ class _Run:
                 reps.append(ReplicaObservation(r.rid, r.state, None, None, None, None))
         return ModelObservation(m.name, tuple(reps), len(m.buffer))
 
-    def decide(self, m: _Model, now: float) -> None:
+    def decide(self, m: _Model, now: float) -> bool:
+        """Call the real decider and carry out its count; True when nothing changed (at 0)."""
         if m.policy is None:
-            return
+            return False
+        self.decisions += 1
         decision, m.state = decide(self.observe(m, now), m.policy, m.state, now)
+        desired = decision.desired_replicas
+        live = sleepers = 0
+        for r in m.replicas:
+            if r.state == "sleeping":
+                sleepers += 1
+            elif r.state != "draining":
+                live += 1
+        if desired == live and not sleepers:
+            return desired == 0  # plan_actions would return no action
         view = [
             PoolReplica(
                 r.rid,
@@ -452,9 +476,9 @@ class _Run:
             )
             for r in m.replicas
         ]
-        actions = plan_actions(decision.desired_replicas, view, m.warm_pool, now)
+        actions = plan_actions(desired, view, m.warm_pool, now)
         if actions.empty:
-            return
+            return desired == 0
         for rid in actions.wake:
             rep = m.find(rid)
             if rep is not None:
@@ -470,6 +494,51 @@ class _Run:
             rep = m.find(rid)
             if rep is not None:
                 self.stop(m, rep, now)
+        return False
+
+    # models at rest
+    def at_rest(self, m: _Model) -> bool:
+        """Nothing can change for ``m`` until a request comes or a sleeper's TTL ends.
+
+        After a tick whose decision was 0 replicas with no action: no buffered request, no
+        replica but sleepers fully asleep, no panic. Each further tick would feed the decider the
+        same empty observation; only the last stable window (or scale-down delay) of them shapes
+        its state, so :meth:`catch_up` replays just those.
+        """
+        if m.buffer or m.state.panic_since_s is not None:
+            return False
+        return all(
+            r.state == "sleeping" and r.gpu_since_s is None and not r.going_to_sleep
+            for r in m.replicas
+        )
+
+    def ttl_tick(self, m: _Model) -> int | None:
+        """The first tick at which plan_actions would stop one of ``m``'s sleepers (TTL)."""
+        if not m.replicas:
+            return None
+        if not m.warm_pool.enabled:  # no sleepers without a warm pool; decide every tick
+            return self.tick_k + 1
+        tick, ttl = self.cfg.tick_s, m.warm_pool.sleep_ttl_s
+        first: int | None = None
+        for r in m.replicas:
+            since = r.asleep_since_s if r.asleep_since_s is not None else 0.0
+            k = max(math.ceil((since + ttl) / tick), self.tick_k + 1)
+            while k * tick - since < ttl:
+                k += 1
+            while k - 1 > self.tick_k and (k - 1) * tick - since >= ttl:
+                k -= 1
+            first = k if first is None else min(first, k)
+        return first
+
+    def catch_up(self, m: _Model, last_k: int) -> None:
+        """Replay the skipped ticks of a model at rest that still shape its decider state."""
+        assert m.rest_tick is not None and m.policy is not None
+        p = m.policy
+        span = math.ceil(max(p.stable_window_s, p.scale_down_delay_s) / self.cfg.tick_s) + 1
+        first = max(last_k - span, m.rest_tick + 1)
+        m.rest_tick, m.rest_until_tick = None, None
+        for k in range(first, last_k + 1):
+            self.decide(m, k * self.cfg.tick_s)
 
     def sample(self, now: float) -> None:
         awake = asleep = demand = 0
@@ -501,6 +570,7 @@ class _Run:
         next_sample = cfg.measure_from_s
         horizon = max(cfg.horizon_s, reqs[-1].arrival_s if n else 0.0)
         heap = self.heap
+        popped = 0
         while True:
             if i < n and (not heap or reqs[i].arrival_s <= heap[0][0]):
                 req = reqs[i]
@@ -512,6 +582,8 @@ class _Run:
                     i += 1
                     continue
                 self.outstanding += 1
+                if m.rest_tick is not None:
+                    self.catch_up(m, self.tick_k)
                 at_zero = not m.buffer
                 self.route(m, i, req, now)
                 if at_zero and m.buffer:
@@ -522,13 +594,21 @@ class _Run:
                 continue
             if not heap:
                 break
+            popped += 1
             now, _, kind, payload = heapq.heappop(heap)
             if kind == _TICK:
                 if now >= next_sample:
                     self.sample(now)
                     next_sample = now + cfg.sample_every_s
+                k_now = self.tick_k = ticks
                 for m in self.models.values():
-                    self.decide(m, now)
+                    if m.rest_tick is not None:
+                        if m.rest_until_tick is None or k_now < m.rest_until_tick:
+                            continue
+                        self.catch_up(m, k_now - 1)
+                    if self.decide(m, now) and cfg.skip_idle and self.at_rest(m):
+                        m.rest_tick = k_now
+                        m.rest_until_tick = self.ttl_tick(m)
                 if i < n or now < horizon or (self.outstanding > 0 and now < horizon + cfg.drain_s):
                     ticks += 1
                     self.push(ticks * cfg.tick_s, _TICK, None)
@@ -600,6 +680,8 @@ class _Run:
             sample_replicas=tuple(self.samples_r),
             sample_sleeping=tuple(self.samples_s),
             sample_demand=tuple(self.samples_d),
+            events=n + popped,
+            decisions=self.decisions,
         )
 
 

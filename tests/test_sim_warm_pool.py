@@ -121,3 +121,30 @@ def test_busy_floor_is_below_every_policys_gpu_hours() -> None:
     for res in run_policies(["thaw", "kpa", "always-on"], reqs, fleet, config(WARM), 0.0):
         s = summarize(res, fleet, 1.0)
         assert 0 < s["busy_gpu_hours_floor"] <= s["gpu_hours"]
+
+
+def test_skipping_models_at_rest_gives_the_same_results_as_ticking_every_model() -> None:
+    from dataclasses import replace
+
+    fleet = parse_fleet(FLEET)
+    # A long tail: 12 models, most idle for minutes between requests; sleepers with a TTL.
+    reqs = spread_zipf(bursty(1.0, 30.0, 300.0, 3000.0, 6, 200, 64), 12, 1.5, 6)
+    for policy, warm in (("thaw", {**WARM, "sleep_ttl_s": 500.0}), ("thaw", None), ("kpa", None)):
+        scaling = config(
+            warm,
+            max_replicas=3,
+            scale_down_delay_s=20.0,
+            target_concurrency_per_replica=1.0,
+            target_waiting_per_replica=None,
+            target_kv_cache_usage_ratio=None,
+            panic_threshold_pct=1000.0,  # so that the stable window's zeros decide the count
+        )
+        cfg = replace(sim_config(policy, reqs, fleet, scaling, 0.0), sample_every_s=1.0)  # type: ignore[arg-type]
+        a = simulate(reqs, fleet, cfg)
+        b = simulate(reqs, fleet, replace(cfg, skip_idle=False))
+        assert a.decisions < b.decisions / 2
+        assert a.records == b.records
+        assert a.cold_starts_by_tier == b.cold_starts_by_tier
+        assert a.gpu_seconds_by_pool == b.gpu_seconds_by_pool
+        assert (a.sample_replicas, a.sample_sleeping) == (b.sample_replicas, b.sample_sleeping)
+    assert a.cold_starts_by_tier["local_disk"] > 12
