@@ -204,8 +204,8 @@ def test_vllm_scale_from_zero_up_and_back(tmp_path: Path) -> None:
             scenario(
                 f"http://127.0.0.1:{port}",
                 model,
-                load_requests=8,
-                max_tokens=400,
+                load_requests=16,  # the tiny model decodes fast: keep it busy for several ticks
+                max_tokens=1500,
                 timeouts_s=240,
                 log=log,
                 ignore_eos=True,  # random weights may stop at once; keep the engine busy
