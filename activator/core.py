@@ -51,6 +51,8 @@ RETRYABLE_STATUS = frozenset({502, 503})
 SKIP_HEADERS = frozenset(
     {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"date", b"server"}
 )
+#: A request still under way after this long starts watching for its client's disconnect.
+WATCH_AFTER_S = 0.05
 #: How often a buffered request re-checks for replicas on its own (a safety net for a missed
 #: ``endpoints_changed``; the normal release is the push).
 RECHECK_S = 1.0
@@ -101,20 +103,35 @@ class _ModelState:
 class _Watch:
     """Cancels a request's task when its client disconnects, until its answer has begun: a
     waiting request leaves the buffer at once, a forwarded one drops its upstream connection
-    (which makes vLLM abort the generation)."""
+    (which makes vLLM abort the generation). Watching takes a task, so it starts only when the
+    request waits in the buffer or is still under way after :data:`WATCH_AFTER_S`."""
 
-    __slots__ = ("armed", "gone", "task")
+    __slots__ = ("armed", "gone", "receive", "task", "timer", "watcher")
 
-    def __init__(self, task: asyncio.Task[Any]) -> None:
+    def __init__(self, task: asyncio.Task[Any], receive: Receive) -> None:
         self.task = task
+        self.receive = receive
         self.armed = True
         self.gone = False
+        self.watcher: asyncio.Future[Message] | None = None
+        self.timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self.start)
 
-    def __call__(self, _: asyncio.Future[Message]) -> None:
+    def start(self) -> None:
+        if self.watcher is None and self.armed:
+            self.watcher = asyncio.ensure_future(self.receive())
+            self.watcher.add_done_callback(self._fired)
+
+    def _fired(self, _: asyncio.Future[Message]) -> None:
         if self.armed:
             self.armed = False
             self.gone = True
             self.task.cancel()
+
+    def stop(self) -> None:
+        self.armed = False
+        self.timer.cancel()
+        if self.watcher is not None and not self.watcher.done():
+            self.watcher.cancel()
 
 
 class ActivatorMetrics:
@@ -177,6 +194,8 @@ class Activator:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._draining = False
+        self._max_body_bytes = _largest_body(self._models.values())
+        self._children: dict[tuple[str, int], Any] = {}  # (model, code) -> metric children
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = ActivatorMetrics(self.registry)
         self._rest = build_rest_app(self)
@@ -195,6 +214,8 @@ class Activator:
                 connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout_s),
                 auto_decompress=False,
+                # No Accept-Encoding: the answer's bytes go to a client that did not ask for gzip.
+                skip_auto_headers=("Accept-Encoding", "User-Agent"),
             )
 
     def drain(self) -> None:
@@ -250,6 +271,7 @@ class Activator:
                 self._models[name].limits = lim
             else:
                 self._models[name] = _ModelState(lim)
+        self._max_body_bytes = _largest_body(self._models.values())
 
     def endpoints_changed(self, model: str) -> None:
         """The model's ready replicas changed: release its buffer in arrival order."""
@@ -316,7 +338,6 @@ class Activator:
         model = "-"
         code = 500
         watch: _Watch | None = None
-        disconnect: asyncio.Future[Message] | None = None
         try:
             body, error = await self._read_body(scope, receive)
             if error is not None:
@@ -335,9 +356,7 @@ class Activator:
                 return
             task = asyncio.current_task()
             assert task is not None
-            watch = _Watch(task)
-            disconnect = asyncio.ensure_future(receive())
-            disconnect.add_done_callback(watch)
+            watch = _Watch(task, receive)
             st.in_flight += 1
             try:
                 result = await self._route(scope["path"], body, model, st, start_s, send, watch)
@@ -355,16 +374,23 @@ class Activator:
                 await _respond(send, *result)
         finally:
             if watch is not None:
-                watch.armed = False
-            if disconnect is not None and not disconnect.done():
-                disconnect.cancel()
+                watch.stop()
             if model != "-" or code != 500:
-                self.metrics.requests.labels(model, str(code)).inc()
-                if model != "-":
-                    self.metrics.duration.labels(model).observe(self._clock.monotonic() - start_s)
+                self._record(model, code, start_s)
+
+    def _record(self, model: str, code: int, start_s: float) -> None:
+        """Count the answer, and time it for a configured model (label children cached)."""
+        children = self._children.get((model, code))
+        if children is None:
+            duration = self.metrics.duration.labels(model) if model != "-" else None
+            children = (self.metrics.requests.labels(model, str(code)), duration)
+            self._children[(model, code)] = children
+        children[0].inc()
+        if children[1] is not None:
+            children[1].observe(self._clock.monotonic() - start_s)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> tuple[bytes, Answer | None]:
-        cap = max((st.limits.max_body_bytes for st in self._models.values()), default=1)
+        cap = self._max_body_bytes
         for k, v in scope["headers"]:
             if k == b"content-length" and v.isdigit() and int(v) > cap:
                 return b"", _too_large(cap)
@@ -430,6 +456,7 @@ class Activator:
             replicas = self._endpoints.ready_replicas(model)
             replica = None if failed > 1 else choose_replica(replicas, self._outstanding, tried)
             if replica is None:  # none ready, or the one retry is spent: wait as at zero
+                watch.start()
                 answer = await self._wait(model, st, deadline_s)
                 if answer is not None:
                     return answer
@@ -574,6 +601,11 @@ class Activator:
 
 
 INVALID = "invalid_request_error"
+
+
+def _largest_body(states: Iterable[_ModelState]) -> int:
+    """The largest body any model accepts: bodies over it are refused before being read."""
+    return max((st.limits.max_body_bytes for st in states), default=1)
 
 
 def _model_gone(model: str, why: str) -> Answer:
