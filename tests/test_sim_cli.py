@@ -93,3 +93,21 @@ def test_help_teaches_with_an_example() -> None:
     assert done.returncode == 0
     assert "thaw sim --trace" in done.stdout
     assert "always-on" in done.stdout
+
+
+def test_cli_start_tier_and_warmup(tmp_path: Path) -> None:
+    write_azure(tmp_path / "t.csv")
+    out = tmp_path / "out"
+    done = sim(
+        tmp_path, "--out", str(out), "--compare", "kpa", "--start-tier", "remote", "--warmup-s", "0"
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["meta"]["start_tier"] == "remote"
+    assert report["meta"]["warmup_s"] == 0.0
+    kpa = report["policies"]["kpa"]
+    assert kpa["cold_starts_by_tier"]["remote"] > 0
+    assert kpa["cold_starts_by_tier"]["local_disk"] == 0
+    bad = sim(tmp_path, "--out", str(tmp_path / "bad"), "--warmup-s", "-1")
+    assert bad.returncode == 2
+    assert "--warmup-s = -1.0: must be >= 0" in bad.stderr
