@@ -24,15 +24,16 @@ class Replica:
 
 @dataclass(frozen=True)
 class ModelLimits:
-    """Per-model limits of the front door."""
+    """Per-model limits of the front door: requests held at zero replicas (more get 503 with
+    ``Retry-After``), how long one waits (then 504), and the largest body (else 413)."""
 
     buffer_size: int = 100
     wait_timeout_s: float = 300.0
     max_body_bytes: int = 1_048_576
 
     def __post_init__(self) -> None:
-        if self.buffer_size < 0:
-            raise ValueError(f"buffer_size = {self.buffer_size}, must be >= 0")
+        if self.buffer_size < 1:  # the first buffered request is what pokes the autoscaler
+            raise ValueError(f"buffer_size = {self.buffer_size}, must be >= 1")
         if self.wait_timeout_s <= 0:
             raise ValueError(f"wait_timeout_s = {self.wait_timeout_s}, must be > 0")
         if self.max_body_bytes <= 0:
