@@ -359,7 +359,10 @@ class Activator:
             watch = _Watch(task, receive)
             st.in_flight += 1
             try:
-                result = await self._route(scope["path"], body, model, st, start_s, send, watch)
+                target = scope["path"]
+                if scope["query_string"]:
+                    target += "?" + scope["query_string"].decode("latin-1")
+                result = await self._route(target, body, model, st, start_s, send, watch)
             except asyncio.CancelledError:
                 if not watch.gone or task.uncancel() > 0:
                     raise

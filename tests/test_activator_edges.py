@@ -74,6 +74,7 @@ class Upstream:
     def __init__(self) -> None:
         self.mode: dict[str, str] = {}
         self.seen: list[tuple[str, bytes]] = []
+        self.queries: list[str] = []
         self.outcomes: dict[str, str] = {}
         self.hold = asyncio.Event()
         self.port = free_port()
@@ -85,6 +86,7 @@ class Upstream:
         rid = request.match_info["rid"]
         body = await request.read()
         self.seen.append((rid, body))
+        self.queries.append(request.rel_url.raw_query_string)
         tag = str(json.loads(body).get("user", ""))
         mode = self.mode.get(rid, "echo")
         if mode in ("502", "503"):
@@ -419,7 +421,7 @@ async def test_models_listed_at_zero_and_after_a_reload() -> None:
             assert_error(await client.post("/v1/completions", json=chat(model="b")), 404)
 
 
-async def test_the_body_is_forwarded_byte_for_byte() -> None:
+async def test_the_body_and_query_are_forwarded_byte_for_byte() -> None:
     raw = (
         b'{ "user" : "x",\n  "model":"tiny" ,"messages":[{"role":"user",'
         b'"content":"caf\\u00e9 \xc3\xa9 \\ud83d\\ude00"}], "zz": 1.50e0, "aa": [ ] }'
@@ -430,10 +432,12 @@ async def test_the_body_is_forwarded_byte_for_byte() -> None:
         src.replicas[MODEL] = [Replica("r1", up.url("r1"), None, None)]
         async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
             r = await client.post(
-                "/v1/chat/completions", content=raw, headers={"content-type": "application/json"}
+                "/v1/chat/completions?api-version=2&x=%C3%A9",
+                content=raw,
+                headers={"content-type": "application/json"},
             )
         assert r.status_code == 200
-        assert up.seen == [("r1", raw)]
+        assert up.seen == [("r1", raw)] and up.queries == ["api-version=2&x=%C3%A9"]
         assert r.content == raw and r.headers["content-length"] == str(len(raw))
         assert r.headers["x-replica"] == "r1"
 
