@@ -7,9 +7,12 @@ with the upstream's bytes — a ``Content-Length`` answer in one send, SSE passe
 chunk unparsed. With no ready replica the request waits in its model's bounded buffer; the first
 one pokes the autoscaler at once, and :meth:`Activator.endpoints_changed` releases the buffer in
 arrival order. An upstream that fails before the client saw a byte (refused, reset, 502/503) is
-retried once on another replica, else the request waits as at zero. Nothing is dropped silently:
-each request ends with the upstream's answer or one of 400/401/404/413/503/504 in OpenAI's error
-shape.
+retried once on another replica, else the request waits as at zero; after the first byte a
+failure ends the SSE stream with an error event. A client that leaves stops its request: it
+leaves the buffer at once, or its upstream connection is dropped (vLLM then aborts the
+generation). :meth:`Activator.drain` (graceful shutdown) answers the buffer 503. Nothing is
+dropped silently: each request ends with the upstream's answer or one of 400/401/404/413/503/504
+in OpenAI's error shape.
 
 The proxied paths are a bare ASGI hot path; everything else (``/v1/models``, ``/health``,
 ``/metrics``, the OpenAPI document) is the FastAPI app of :mod:`activator.rest` behind it.
