@@ -35,6 +35,10 @@ from thaw.errors import ThawError
 
 log = logging.getLogger(__name__)
 
+#: After a failed start, the next start of that model waits this long, doubling per failure.
+START_BACKOFF_S = 1.0
+START_BACKOFF_MAX_S = 60.0
+
 ReplicaState = Literal["starting", "ready", "sleeping", "draining"]
 
 #: Prepares one replica's launch (may pull the model): (model, port, replica id) -> (spec, tier),
@@ -104,6 +108,8 @@ class LocalActuator:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._cpu_note = cpu_note
+        self._failures: dict[str, int] = {}
+        self._retry_at_s: dict[str, float] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -200,8 +206,11 @@ class LocalActuator:
         """Carry out the warm pool's actions for ``model`` (each in its own task)."""
         for rid in actions.wake:
             self._wake(self._replicas[rid])
-        for _ in range(actions.start):
-            self._start_replica(model)
+        if actions.start and self._clock.monotonic() < self._retry_at_s.get(model, 0.0):
+            log.debug("model %s: start held back after failures", model)
+        else:
+            for _ in range(actions.start):
+                self._start_replica(model)
         for rid, level in actions.sleep:
             self._sleep(self._replicas[rid], level)
         for rid in actions.stop:
@@ -229,13 +238,25 @@ class LocalActuator:
             log.info("replica %s: starting on %s (%s)", replica.replica_id, spec.base_url, tier)
             await replica.process.start()
         except (EngineStartError, OSError, ThawError) as e:
-            log.error("replica %s failed to start: %s", replica.replica_id, e)
+            n = self._failures.get(replica.model, 0) + 1
+            self._failures[replica.model] = n
+            backoff_s = min(START_BACKOFF_MAX_S, START_BACKOFF_S * 2 ** (n - 1))
+            self._retry_at_s[replica.model] = self._clock.monotonic() + backoff_s
+            log.error(
+                "replica %s failed to start (%d in a row; next try in %.0f s): %s",
+                replica.replica_id,
+                n,
+                backoff_s,
+                e,
+            )
             self._replicas.pop(replica.replica_id, None)
             if replica.process is not None:
                 await replica.process.stop(self._stop_grace_s)
             return
         if replica.state != "starting":  # drained while starting: the drain task stops it
             return
+        self._failures.pop(replica.model, None)
+        self._retry_at_s.pop(replica.model, None)
         now_s = self._clock.monotonic()
         replica.ready_at_s = now_s
         await self.scrape_one(replica)

@@ -81,9 +81,10 @@ class EngineConfig(_Frozen):
         None,
         min_length=1,
         description="The model to serve: a local directory, a Hugging Face id, or "
-        "s3://BUCKET/PREFIX published by `thaw cache push` (pulled through the node cache, see "
-        "`cache`); null: the tiny Llama that `thaw model build-tiny` builds (offline). The "
-        "emulator ignores it (an s3:// model is still pulled, so the cache tiers show).",
+        "s3://BUCKET/PREFIX published by `thaw cache push --name` with this model's name "
+        "(pulled through the node cache, see `cache`); null: the tiny Llama that "
+        "`thaw model build-tiny` builds (offline). The emulator ignores it (an s3:// model is "
+        "still pulled, so the cache tiers show).",
     )
     args: tuple[str, ...] = Field(
         (),

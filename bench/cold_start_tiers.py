@@ -2,8 +2,8 @@
 
 Three ways a request at zero gets a replica, measured in one run on the same model:
 
-- ``remote``: the model is not on this node; pull it from S3 (SeaweedFS on 127.0.0.1, through the
-  model cache's puller) and then cold-start the engine through ``thaw up``;
+- ``remote``: the model (``engine.model: s3://...``) is not on this node; ``thaw up`` pulls it from
+  S3 (SeaweedFS on 127.0.0.1) through the model cache, then cold-starts the engine;
 - ``local_disk``: the model is on local disk; ``thaw up`` cold-starts the engine;
 - ``wake``: the warm pool put the replica to sleep on scale-down; the request wakes it.
 
@@ -26,6 +26,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from cache_servers import S3Server
 from procs import child, free_port, thaw_argv, wait_http_ok
 
 
@@ -69,14 +70,17 @@ def wait_until(predicate: object, timeout_s: float) -> None:
     raise TimeoutError("condition not met")
 
 
-def run_stack(tmp: Path, engine: str, model_dir: Path | None, measure_wake: bool) -> list[float]:
-    """One ``thaw up``: TTFT from zero (cold), then, if asked, TTFT after a sleep (wake)."""
+def run_stack(
+    tmp: Path, engine: str, uri: str, s3: S3Server, measure_wake: bool
+) -> tuple[list[float], str]:
+    """One ``thaw up`` serving ``uri`` through the cache in ``tmp/cache``: TTFT from zero, then,
+    if asked, TTFT after the warm pool put the replica to sleep. Also the stack's log."""
     port = free_port()
     model = "bench-model"
     if engine == "vllm":
-        eng = f"{{kind: vllm, model: '{model_dir}', startup_timeout_s: 600}}"
+        eng = f"{{kind: vllm, model: '{uri}', startup_timeout_s: 600}}"
     else:
-        eng = "{kind: emulator, emulator: {load_time_s: 2.0}}"
+        eng = f"{{kind: emulator, model: '{uri}', emulator: {{load_time_s: 2.0}}}}"
     cfg = tmp / f"thaw-{port}.yaml"
     cfg.write_text(
         f"""
@@ -88,12 +92,14 @@ models:
     autoscaling: {{min_replicas: 0, max_replicas: 1, stable_window_s: 6,
                    scale_to_zero_grace_s: 1, metrics_stale_after_s: 30}}
     warm_pool: {{enabled: true, sleep_level: 1, max_sleeping: 1}}
+cache: {{dir: '{tmp / "cache"}', s3_endpoint_url: '{s3.endpoint}'}}
 """
     )
     base = f"http://127.0.0.1:{port}"
     out = []
     argv = thaw_argv("up", "--config", str(cfg), "--work-dir", str(tmp / "w"))
-    with child(argv, log_path=tmp / f"up-{port}.log") as proc:
+    log = tmp / f"up-{port}.log"
+    with child(argv, env=s3.env, log_path=log) as proc:
         wait_http_ok(f"{base}/health", 60, proc)
         out.append(first_token_s(base, model))
         if measure_wake:
@@ -103,7 +109,7 @@ models:
             )
             out.append(first_token_s(base, model))
             assert metric(base, "thaw_cold_starts_total", model=model, tier="wake") == 1
-    return out
+    return out, log.read_text()
 
 
 def main() -> None:
@@ -113,40 +119,29 @@ def main() -> None:
     p.add_argument("--engine", choices=["vllm", "emulator"], default="vllm")
     args = p.parse_args()
 
+    from cache_servers import seaweed_server  # the tests' SeaweedFS launcher
+
     from model_cache.push import push
+    from model_cache.s3 import parse_s3_uri
     from model_cache.tiny_model import build_tiny_llama
 
-    with tempfile.TemporaryDirectory() as d:
+    with tempfile.TemporaryDirectory(prefix="tiers-") as d:
         tmp = Path(d)
         src = build_tiny_llama(tmp / "src")
         results: dict[str, float] = {}
-
-        # remote: pull from S3 through the cache, then the same cold start as local_disk
-        from cache_servers import seaweed_server  # the tests' SeaweedFS launcher
-
-        from model_cache.agent import AgentSettings, open_cache
-        from model_cache.s3 import parse_s3_uri
-        from thaw.clock import SystemClock
-
         with seaweed_server(tmp / "weed") as s3:
             uri = f"s3://{s3.bucket}/tiny"
-            push(src, parse_s3_uri(uri), s3.client(), name="tiny")
-            cache = open_cache(
-                AgentSettings(dir=tmp / "cache", budget_bytes=10**9, s3=s3.settings()),
-                SystemClock(),
+            push(src, parse_s3_uri(uri), s3.client(), name="bench-model")  # = the served name
+            # 1st stack: the cache is empty -> remote; then the warm pool -> wake
+            (results["remote"], results["wake"]), log1 = run_stack(
+                tmp, args.engine, uri, s3, measure_wake=True
             )
-            cache.start()
-            t0 = time.perf_counter()
-            pulled = cache.ensure("tiny", s3_uri=uri)
-            pull_s = time.perf_counter() - t0
-            cache.close()
-        cold = run_stack(tmp, args.engine, pulled.path, measure_wake=True)
-        results["local_disk"] = cold[0]
-        results["wake"] = cold[1]
-        results["remote"] = pull_s + cold[0]
-
+            assert "pulled from the cache" in log1, log1
+            # 2nd stack, same cache dir: the model is on local disk
+            (results["local_disk"],), log2 = run_stack(tmp, args.engine, uri, s3, False)
+            assert "found from the cache" in log2, log2
         base = results["local_disk"]
-        print(f"TTFT from zero by tier ({args.engine}; tiny Llama, pull {pull_s:.2f} s):")
+        print(f"TTFT from zero by tier through `thaw up` ({args.engine}; tiny Llama, SeaweedFS):")
         for tier in ("wake", "local_disk", "remote"):
             print(f"  {tier:<11} {results[tier]:8.2f} s   {results[tier] / base:7.3f}x local_disk")
 
