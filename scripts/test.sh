@@ -10,6 +10,14 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 bin=.venv/bin
 
+# Prometheus (Debian's package) is a real part of the history tests; started by hand on 127.0.0.1.
+if ! command -v prometheus >/dev/null; then
+  echo "== installing prometheus (apt, --no-install-recommends)"
+  sudo=""; [[ $(id -u) == 0 ]] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
 echo "== ruff"
 "$bin/ruff" check .
 echo "== mypy --strict"

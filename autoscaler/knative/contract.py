@@ -1,0 +1,26 @@
+"""The names Thaw and Knative agree on: the autoscaler class and Thaw's own annotations.
+
+Knative copies a Revision's annotations and labels onto its PodAutoscaler, so what ``thaw knative
+render`` writes on a Service's revision template is what the controller reads on the PA.
+"""
+
+from __future__ import annotations
+
+#: Knative's class annotation. Ours must not end in ``.knative.dev`` (Knative's webhook rejects it).
+CLASS_ANNOTATION = "autoscaling.knative.dev/class"
+#: The value of :data:`CLASS_ANNOTATION` that hands a revision to Thaw's controller.
+AUTOSCALER_CLASS = "autoscaler.thaw.dev"
+
+#: Annotation on the revision template (and so on the PA): the OpenAI model name it serves.
+MODEL_ANNOTATION = "thaw.dev/model"
+#: Annotation on the revision template (and so on the PA): the GPU pool it runs on.
+POOL_ANNOTATION = "thaw.dev/pool"
+
+# Knative's own annotations and labels that Thaw reads (never writes).
+MIN_SCALE_ANNOTATION = "autoscaling.knative.dev/min-scale"
+MAX_SCALE_ANNOTATION = "autoscaling.knative.dev/max-scale"
+INITIAL_SCALE_ANNOTATION = "autoscaling.knative.dev/initial-scale"
+REVISION_LABEL = "serving.knative.dev/revision"
+SERVICE_LABEL = "serving.knative.dev/service"
+
+assert not AUTOSCALER_CLASS.endswith(".knative.dev")
