@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import types
 import typing
 from collections.abc import Iterator, Mapping, Sequence
@@ -118,7 +119,12 @@ class EngineConfig(_Frozen):
 
 
 class ForecastConfig(_Frozen):
-    """Demand forecasting ahead of the cold start (filled in by a later issue)."""
+    """Demand forecasting one cold start ahead (see :mod:`autoscaler.forecast`).
+
+    The forecast only ever raises the decider's count (a floor), and only while the forecaster's
+    recent accuracy gives it ``min_confidence``; a wrong or missing forecast never holds back the
+    reactive signals.
+    """
 
     enabled: bool = Field(
         False, strict=True, description="Scale to the forecast when it asks for more."
@@ -128,8 +134,73 @@ class ForecastConfig(_Frozen):
         strict=True,
         gt=0,
         lt=1,
-        description="Which quantile of the forecast demand to provision for.",
+        description="Which quantile of the forecast demand to provision for, in (0, 1): 0.9 "
+        "provisions for a busier interval than 9 in 10.",
     )
+    method: Literal["auto", "seasonal_naive", "ewma", "gbr"] = Field(
+        "auto",
+        description="Forecasting method: 'seasonal_naive' (the value a season ago), 'ewma' "
+        "(exponentially weighted mean), 'gbr' (quantile gradient boosting over lag features), "
+        "'auto' (the one bench/forecast_accuracy.py found best on held-back data). Each adds "
+        "the quantile of its own past errors (gbr learns the quantile).",
+    )
+    interval_s: float = Field(
+        10.0,
+        strict=True,
+        ge=1,
+        le=3600,
+        description="Demand is counted as arrivals per interval of this many seconds, in "
+        "[1, 3600].",
+    )
+    season_s: float = Field(
+        86400.0,
+        strict=True,
+        ge=0,
+        le=604800,
+        description="Length of the demand's season (86400: daily), a multiple of interval_s; "
+        "0: no season. With less than one season of history, seasonal_naive uses the last "
+        "interval.",
+    )
+    min_history: int = Field(
+        30,
+        strict=True,
+        ge=2,
+        le=100000,
+        description="Intervals of history before any forecast is made.",
+    )
+    min_confidence: float = Field(
+        0.3,
+        strict=True,
+        ge=0,
+        le=1,
+        description="Use the forecast only while its confidence (1 - recent pinball loss / that "
+        "of forecasting zero) is at least this, in [0, 1].",
+    )
+    horizon_s: float | None = Field(
+        None,
+        strict=True,
+        ge=0,
+        le=3600,
+        description="How far ahead to forecast, seconds; null: the model's expected cold-start "
+        "time (the simulator derives it; the local stack uses the last measured start, 30 s "
+        "before the first).",
+    )
+
+    @model_validator(mode="after")
+    def _season_in_intervals(self) -> ForecastConfig:
+        if self.season_s and not math.isclose(
+            self.season_s / self.interval_s, round(self.season_s / self.interval_s)
+        ):
+            raise ValueError(
+                f"season_s = {self.season_s:g} is not a multiple of interval_s = "
+                f"{self.interval_s:g}"
+            )
+        if self.season_s and self.season_s < 2 * self.interval_s:
+            raise ValueError(
+                f"season_s = {self.season_s:g} must be 0 or at least 2 x interval_s "
+                f"({2 * self.interval_s:g})"
+            )
+        return self
 
 
 class AutoscalingPolicy(_Frozen):
@@ -259,7 +330,7 @@ class AutoscalingPolicy(_Frozen):
     )
     forecast: ForecastConfig = Field(
         default_factory=ForecastConfig,
-        description="Demand forecasting (placeholder; a later issue fills it in).",
+        description="Demand forecasting one cold start ahead: a floor under the count.",
     )
 
     @field_validator("max_replicas")
