@@ -33,12 +33,17 @@ def register(subparsers: Any) -> None:
 
 
 def _register_controller(sub: Any) -> None:
+    from thaw import cmd_knative_controller
+
     c = sub.add_parser("controller", help="run the PodAutoscaler controller")
+    cmd_knative_controller.register_args(c)
     c.set_defaults(func=_controller)
 
 
 def _controller(args: argparse.Namespace) -> int:
-    raise SystemExit("thaw knative controller: not written yet")
+    from thaw import cmd_knative_controller
+
+    return cmd_knative_controller.run(args)
 
 
 # -- render (filled in by the render work) -----------------------------------------------------

@@ -1,0 +1,189 @@
+"""``thaw knative controller``: flags and wiring of the PodAutoscaler controller."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+
+import aiohttp
+
+from autoscaler.knative.contract import AUTOSCALER_CLASS
+from autoscaler.knative.controller import Controller, ControllerSettings
+from autoscaler.knative.demand import (
+    DEFAULT_KNATIVE_QUERY,
+    CombinedDemand,
+    DemandSource,
+    KnativeActivatorDemand,
+    ThawActivatorDemand,
+)
+from autoscaler.knative.kube import KubeClient, KubeConfig
+from autoscaler.policy import default_config_path, load_policy
+from thaw.clock import SystemClock
+
+DESCRIPTION = f"""\
+Reconcile Knative PodAutoscalers of class {AUTOSCALER_CLASS} with Thaw's decider.
+
+Knative creates one PodAutoscaler (PA) per revision; a revision whose template carries
+  autoscaling.knative.dev/class: {AUTOSCALER_CLASS}
+is Thaw's. For each such PA the controller keeps a ServerlessService (SKS) named after it,
+scales the PA's Deployment through its scale subresource and writes the PA's status, as
+Knative's own KPA does; PAs of other classes are never touched. Each tick it scrapes the
+revision's pods' vLLM /metrics directly (EndpointSlices labelled serving.knative.dev/revision,
+port --engine-port) and reads the requests held at zero from Thaw's activator
+(--activator-url) and, optionally, Knative's activator through Prometheus (--prometheus-url).
+The policy per model (thaw.dev/model annotation on the PA) comes from --config.
+
+Scale to zero follows Knative: the PA is marked inactive (Active=False NoTraffic), the SKS is
+put in Proxy, and only after scale_to_zero_grace_s in Proxy is the Deployment scaled to 0.
+While a cold start is in flight the PA is Active=Unknown (Queued), never False.
+
+Access to the API server: in a pod, --in-cluster (the service account token); elsewhere
+--kubeconfig FILE [--context NAME] (default $KUBECONFIG or ~/.kube/config). Only the replica
+that holds the Lease --lease-namespace/--lease-name acts; run two for fail-over.
+
+examples:
+  thaw knative controller --in-cluster --config /etc/thaw/policy.yaml \\
+      --activator-url http://thaw-activator.thaw-system:8080
+  thaw knative controller --kubeconfig ~/.kube/config --namespace llm --tick-s 1
+"""
+
+
+def register_args(c: argparse.ArgumentParser) -> None:
+    c.description = DESCRIPTION
+    c.formatter_class = argparse.RawDescriptionHelpFormatter
+    api = c.add_argument_group("Kubernetes API")
+    api.add_argument(
+        "--in-cluster", action="store_true", help="use the pod's service account (in a cluster)"
+    )
+    api.add_argument(
+        "--kubeconfig",
+        metavar="FILE",
+        default=None,
+        help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)",
+    )
+    api.add_argument(
+        "--context",
+        metavar="NAME",
+        default=None,
+        help="kubeconfig context (default: the current one)",
+    )
+    api.add_argument(
+        "--namespace",
+        metavar="NS",
+        default=None,
+        help="watch PodAutoscalers in this namespace only (default: all)",
+    )
+    pol = c.add_argument_group("policy and signals")
+    pol.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="Thaw policy file; models[].name matches the PA's thaw.dev/model "
+        "annotation (default: the built-in policy)",
+    )
+    pol.add_argument(
+        "--activator-url",
+        metavar="URL",
+        default=None,
+        help="Thaw activator base URL; its /metrics gives requests buffered per "
+        "model (e.g. http://thaw-activator.thaw-system:8080)",
+    )
+    pol.add_argument(
+        "--prometheus-url",
+        metavar="URL",
+        default=None,
+        help="Prometheus with Knative activator metrics: requests queued per revision",
+    )
+    pol.add_argument(
+        "--knative-query",
+        metavar="PROMQL",
+        default=DEFAULT_KNATIVE_QUERY,
+        help="PromQL for a revision's queued requests at Knative's activator; "
+        "{namespace} and {revision} are filled in (default: %(default)s)",
+    )
+    pol.add_argument(
+        "--engine-port",
+        type=int,
+        default=8080,
+        metavar="PORT",
+        help="port of the engine's /metrics on each pod (default: %(default)s)",
+    )
+    pol.add_argument(
+        "--tick-s",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds between reconciles (default: the policy's tick_s)",
+    )
+    le = c.add_argument_group("leader election")
+    le.add_argument(
+        "--lease-namespace",
+        default="thaw-system",
+        metavar="NS",
+        help="namespace of the Lease (default: %(default)s)",
+    )
+    le.add_argument(
+        "--lease-name",
+        default="thaw-controller",
+        metavar="NAME",
+        help="name of the Lease (default: %(default)s)",
+    )
+    le.add_argument(
+        "--identity",
+        default=None,
+        metavar="ID",
+        help="this replica's identity (default: $POD_NAME or the hostname)",
+    )
+    le.add_argument(
+        "--lease-duration-s",
+        type=float,
+        default=15.0,
+        metavar="S",
+        help="a silent leader is replaced after this long (default: %(default)s)",
+    )
+    c.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = load_policy(args.config or default_config_path())
+    kube_config = KubeConfig.load(args.kubeconfig, args.context, args.in_cluster)
+    if args.tick_s is not None and args.tick_s <= 0:
+        raise SystemExit(f"--tick-s = {args.tick_s}: must be > 0")
+    settings = ControllerSettings(
+        namespace=args.namespace,
+        tick_s=args.tick_s if args.tick_s is not None else config.tick_s,
+        engine_port=args.engine_port,
+        lease_namespace=args.lease_namespace,
+        lease_name=args.lease_name,
+        identity=args.identity or os.environ.get("POD_NAME") or socket.gethostname(),
+        lease_duration_s=args.lease_duration_s,
+        renew_every_s=max(1.0, args.lease_duration_s / 3),
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with KubeClient(kube_config) as kube, aiohttp.ClientSession() as http:
+            sources: list[DemandSource] = []
+            if args.activator_url:
+                sources.append(ThawActivatorDemand(http, args.activator_url))
+            if args.prometheus_url:
+                sources.append(
+                    KnativeActivatorDemand(http, args.prometheus_url, args.knative_query)
+                )
+            controller = Controller(
+                kube, http, config, CombinedDemand(sources), SystemClock(), settings
+            )
+            await controller.run(stop)
+
+    asyncio.run(main())
+    return 0
