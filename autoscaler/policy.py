@@ -453,6 +453,150 @@ class CacheConfig(_Frozen):
     s3_region: str = Field("us-east-1", min_length=1, description="Region requests are signed for.")
 
 
+_DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+
+class TolerationConfig(_Frozen):
+    """A Kubernetes toleration put on the pods of a pool (for tainted GPU nodes)."""
+
+    key: str | None = Field(
+        None, min_length=1, description="Taint key, e.g. nvidia.com/gpu; null with Exists: any."
+    )
+    operator: Literal["Exists", "Equal"] = Field("Exists", description="Exists or Equal.")
+    value: str | None = Field(None, description="Taint value (operator Equal only).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect to tolerate; null: every effect."
+    )
+
+    @model_validator(mode="after")
+    def _value_only_with_equal(self) -> TolerationConfig:
+        if self.operator == "Exists" and self.value:
+            raise ValueError(
+                f"value = {self.value!r} with operator Exists; a value needs operator: Equal"
+            )
+        return self
+
+
+class PoolConfig(_Frozen):
+    """One GPU pool of the cluster: identical nodes selected by labels."""
+
+    name: str = Field(
+        ...,
+        min_length=1,
+        max_length=30,
+        pattern=_DNS_LABEL,
+        description="Pool name (lower-case letters, digits and '-', starting with a letter, at "
+        "most 30), e.g. h100; part of each Knative Service name <model>-<pool>.",
+    )
+    gpu_type: str = Field(..., min_length=1, description="GPU model, e.g. NVIDIA H100 80GB HBM3.")
+    gpu_memory_bytes: int = Field(..., strict=True, gt=0, description="Memory of one GPU, bytes.")
+    gpus_per_replica: int = Field(
+        1,
+        strict=True,
+        ge=1,
+        le=16,
+        description="GPUs one replica takes (vLLM --tensor-parallel-size), in [1, 16].",
+    )
+    gpu_resource: str = Field(
+        "nvidia.com/gpu",
+        min_length=1,
+        pattern=r"^\S+$",
+        description="The extended resource the GPUs are requested as.",
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Node labels that select this pool's nodes, e.g. "
+        "{nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3}.",
+    )
+    tolerations: tuple[TolerationConfig, ...] = Field(
+        (), description="Tolerations for the pool's node taints."
+    )
+    cost_per_hour_usd: float = Field(
+        ..., strict=True, ge=0, description="Price of one GPU of this pool for one hour, USD."
+    )
+    max_replicas: int = Field(
+        ...,
+        strict=True,
+        ge=1,
+        le=100_000,
+        description="Capacity: the most replicas the pool hosts, all models together.",
+    )
+
+
+class ModelCacheAgentConfig(_Frozen):
+    """The node-local model cache agent (the `thaw cache serve` DaemonSet) as pods reach it."""
+
+    host_path: str = Field(
+        "/var/cache/thaw",
+        min_length=2,
+        pattern=r"^/\S*$",
+        description="The cache directory on every GPU node (hostPath); engines mount it read-only.",
+    )
+    url: str = Field(
+        "http://thaw-model-cache.thaw.svc:8070",
+        min_length=1,
+        pattern=r"^https?://\S+$",
+        description="The agent as an engine pod reaches it: manifests/ installs the Service "
+        "thaw-model-cache with internalTrafficPolicy Local, so each pod reaches its own node's "
+        "agent.",
+    )
+
+
+class ClusterConfig(_Frozen):
+    """Where Thaw runs on Knative: namespace, images, GPU pools, model cache (`thaw knative`)."""
+
+    namespace: str = Field(
+        "thaw", max_length=63, pattern=_DNS_LABEL, description="Namespace of the Services."
+    )
+    image: str = Field(
+        "vllm/vllm-openai:v0.11.0",
+        min_length=1,
+        pattern=r"^\S+$",
+        description="The vLLM OpenAI server image of the engine containers (pin a tag).",
+    )
+    thaw_image: str = Field(
+        "ghcr.io/thaw-dev/thaw:0.1.0",
+        min_length=1,
+        pattern=r"^\S+$",
+        description="Thaw's image, for the init container that asks the node's cache agent for "
+        "the model.",
+    )
+    request_timeout_s: int = Field(
+        600,
+        strict=True,
+        ge=30,
+        le=3600,
+        description="Knative timeoutSeconds: the longest a request may take, a cold start "
+        "included; above 600 Knative's max-revision-timeout-seconds must be raised too.",
+    )
+    pools: tuple[PoolConfig, ...] = Field(
+        ..., min_length=1, description="The GPU pools; names must be unique."
+    )
+    model_cache: ModelCacheAgentConfig = Field(
+        default_factory=ModelCacheAgentConfig, description="The node-local model cache agent."
+    )
+
+    @field_validator("pools")
+    @classmethod
+    def _unique_pools(cls, value: tuple[PoolConfig, ...]) -> tuple[PoolConfig, ...]:
+        names = [p.name for p in value]
+        dups = [
+            f"pools[{i}].name {n!r} repeats pools[{names.index(n)}].name"
+            for i, n in enumerate(names)
+            if n in names[:i]
+        ]
+        if dups:
+            raise ValueError("names must be unique: " + "; ".join(dups))
+        return value
+
+    def pool(self, name: str) -> PoolConfig | None:
+        """The pool called ``name``, or None."""
+        for p in self.pools:
+            if p.name == name:
+                return p
+        return None
+
+
 class ModelConfig(_Frozen):
     """One served model: its OpenAI name, its engine, its autoscaling and its activator limits."""
 
@@ -479,6 +623,19 @@ class ModelConfig(_Frozen):
         default_factory=WarmPoolConfig,
         description="Sleeping replicas woken before any cold start (off by default).",
     )
+    weights_bytes: int | None = Field(
+        None,
+        strict=True,
+        gt=0,
+        description="Cluster only: GPU memory the weights need, bytes; a pool fits the model "
+        "when gpus_per_replica x gpu_memory_bytes holds them. null: unknown, every pool fits.",
+    )
+    pools: tuple[str, ...] | None = Field(
+        None,
+        min_length=1,
+        description="Cluster only: the cluster.pools this model may run on (one Knative Service "
+        "each). null: every pool it fits.",
+    )
 
 
 class ThawConfig(_Frozen):
@@ -503,6 +660,11 @@ class ThawConfig(_Frozen):
         default_factory=CacheConfig,
         description="The model cache for engine.model values of the form s3://BUCKET/PREFIX.",
     )
+    cluster: ClusterConfig | None = Field(
+        None,
+        description="Knative only (`thaw knative render`): namespace, images, GPU pools and "
+        "the node cache agent; `thaw up` ignores it.",
+    )
 
     @field_validator("models")
     @classmethod
@@ -517,6 +679,22 @@ class ThawConfig(_Frozen):
         if dups:
             raise ValueError("names must be unique: " + "; ".join(dups))
         return value
+
+    @model_validator(mode="after")
+    def _known_pools(self) -> ThawConfig:
+        pools = [p.name for p in self.cluster.pools] if self.cluster else []
+        problems: list[str] = []
+        for i, m in enumerate(self.models):
+            for j, name in enumerate(m.pools or ()):
+                if name not in pools:
+                    accepted = ", ".join(pools) if pools else "none: there is no cluster.pools"
+                    problems.append(
+                        f"models[{i}].pools[{j}] = {name!r}: not a pool in cluster.pools "
+                        f"(accepted: {accepted})"
+                    )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     def model(self, name: str) -> ModelConfig | None:
         """The model called ``name``, or None."""
@@ -747,7 +925,8 @@ def _format_error(err: Mapping[str, Any], lines: Mapping[tuple[str | int, ...], 
     if isinstance(value, str) and loc and str(loc[-1]).endswith("_s") and "number" in msg:
         msg += f" of seconds (write {value.rstrip('s ') or '60'}, not {value!r})"
     if kind == "value_error" and isinstance(value, dict):
-        return f"{where}: {msg}"  # a cross-field check: the message quotes the values
+        # a cross-field check: the message quotes the values (at the top, it names the fields)
+        return f"{where}: {msg}" if loc else msg
     return f"{where}: value {_show(value)}: {msg}"
 
 
@@ -897,14 +1076,18 @@ class PolicyWatcher:
 __all__ = [
     "ActivatorConfig",
     "AutoscalingPolicy",
+    "ClusterConfig",
     "EngineConfig",
     "ForecastConfig",
     "ListenConfig",
+    "ModelCacheAgentConfig",
     "ModelConfig",
     "PolicyError",
     "PolicyWatcher",
+    "PoolConfig",
     "ReloadOutcome",
     "ThawConfig",
+    "TolerationConfig",
     "default_config_path",
     "load_policy",
     "parse_policy",

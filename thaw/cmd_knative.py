@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Any
 
 HELP = """\
@@ -49,10 +51,62 @@ def _controller(args: argparse.Namespace) -> int:
 # -- render (filled in by the render work) -----------------------------------------------------
 
 
+RENDER_HELP = """\
+Write one Knative Service (serving.knative.dev/v1) per (model, GPU pool where it fits) from the
+policy file's models: and cluster: sections, as a YAML stream. Each Service is named
+<model>-<pool>, carries Thaw's autoscaler class with min-scale 0 and initial-scale 0, and runs
+vLLM's OpenAI server on the pool's GPUs (node selector, tolerations, GPU requests), loading an
+s3:// model through the node's cache agent from the hostPath cache directory.
+
+A model runs on its `pools:` if given, else on every pool whose GPU memory per replica holds its
+`weights_bytes` (unknown weights fit everywhere).
+
+Knative must allow what the Services use: `kubectl apply -k manifests/` patches config-features
+(nodeSelector, tolerations, hostPath volumes) and config-autoscaler (allow-zero-initial-scale).
+
+examples:
+  thaw knative render --config policy.yaml | kubectl apply -f -
+  thaw knative render --config policy.yaml --out services.yaml
+"""
+
+
 def _register_render(sub: Any) -> None:
-    r = sub.add_parser("render", help="render Knative Services from the policy file")
+    r = sub.add_parser(
+        "render",
+        help="render Knative Services from the policy file",
+        description=RENDER_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="policy file (YAML) with models: and a cluster: section (see `thaw policy schema`)",
+    )
+    r.add_argument(
+        "--out",
+        default="-",
+        metavar="FILE",
+        help="where to write the YAML stream; - is stdout (default: %(default)s)",
+    )
     r.set_defaults(func=_render)
 
 
 def _render(args: argparse.Namespace) -> int:
-    raise SystemExit("thaw knative render: not written yet")
+    from autoscaler.knative.render import render_services, to_yaml
+    from autoscaler.policy import load_policy
+    from thaw.errors import ConfigError
+
+    try:
+        services = render_services(load_policy(args.config))
+    except ConfigError as e:
+        print(f"thaw knative render: {e}", file=sys.stderr)
+        return 2
+    text = to_yaml(services)
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"wrote {len(services)} Knative Services to {args.out}", file=sys.stderr)
+    return 0
