@@ -62,6 +62,11 @@ class ReplicaObservation:
     num_requests_running: float | None
     kv_cache_usage_ratio: float | None
     scrape_age_s: float | None
+    #: Requests the front door (activator) has outstanding at this replica now: fresh without a
+    #: scrape, so a floor under the scraped running + waiting (the excess counts as waiting). A
+    #: busy engine answers ``/metrics`` late; without this floor a burst would look like an idle
+    #: replica until the next good scrape. None: not known (the simulator's exact metrics).
+    in_flight_requests: float | None = None
 
 
 @dataclass(frozen=True)
@@ -268,6 +273,10 @@ def decide(
                 running += run
             if kv is not None:
                 kv_sum += kv
+            if r.in_flight_requests is not None:
+                unseen = r.in_flight_requests - (w or 0.0) - (run or 0.0)
+                if unseen > 0:
+                    waiting += unseen
         elif r.state == "starting":
             n_starting += 1
     current = n_ready + n_starting

@@ -154,8 +154,18 @@ class LocalActuator:
             if r.state == "ready"
         ]
 
-    def observe(self, model: str, buffered_requests: int, now_s: float) -> ModelObservation:
-        """What the decider sees of ``model`` now: its replicas (draining excluded) and buffer."""
+    def observe(
+        self,
+        model: str,
+        buffered_requests: int,
+        now_s: float,
+        outstanding: Callable[[str], int] | None = None,
+    ) -> ModelObservation:
+        """What the decider sees of ``model`` now: its replicas (draining excluded) and buffer.
+
+        ``outstanding(replica_id)``: the activator's in-flight count at a replica, a floor under
+        the scraped load (see :attr:`ReplicaObservation.in_flight_requests`).
+        """
         observed: list[ReplicaObservation] = []
         for r in self.replicas(model):
             if r.state == "draining":
@@ -169,6 +179,11 @@ class LocalActuator:
                     num_requests_running=m.num_requests_running if m else None,
                     kv_cache_usage_ratio=m.kv_cache_usage_ratio if m else None,
                     scrape_age_s=(now_s - r.scraped_at_s) if r.scraped_at_s is not None else None,
+                    in_flight_requests=(
+                        float(outstanding(r.replica_id))
+                        if outstanding is not None and r.state == "ready"
+                        else None
+                    ),
                 )
             )
         return ModelObservation(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from activator.core import Activator
 from activator.types import ModelLimits
 from autoscaler.decider import DeciderState, Decision, decide
 from autoscaler.engine_process import EngineSpec, emulator_spec, vllm_spec
+from autoscaler.knative.events import EventSink, emitter_from_env
 from autoscaler.local_actuator import LocalActuator
 from autoscaler.policy import ModelConfig, PolicyWatcher, ThawConfig
 from autoscaler.warm_pool import plan_actions
@@ -112,8 +114,11 @@ class LocalStack:
         config_path: Path | None = None,
         registry: CollectorRegistry | None = None,
         api_keys: frozenset[str] | None = None,
+        events: EventSink | None = None,
     ) -> None:
         self.config = config
+        # CloudEvents for decisions and cold starts: to K_SINK when set, else nothing is sent.
+        self.events = events if events is not None else emitter_from_env(os.environ, clock)
         self.clock = clock
         self.work_dir = work_dir
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -241,6 +246,7 @@ class LocalStack:
 
     def _replica_ready(self, model: str, replica_id: str, startup_s: float, tier: str) -> None:
         self.metrics.cold_starts.labels(model, tier).inc()
+        self.events.cold_start(model, tier, startup_s)
         run = self._runs.get(model)
         if run is not None and run.zero_since_s is not None:
             waited_s = self.clock.monotonic() - run.zero_since_s
@@ -268,7 +274,7 @@ class LocalStack:
             buffered = self.activator.buffered(name)
             if buffered and run.zero_since_s is None and not self.actuator.ready_replicas(name):
                 run.zero_since_s = now_s
-            obs = self.actuator.observe(name, buffered, now_s)
+            obs = self.actuator.observe(name, buffered, now_s, self.activator.outstanding)
             decision, run.state = decide(obs, run.config.autoscaling, run.state, now_s)
             run.last_decision = decision
             decisions.append(decision)
@@ -286,6 +292,13 @@ class LocalStack:
                     decision.desired_replicas,
                     actions.describe(),
                     decision.reason,
+                )
+                self.events.decision(
+                    name,
+                    decision.current_replicas,
+                    decision.desired_replicas,
+                    decision.reason,
+                    decision.panic,
                 )
             elif not actions.empty:
                 log.info("model %s: warm pool: %s", name, actions.describe())
@@ -325,6 +338,7 @@ class LocalStack:
 
         await self.actuator.start()
         await self.activator.start()
+        await self.events.start()
         server = asyncio.ensure_future(
             serve(self.activator, self.config.listen.host, self.config.listen.port)
         )
@@ -352,6 +366,7 @@ class LocalStack:
                 await server
             await self.actuator.close()
             await self.activator.close()
+            await self.events.close()
             if self._cache is not None:
                 self._cache.close()
             log.info("stopped; no engine process left")

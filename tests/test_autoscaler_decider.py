@@ -546,3 +546,38 @@ def test_state_is_immutable() -> None:
         state.samples = ()  # type: ignore[misc]
     with pytest.raises(AttributeError):
         d.desired_replicas = 5  # type: ignore[misc]
+
+
+# -- the front door's in-flight count: a floor under a late scrape ----------------------------
+
+
+def busy(
+    rid: str, in_flight: float, *, running: float = 0, age_s: float = 0.5
+) -> ReplicaObservation:
+    return ReplicaObservation(rid, "ready", 0, running, 0.0, age_s, in_flight)
+
+
+def test_in_flight_count_scales_up_while_the_scrape_still_shows_an_idle_engine() -> None:
+    # The engine's last good scrape (fresh enough) says idle; the activator has 16 outstanding.
+    p = policy(target_concurrency_per_replica=1.0, stable_window_s=6.0)
+    decisions, _ = run(p, every_second(0, 3, obs(busy("r0", 16))))
+    assert decisions[-1].desired_replicas == 10  # max_replicas bounds 16
+    assert decisions[-1].signals["concurrency"] == 16
+    # Without the in-flight floor the same scrape holds one replica.
+    same, _ = run(p, every_second(0, 3, obs(ready("r0"))))
+    assert same[-1].desired_replicas == 1
+
+
+def test_in_flight_count_scales_up_when_scrapes_are_stale() -> None:
+    p = policy(target_concurrency_per_replica=2.0, metrics_stale_after_s=5.0)
+    d, _ = decide(obs(busy("r0", 8, age_s=30.0)), p, DeciderState.initial(), 0.0)
+    assert d.stale_metrics
+    assert d.desired_replicas == 4
+
+
+def test_in_flight_below_the_scraped_load_changes_nothing() -> None:
+    p = policy(target_concurrency_per_replica=1.0)
+    with_floor, _ = run(p, every_second(0, 3, obs(busy("r0", 1, running=4))))
+    without, _ = run(p, every_second(0, 3, obs(ready("r0", running=4))))
+    assert [d.desired_replicas for d in with_floor] == [d.desired_replicas for d in without]
+    assert with_floor[-1].desired_replicas == 4
