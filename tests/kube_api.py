@@ -23,7 +23,8 @@ DEVELOPERS.md ("Kubernetes API harness"):
   (existing objects first when no ``resourceVersion`` is given, as the API server does for
   rv ""/"0"; only later events after a list's resourceVersion);
 - :attr:`KubeApi.log`: every request as ``(method, path, verb, group, resource, namespace,
-  name)`` with ``resource`` carrying the subresource (``deployments/scale``), the RBAC terms;
+  name, user_agent, body)``, ``resource`` with its subresource (``deployments/scale``): the
+  RBAC terms;
 - :meth:`KubeApi.inject_conflicts`: the next N matching writes answer ``409 Conflict``.
 
 Use::
@@ -63,6 +64,8 @@ class LoggedRequest:
     resource: str
     namespace: str
     name: str
+    user_agent: str = ""
+    body: Any = None
 
 
 #: plural -> (kind, namespaced) for the resources tests use; unknown ones get a derived kind.
@@ -155,9 +158,20 @@ class KubeApi(kmock.KubernetesScaffold):
         self._store(key, stored, "MODIFIED" if old else "ADDED")
         return copy.deepcopy(stored)
 
+    def delete_object(self, group: str, plural: str, namespace: str, name: str) -> None:
+        """Delete an object as a test does (watchers see DELETED)."""
+        key = (group, plural, namespace, name)
+        if key in self.objects:
+            self._last_rv = next(self._rv)
+            self._store(key, self.objects[key], "DELETED")
+
     def get_object(self, group: str, plural: str, namespace: str, name: str) -> Obj | None:
         obj = self.objects.get((group, plural, namespace, name))
         return copy.deepcopy(obj) if obj is not None else None
+
+    def history(self, group: str, plural: str) -> list[Obj]:
+        """Every stored version of every object of a resource, oldest first."""
+        return [copy.deepcopy(o) for _, g, p, o in self._history if (g, p) == (group, plural)]
 
     def writes(self) -> list[LoggedRequest]:
         """The logged requests that change something."""
@@ -224,6 +238,10 @@ class KubeApi(kmock.KubernetesScaffold):
                 resource=resource,
                 namespace=request.namespace or "",
                 name=request.name or "",
+                user_agent=next(
+                    (v for k, v in request.headers.items() if k.lower() == "user-agent"), ""
+                ),
+                body=request.data,
             )
         )
         if verb in ("create", "update", "patch", "delete"):

@@ -172,7 +172,11 @@ def run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        async with KubeClient(kube_config) as kube, aiohttp.ClientSession() as http:
+        agent = f"thaw-controller/{settings.identity}"
+        async with (
+            KubeClient(kube_config, user_agent=agent) as kube,
+            aiohttp.ClientSession() as http,
+        ):
             sources: list[DemandSource] = []
             if args.activator_url:
                 sources.append(ThawActivatorDemand(http, args.activator_url))

@@ -86,8 +86,11 @@ class KubeConfig:
 class KubeClient:
     """Async calls to one API server. Paths are full API paths (``/apis/group/v1/...``)."""
 
-    def __init__(self, config: KubeConfig, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, config: KubeConfig, timeout_s: float = 10.0, user_agent: str = "thaw-controller"
+    ) -> None:
         self.config = config
+        self.user_agent = user_agent
         self.timeout_s = timeout_s
         self._session: aiohttp.ClientSession | None = None
 
@@ -102,7 +105,7 @@ class KubeClient:
                 ctx.verify_mode = ssl.CERT_NONE
             if self.config.cert_file and self.config.key_file:
                 ctx.load_cert_chain(self.config.cert_file, self.config.key_file)
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", "User-Agent": self.user_agent}
         if self.config.token:
             headers["Authorization"] = f"Bearer {self.config.token}"
         self._session = aiohttp.ClientSession(

@@ -1,0 +1,344 @@
+"""The world Thaw's Knative controller runs in, for tests: the Kubernetes API harness over HTTP,
+stand-ins for what only a cluster has (Knative's networking controller marking SKSs ready, the
+kubelet publishing a pod's endpoint once the Deployment has replicas), a real ``thaw emulator``
+as the pod, a tiny HTTP server as Thaw's activator ``/metrics``, and the CRD schemas.
+
+Time: the controller gets a :class:`FastClock` (its seconds pass ``speed`` times faster than the
+machine's), so a 6 s stable window takes 0.6 s; nothing asserts on wall time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import aiohttp.web
+import kmock
+import yaml
+from kube_api import KubeApi
+from procs import child, free_port, thaw_argv, wait_http_ok
+
+from autoscaler.knative.contract import (
+    AUTOSCALER_CLASS,
+    CLASS_ANNOTATION,
+    INITIAL_SCALE_ANNOTATION,
+    MIN_SCALE_ANNOTATION,
+    MODEL_ANNOTATION,
+    REVISION_LABEL,
+    SERVICE_LABEL,
+)
+from autoscaler.knative.controller import Controller, ControllerSettings
+from autoscaler.knative.demand import CombinedDemand, ThawActivatorDemand
+from autoscaler.knative.kube import KubeClient, KubeConfig
+from autoscaler.policy import ThawConfig
+
+KNATIVE = Path(__file__).resolve().parents[2] / "shared" / "knative"
+MODEL = "tiny"
+NS = "llm"
+PA = ("autoscaling.internal.knative.dev", "podautoscalers")
+SKS = ("networking.internal.knative.dev", "serverlessservices")
+DEPLOY = ("apps", "deployments")
+SLICES = ("discovery.k8s.io", "endpointslices")
+LEASES = ("coordination.k8s.io", "leases")
+
+
+class FastClock:
+    """Monotonic and wall seconds that pass ``speed`` times faster than real ones."""
+
+    def __init__(self, speed: float) -> None:
+        self.speed = speed
+        self._t0 = time.monotonic()
+        self._wall0 = time.time()
+
+    def monotonic(self) -> float:
+        return (time.monotonic() - self._t0) * self.speed
+
+    def wall(self) -> float:
+        return self._wall0 + self.monotonic()
+
+
+def crd_schema(name: str) -> dict[str, Any]:
+    """The openAPIV3Schema of a CRD in ../shared/knative/, made strict: objects with declared
+    properties reject unknown ones (the API server would prune them silently: a typo in a field
+    name is a bug the test must catch)."""
+    docs = [d for d in yaml.safe_load_all((KNATIVE / name).read_text()) if d]
+    crd = next(d for d in docs if d.get("kind") == "CustomResourceDefinition")
+    schema: dict[str, Any] = copy.deepcopy(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+
+    def strict(node: Any) -> None:
+        if isinstance(node, dict):
+            if (
+                node.get("type") == "object"
+                and "properties" in node
+                and not node.get("x-kubernetes-preserve-unknown-fields")
+                and "additionalProperties" not in node
+            ):
+                node["additionalProperties"] = False
+            for v in node.values():
+                strict(v)
+        elif isinstance(node, list):
+            for v in node:
+                strict(v)
+
+    strict(schema)
+    return schema
+
+
+def deployment(name: str, replicas: int = 0) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NS, "labels": {REVISION_LABEL: name}},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {REVISION_LABEL: name}}},
+    }
+
+
+def podautoscaler(name: str, cls: str = AUTOSCALER_CLASS) -> dict[str, Any]:
+    """A PA as Knative creates it for a revision rendered by ``thaw knative render``."""
+    return {
+        "apiVersion": "autoscaling.internal.knative.dev/v1alpha1",
+        "kind": "PodAutoscaler",
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "labels": {
+                REVISION_LABEL: name,
+                SERVICE_LABEL: "tiny-cpu",
+                "serving.knative.dev/configuration": "tiny-cpu",
+            },
+            "annotations": {
+                CLASS_ANNOTATION: cls,
+                MIN_SCALE_ANNOTATION: "0",
+                INITIAL_SCALE_ANNOTATION: "0",
+                MODEL_ANNOTATION: MODEL,
+                "autoscaling.knative.dev/metric": "concurrency",
+            },
+        },
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "protocolType": "http1",
+            "reachability": "Reachable",
+        },
+    }
+
+
+def config(grace_s: float = 1.0) -> ThawConfig:
+    return ThawConfig.model_validate(
+        {
+            "models": [
+                {
+                    "name": MODEL,
+                    "engine": {"kind": "emulator"},
+                    "autoscaling": {
+                        "min_replicas": 0,
+                        "max_replicas": 2,
+                        "scale_to_zero_grace_s": grace_s,
+                        "stable_window_s": 6.0,
+                    },
+                }
+            ]
+        }
+    )
+
+
+@contextlib.contextmanager
+def emulator(tmp_path: Path) -> Iterator[int]:
+    """A real ``thaw emulator`` on 127.0.0.1 (the revision's pod); yields its port."""
+    port = free_port()
+    argv = thaw_argv(
+        "emulator",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--served-model-name",
+        MODEL,
+        "--load-time-s",
+        "0",
+    )
+    with child(argv, log_path=tmp_path / "emulator.log") as proc:
+        wait_http_ok(f"http://127.0.0.1:{port}/health", 30, proc)
+        yield port
+
+
+@dataclass
+class Activator:
+    """Thaw's activator as the controller sees it: ``/metrics`` with the buffered gauge."""
+
+    buffered: dict[str, int] = field(default_factory=dict)
+    url: str = ""
+
+    async def metrics(self, _: aiohttp.web.Request) -> aiohttp.web.Response:
+        lines = [
+            "# HELP thaw_activator_buffered_requests Requests waiting for a ready replica.",
+            "# TYPE thaw_activator_buffered_requests gauge",
+        ]
+        lines += [
+            f'thaw_activator_buffered_requests{{model="{m}"}} {n}.0'
+            for m, n in self.buffered.items()
+        ]
+        return aiohttp.web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+
+@contextlib.asynccontextmanager
+async def activator() -> AsyncIterator[Activator]:
+    act = Activator()
+    app = aiohttp.web.Application()
+    app.router.add_get("/metrics", act.metrics)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    site = aiohttp.web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    act.url = f"http://127.0.0.1:{port}"
+    try:
+        yield act
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def kube_api() -> AsyncIterator[tuple[KubeApi, str]]:
+    async with KubeApi() as api, kmock.Server(api) as server:
+        yield api, str(server.url).rstrip("/")
+
+
+def write_kubeconfig(path: Path, server: str) -> Path:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "harness", "cluster": {"server": server}}],
+                "users": [{"name": "thaw", "user": {"token": "test-token"}}],
+                "contexts": [
+                    {"name": "harness", "context": {"cluster": "harness", "user": "thaw"}}
+                ],
+                "current-context": "harness",
+            }
+        )
+    )
+    return path
+
+
+async def knative_and_kubelet(
+    api: KubeApi, engine_port: int, stop: asyncio.Event, pod_delay_s: float = 0.3
+) -> None:
+    """What the cluster does on its own, every 20 ms, until ``stop``:
+
+    - Knative's networking controller: an SKS gets ``serviceName``, ``privateServiceName`` and
+      Ready True (its mode is irrelevant here);
+    - the Deployment controller and kubelet: ``pod_delay_s`` after a Deployment gets replicas, an
+      EndpointSlice of the revision lists the emulator (127.0.0.1) as ready; at 0 it is removed.
+    """
+    wanted_since: dict[str, float] = {}
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        for (g, p, _ns, name), sks in list(api.objects.items()):
+            if (g, p) == SKS and not (sks.get("status") or {}).get("privateServiceName"):
+                sks = copy.deepcopy(sks)
+                sks["status"] = {
+                    "serviceName": name,
+                    "privateServiceName": f"{name}-private",
+                    "observedGeneration": sks["metadata"]["generation"],
+                    "conditions": [
+                        {"type": t, "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+                        for t in ("ActivatorEndpointsPopulated", "EndpointsPopulated", "Ready")
+                    ],
+                }
+                api.put_object(g, p, sks)
+        for (g, p, ns, name), dep in list(api.objects.items()):
+            if (g, p) != DEPLOY:
+                continue
+            replicas = int(dep["spec"].get("replicas", 0))
+            slice_name = f"{name}-abcde"
+            have = api.get_object(*SLICES, ns, slice_name) is not None
+            if replicas > 0 and not have:
+                since = wanted_since.setdefault(name, loop.time())
+                if loop.time() - since >= pod_delay_s:
+                    api.put_object(*SLICES, endpoint_slice(slice_name, ns, name, engine_port))
+            elif replicas == 0:
+                wanted_since.pop(name, None)
+                if have:
+                    api.delete_object(*SLICES, ns, slice_name)
+        await asyncio.sleep(0.02)
+
+
+def endpoint_slice(name: str, ns: str, revision: str, port: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "labels": {REVISION_LABEL: revision, "kubernetes.io/service-name": revision},
+        },
+        "addressType": "IPv4",
+        "endpoints": [
+            {
+                "addresses": ["127.0.0.1"],
+                "conditions": {"ready": True, "serving": True, "terminating": False},
+                "targetRef": {"kind": "Pod", "name": f"{revision}-pod", "namespace": ns},
+            }
+        ],
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+    }
+
+
+@contextlib.asynccontextmanager
+async def controller(
+    server: str,
+    tmp_path: Path,
+    engine_port: int,
+    activator_url: str,
+    identity: str = "a",
+    grace_s: float = 1.0,
+    speed: float = 10.0,
+    lease_duration_s: float = 15.0,
+) -> AsyncIterator[Controller]:
+    """A controller running against the harness (kubeconfig auth), stopped on exit."""
+    cfg = KubeConfig.load(
+        str(write_kubeconfig(tmp_path / f"kubeconfig-{identity}", server)), None, False
+    )
+    settings = ControllerSettings(
+        namespace=None,
+        tick_s=0.05,
+        engine_port=engine_port,
+        lease_namespace="thaw-system",
+        identity=identity,
+        lease_duration_s=lease_duration_s,
+        renew_every_s=lease_duration_s / 3,
+    )
+    stop = asyncio.Event()
+    async with (
+        KubeClient(cfg, user_agent=f"thaw-controller/{identity}") as kube,
+        aiohttp.ClientSession() as http,
+    ):
+        demand = CombinedDemand([ThawActivatorDemand(http, activator_url)])
+        ctl = Controller(kube, http, config(grace_s), demand, FastClock(speed), settings)
+        task = asyncio.create_task(ctl.run(stop))
+        try:
+            yield ctl
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, timeout=10)
+
+
+async def eventually(check: Any, timeout_s: float = 20.0, what: str = "") -> Any:
+    """Poll ``check()`` every 20 ms until it returns something truthy; fail after timeout."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        got = check()
+        if got:
+            return got
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        await asyncio.sleep(0.02)

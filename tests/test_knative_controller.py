@@ -1,0 +1,382 @@
+"""Thaw's PodAutoscaler controller against the Kubernetes API harness over real HTTP.
+
+The pod behind the revision is a real ``thaw emulator``; Thaw's activator is a small HTTP server
+with the buffered-requests gauge; Knative's networking controller and the kubelet are the
+stand-ins of :func:`knative_world.knative_and_kubelet`. Objects are validated against Knative's
+CRD schemas from ../shared/knative/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from knative_world import (
+    DEPLOY,
+    LEASES,
+    MODEL,
+    NS,
+    PA,
+    SKS,
+    activator,
+    controller,
+    crd_schema,
+    deployment,
+    emulator,
+    eventually,
+    knative_and_kubelet,
+    kube_api,
+    podautoscaler,
+)
+from kube_api import KubeApi
+
+from autoscaler.knative import reconcile
+
+PA_SCHEMA = crd_schema("podautoscaler.yaml")
+SKS_SCHEMA = crd_schema("serverlessservice.yaml")
+
+
+@pytest.fixture(scope="module")
+def engine_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    with emulator(tmp_path_factory.mktemp("emulator")) as port:
+        yield port
+
+
+def cond(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any]:
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c["type"] == ctype:
+            return dict(c)
+    return {}
+
+
+def scale_patches(api: KubeApi, name: str) -> list[tuple[int, int]]:
+    """(log index, replicas) of every scale PATCH on the Deployment ``name``."""
+    return [
+        (i, r.body[0]["value"])
+        for i, r in enumerate(api.log)
+        if r.resource == "deployments/scale" and r.verb == "patch" and r.name == name
+    ]
+
+
+async def test_pa_of_our_class_gets_sks_status_and_scales_0_1_0_with_proxy_first(
+    tmp_path: Path, engine_port: int
+) -> None:
+    async with kube_api() as (api, server), activator() as act:
+        api.put_object(*DEPLOY, deployment("tiny-00001"))
+        api.put_object(*PA, podautoscaler("tiny-00001"))
+        stop = asyncio.Event()
+        world = asyncio.create_task(knative_and_kubelet(api, engine_port, stop, pod_delay_s=0.5))
+        try:
+            async with controller(server, tmp_path, engine_port, act.url, grace_s=2.0):
+                # The SKS, shaped as Knative's MakeSKS shapes it.
+                sks = await eventually(lambda: api.get_object(*SKS, NS, "tiny-00001"), what="SKS")
+                pa = api.get_object(*PA, NS, "tiny-00001")
+                assert pa is not None
+                jsonschema.validate(sks, SKS_SCHEMA)
+                assert sks["spec"]["objectRef"] == pa["spec"]["scaleTargetRef"]
+                assert sks["spec"]["protocolType"] == "http1"
+                assert sks["spec"]["mode"] == "Proxy"
+                assert sks["spec"]["numActivators"] == reconcile.MIN_ACTIVATORS
+                assert sks["metadata"]["labels"] == pa["metadata"]["labels"]
+                assert "autoscaling.knative.dev/metric" not in sks["metadata"]["annotations"]
+                [owner] = sks["metadata"]["ownerReferences"]
+                assert owner["uid"] == pa["metadata"]["uid"]
+                assert owner["kind"] == "PodAutoscaler" and owner["controller"] is True
+
+                # At rest: status written, inactive (NoTraffic), nothing scaled.
+                def at_rest() -> dict[str, Any] | None:
+                    pa = api.get_object(*PA, NS, "tiny-00001")
+                    ok = cond(pa, "SKSReady").get("status") == "True"
+                    return pa if ok and cond(pa, "Active").get("reason") == "NoTraffic" else None
+
+                pa = await eventually(at_rest, what="PA status at rest")
+                jsonschema.validate(pa, PA_SCHEMA)
+                st = pa["status"]
+                assert st["serviceName"] == "tiny-00001"
+                assert st["metricsServiceName"] == "tiny-00001-private"
+                assert st["desiredScale"] == 0 and st["actualScale"] == 0
+                assert st["observedGeneration"] == pa["metadata"]["generation"]
+                assert cond(pa, "ScaleTargetInitialized")["status"] == "True"
+                assert cond(pa, "Active")["status"] == "False"
+                assert cond(pa, "Ready")["status"] == "False"
+                assert cond(pa, "Ready")["reason"] == "NoTraffic"
+                assert scale_patches(api, "tiny-00001") == []
+
+                # A request buffered at Thaw's activator: 0 -> 1, Active Unknown "Queued".
+                act.buffered[MODEL] = 1
+                await eventually(lambda: scale_patches(api, "tiny-00001"), what="scale to 1")
+                assert [v for _, v in scale_patches(api, "tiny-00001")] == [1]
+                queued = await eventually(
+                    lambda: (
+                        cond(api.get_object(*PA, NS, "tiny-00001"), "Active").get("reason")
+                        == "Queued"
+                    ),
+                    what="Active Unknown Queued",
+                )
+                assert queued
+                pa = await eventually(
+                    lambda: (
+                        (p := api.get_object(*PA, NS, "tiny-00001"))
+                        and cond(p, "Ready").get("status") == "True"
+                        and p
+                    ),
+                    what="PA ready with one pod",
+                )
+                jsonschema.validate(pa, PA_SCHEMA)
+                assert pa["status"]["actualScale"] == 1 and pa["status"]["desiredScale"] == 1
+                sks = api.get_object(*SKS, NS, "tiny-00001")
+                assert sks is not None and sks["spec"]["mode"] == "Serve"
+                jsonschema.validate(sks, SKS_SCHEMA)
+                # From the first demand to Active: never False (a slow cold start must not fail
+                # the revision).
+                history = api.history(*PA)
+                first_queued = next(
+                    i for i, o in enumerate(history) if cond(o, "Active").get("reason") == "Queued"
+                )
+                first_true = next(
+                    i
+                    for i, o in enumerate(history)
+                    if i > first_queued and cond(o, "Active").get("status") == "True"
+                )
+                assert all(
+                    cond(o, "Active")["status"] == "Unknown"
+                    for o in history[first_queued:first_true]
+                )
+
+                # Demand gone: inactive, SKS to Proxy, then (after the grace) scale to 0.
+                act.buffered[MODEL] = 0
+                await eventually(
+                    lambda: [v for _, v in scale_patches(api, "tiny-00001")] == [1, 0],
+                    what="scale to 0",
+                )
+                zero_at = scale_patches(api, "tiny-00001")[-1][0]
+                proxy_puts = [
+                    i
+                    for i, r in enumerate(api.log)
+                    if r.resource == "serverlessservices"
+                    and r.verb == "update"
+                    and r.body["spec"]["mode"] == "Proxy"
+                ]
+                inactive_puts = [
+                    i
+                    for i, r in enumerate(api.log)
+                    if r.resource == "podautoscalers/status"
+                    and r.verb == "update"
+                    and cond(r.body, "Active").get("reason") == "NoTraffic"
+                    and i > proxy_puts[0]
+                ]
+                assert proxy_puts and proxy_puts[0] < zero_at
+                assert inactive_puts and inactive_puts[0] < zero_at
+                pa = await eventually(
+                    lambda: (
+                        (p := api.get_object(*PA, NS, "tiny-00001"))
+                        and p["status"]["actualScale"] == 0
+                        and p
+                    ),
+                    what="actualScale 0",
+                )
+                jsonschema.validate(pa, PA_SCHEMA)
+                assert cond(pa, "Active")["reason"] == "NoTraffic"
+                # Knative owns the spec and its annotations: never written.
+                assert not [
+                    r
+                    for r in api.log
+                    if r.resource == "podautoscalers"
+                    and r.verb != "list"
+                    and r.verb not in ("watch", "get")
+                ]
+        finally:
+            stop.set()
+            await world
+
+
+async def test_pa_of_another_class_is_untouched(tmp_path: Path, engine_port: int) -> None:
+    async with kube_api() as (api, server), activator() as act:
+        api.put_object(*DEPLOY, deployment("kpa-00001"))
+        api.put_object(*PA, podautoscaler("kpa-00001", cls="kpa.autoscaling.knative.dev"))
+        api.put_object(*DEPLOY, deployment("tiny-00001"))
+        api.put_object(*PA, podautoscaler("tiny-00001"))
+        act.buffered[MODEL] = 3  # demand for the model: still no business of ours for kpa
+        before = api.get_object(*PA, NS, "kpa-00001")
+        stop = asyncio.Event()
+        world = asyncio.create_task(knative_and_kubelet(api, engine_port, stop))
+        try:
+            async with controller(server, tmp_path, engine_port, act.url):
+                # Ours is reconciled (proof the controller ran), theirs never is.
+                await eventually(lambda: scale_patches(api, "tiny-00001"), what="our PA's scale")
+                await eventually(
+                    lambda: (api.get_object(*PA, NS, "tiny-00001") or {}).get("status"),
+                    what="our PA's status",
+                )
+        finally:
+            stop.set()
+            await world
+        assert api.get_object(*PA, NS, "kpa-00001") == before
+        assert api.get_object(*SKS, NS, "kpa-00001") is None
+        touched = [r for r in api.log if r.name == "kpa-00001"]
+        assert touched == []
+
+
+async def test_conflicts_on_status_and_sks_are_retried_after_a_re_read(
+    tmp_path: Path, engine_port: int
+) -> None:
+    async with kube_api() as (api, server), activator() as act:
+        api.put_object(*DEPLOY, deployment("tiny-00001"))
+        api.put_object(*PA, podautoscaler("tiny-00001"))
+        api.inject_conflicts(3, verb="update", resource="podautoscalers/status")
+        stop = asyncio.Event()
+        world = asyncio.create_task(knative_and_kubelet(api, engine_port, stop))
+        try:
+            async with controller(server, tmp_path, engine_port, act.url):
+                await eventually(
+                    lambda: (
+                        cond(api.get_object(*PA, NS, "tiny-00001"), "SKSReady").get("status")
+                        == "True"
+                    ),
+                    what="status written despite 409s",
+                )
+                # The SKS flips to Serve on demand: its first PUT answers 409, it is re-read.
+                api.inject_conflicts(1, verb="update", resource="serverlessservices")
+                act.buffered[MODEL] = 1
+                await eventually(
+                    lambda: (
+                        (api.get_object(*SKS, NS, "tiny-00001") or {}).get("spec", {}).get("mode")
+                        == "Serve"
+                    ),
+                    what="SKS in Serve despite a 409",
+                )
+        finally:
+            stop.set()
+            await world
+        status_puts = [
+            i
+            for i, r in enumerate(api.log)
+            if r.resource == "podautoscalers/status" and r.verb == "update"
+        ]
+        assert len(status_puts) >= 4  # 3 refused, then accepted
+        # Between a refused write and its retry, the PA was read again.
+        first, second = status_puts[0], status_puts[1]
+        assert any(
+            r.verb == "get" and r.resource == "podautoscalers" for r in api.log[first:second]
+        )
+        sks_puts = [
+            i
+            for i, r in enumerate(api.log)
+            if r.resource == "serverlessservices" and r.verb == "update"
+        ]
+        assert len(sks_puts) >= 2
+        assert any(
+            r.verb == "get" and r.resource == "serverlessservices"
+            for r in api.log[sks_puts[0] : sks_puts[1]]
+        )
+
+
+async def test_only_the_lease_holder_acts_and_a_stale_lease_is_taken_over(
+    tmp_path: Path, engine_port: int
+) -> None:
+    async with kube_api() as (api, server), activator() as act:
+        api.put_object(*DEPLOY, deployment("tiny-00001"))
+        api.put_object(*PA, podautoscaler("tiny-00001"))
+        stop = asyncio.Event()
+        world = asyncio.create_task(knative_and_kubelet(api, engine_port, stop))
+        try:
+            # speed 10: a 15 s lease is 1.5 s here.
+            async with controller(server, tmp_path, engine_port, act.url, identity="a"):
+                await eventually(
+                    lambda: (
+                        (api.get_object(*LEASES, "thaw-system", "thaw-controller") or {})
+                        .get("spec", {})
+                        .get("holderIdentity")
+                        == "a"
+                    ),
+                    what="a holds the lease",
+                )
+                async with controller(server, tmp_path, engine_port, act.url, identity="b"):
+                    await eventually(
+                        lambda: any(r.user_agent.endswith("/b") for r in api.log),
+                        what="b running",
+                    )
+                    act.buffered[MODEL] = 1  # work to do: a does it, b must not
+                    await eventually(lambda: scale_patches(api, "tiny-00001"), what="a scales")
+                    await asyncio.sleep(0.5)
+                    b_writes = [r for r in api.writes() if r.user_agent.endswith("/b")]
+                    assert b_writes == []
+            # a is gone (its lease not released); b takes over once the lease is stale.
+            async with controller(server, tmp_path, engine_port, act.url, identity="b"):
+                lease = await eventually(
+                    lambda: (
+                        (le := api.get_object(*LEASES, "thaw-system", "thaw-controller"))
+                        and le["spec"]["holderIdentity"] == "b"
+                        and le
+                    ),
+                    what="b takes over",
+                )
+                assert lease["spec"]["leaseTransitions"] == 1
+                api.put_object(*DEPLOY, deployment("tiny-00002"))
+                api.put_object(*PA, podautoscaler("tiny-00002"))
+                await eventually(
+                    lambda: api.get_object(*SKS, NS, "tiny-00002"), what="b reconciles"
+                )
+        finally:
+            stop.set()
+            await world
+        b_sks = [
+            r
+            for r in api.writes()
+            if r.user_agent.endswith("/b") and r.resource == "serverlessservices"
+        ]
+        assert b_sks
+
+
+def test_plan_marks_inactive_and_proxies_before_scaling_to_zero() -> None:
+    """The pure KPA steps: decision 0 on an active PA -> Active False + Proxy, no scale; after
+    the grace in Proxy -> scale 0."""
+    pa = podautoscaler("r")
+    pa["metadata"].update(uid="u1", generation=3)
+    pa["status"] = {
+        "conditions": [
+            {"type": t, "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+            for t in ("Active", "ScaleTargetInitialized", "SKSReady", "Ready")
+        ],
+        "desiredScale": 1,
+        "actualScale": 1,
+    }
+    sks = reconcile.desired_sks(pa, "Serve", 2)
+    sks["status"] = {
+        "serviceName": "r",
+        "privateServiceName": "r-private",
+        "conditions": [{"type": "Ready", "status": "True"}],
+    }
+    p1 = reconcile.plan(pa, reconcile.Observed(1, 1, sks, None), 0, 30.0, 100.0, "T1")
+    assert p1.scale is None and p1.mode == "Proxy"
+    assert cond({"status": p1.status}, "Active")["reason"] == "NoTraffic"
+    assert p1.status["observedGeneration"] == 3
+    pa["status"] = p1.status
+    sks["spec"]["mode"] = "Proxy"
+    early = reconcile.plan(pa, reconcile.Observed(1, 1, sks, 100.0), 0, 30.0, 129.0, "T2")
+    assert early.scale is None
+    late = reconcile.plan(pa, reconcile.Observed(1, 1, sks, 100.0), 0, 30.0, 130.0, "T3")
+    assert late.scale == 0 and late.mode == "Proxy"
+    # lastTransitionTime moves only when a condition's status changes.
+    assert cond({"status": late.status}, "Active")["lastTransitionTime"] == "T1"
+    assert cond({"status": late.status}, "SKSReady")["lastTransitionTime"] == (
+        "2026-01-01T00:00:00Z"
+    )
+
+
+@pytest.mark.parametrize(
+    ("annotations", "error"),
+    [
+        ({"autoscaling.knative.dev/min-scale": "two"}, "min-scale = 'two'"),
+        ({"autoscaling.knative.dev/max-scale": "-1"}, "max-scale = '-1'"),
+    ],
+)
+def test_bad_scale_annotations_are_named(annotations: dict[str, str], error: str) -> None:
+    pa = podautoscaler("r")
+    pa["metadata"]["annotations"].update(annotations)
+    with pytest.raises(reconcile.PodAutoscalerError, match=error):
+        reconcile.view(pa)
