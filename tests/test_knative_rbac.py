@@ -1,0 +1,144 @@
+"""Least privilege, both ways: every Kubernetes API call the controller makes is in
+:data:`autoscaler.knative.rbac.REQUIRED_RULES`, every rule there is used, and
+``manifests/rbac.yaml``'s ClusterRole ``thaw-controller`` grants exactly those rules."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from knative_world import (
+    DEPLOY,
+    MODEL,
+    NS,
+    PA,
+    SKS,
+    activator,
+    controller,
+    deployment,
+    emulator,
+    eventually,
+    knative_and_kubelet,
+    kube_api,
+    podautoscaler,
+)
+
+from autoscaler.knative.rbac import REQUIRED_RULES, rule_set
+
+REPO = Path(__file__).resolve().parent.parent
+RBAC_YAML = REPO / "manifests" / "rbac.yaml"
+
+
+def _triples(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    out: set[tuple[str, str, str]] = set()
+    for r in rules:
+        assert "nonResourceURLs" not in r, f"the controller needs no non-resource URL: {r}"
+        assert "resourceNames" not in r or r["resourceNames"], r
+        for g in r.get("apiGroups") or [""]:
+            for res in r.get("resources") or []:
+                for verb in r.get("verbs") or []:
+                    out.add((g, res, verb))
+    return out
+
+
+def test_required_rules_have_no_duplicates_or_wildcards() -> None:
+    keys = [(r.api_group, r.resource) for r in REQUIRED_RULES]
+    assert len(keys) == len(set(keys))
+    assert not any("*" in t for triple in rule_set() for t in triple)
+
+
+async def test_every_call_is_a_required_rule_and_every_rule_is_used(tmp_path: Path) -> None:
+    with emulator(tmp_path) as engine_port:
+        async with kube_api() as (api, server), activator() as act:
+            api.put_object(*DEPLOY, deployment("tiny-00001"))
+            api.put_object(*PA, podautoscaler("tiny-00001"))
+            # One refused status write: the controller re-reads the PA (the "get" rule).
+            api.inject_conflicts(1, verb="update", resource="podautoscalers/status")
+            stop = asyncio.Event()
+            world = asyncio.create_task(knative_and_kubelet(api, engine_port, stop))
+            try:
+                # A 3 s lease (0.3 s here) is renewed every second: the lease "update" rule.
+                async with controller(server, tmp_path, engine_port, act.url, lease_duration_s=3.0):
+                    await eventually(
+                        lambda: (api.get_object(*PA, NS, "tiny-00001") or {}).get("status"),
+                        what="status",
+                    )
+                    act.buffered[MODEL] = 1  # scale up: SKS update to Serve, scale patch
+                    await eventually(
+                        lambda: (
+                            (api.get_object(*SKS, NS, "tiny-00001") or {})
+                            .get("spec", {})
+                            .get("mode")
+                            == "Serve"
+                        ),
+                        what="SKS Serve",
+                    )
+                    await eventually(
+                        lambda: any(r.resource == "leases" and r.verb == "update" for r in api.log),
+                        what="a lease renewal",
+                    )
+            finally:
+                stop.set()
+                await world
+    used = {
+        (r.group, r.resource, r.verb)
+        for r in api.log
+        if r.user_agent.startswith("thaw-controller/")
+    }
+    assert used, "the controller made no call"
+    assert used <= rule_set(), f"calls outside REQUIRED_RULES: {sorted(used - rule_set())}"
+    # Every rule is exercised by this scenario, so none needs a written justification.
+    assert rule_set() <= used, f"rules never used: {sorted(rule_set() - used)}"
+
+
+def test_manifest_cluster_role_grants_exactly_the_required_rules() -> None:
+    if not RBAC_YAML.exists():
+        pytest.skip("manifests/rbac.yaml not written yet")
+    docs = [d for d in yaml.safe_load_all(RBAC_YAML.read_text()) if d]
+    roles = [
+        d
+        for d in docs
+        if d.get("kind") == "ClusterRole" and d.get("metadata", {}).get("name") == "thaw-controller"
+    ]
+    assert len(roles) == 1, "manifests/rbac.yaml must hold one ClusterRole thaw-controller"
+    granted = _triples(roles[0].get("rules") or [])
+    missing = rule_set() - granted
+    extra = granted - rule_set()
+    assert not missing, f"ClusterRole thaw-controller lacks: {sorted(missing)}"
+    assert not extra, f"ClusterRole thaw-controller grants more than needed: {sorted(extra)}"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [("drop", "lacks"), ("add", "more than needed")],
+)
+def test_the_manifest_check_fails_on_a_missing_or_an_extra_verb(
+    tmp_path: Path, change: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check above can fail: a role with one verb fewer, or one more, is refused."""
+    rules = [
+        {"apiGroups": [r.api_group], "resources": [r.resource], "verbs": sorted(r.verbs)}
+        for r in REQUIRED_RULES
+    ]
+    if change == "drop":
+        rules[0]["verbs"] = rules[0]["verbs"][1:]
+    else:
+        rules[0]["verbs"] = [*rules[0]["verbs"], "delete"]
+    path = tmp_path / "rbac.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": {"name": "thaw-controller"},
+                "rules": rules,
+            }
+        )
+    )
+    monkeypatch.setattr(sys.modules[__name__], "RBAC_YAML", path)
+    with pytest.raises(AssertionError, match=message):
+        test_manifest_cluster_role_grants_exactly_the_required_rules()
