@@ -41,6 +41,7 @@ from typing import Any
 
 import yaml
 
+from autoscaler import placement
 from autoscaler.knative.contract import (
     AUTOSCALER_CLASS,
     CLASS_ANNOTATION,
@@ -98,10 +99,20 @@ class RenderError(ConfigError):
 
 
 def default_fits(model: ModelConfig, pool: PoolConfig) -> bool:
-    """Whether the weights fit one replica's GPUs; unknown weights fit everywhere."""
+    """Whether the weights fit one replica's GPUs (:func:`autoscaler.placement.fits`); unknown
+    weights fit everywhere."""
     if model.weights_bytes is None:
         return True
-    return model.weights_bytes <= pool.gpu_memory_bytes * pool.gpus_per_replica
+    return placement.fits(
+        placement.PlacementModel(name=model.name, weights_bytes=model.weights_bytes),
+        placement.PlacementPool(
+            name=pool.name,
+            gpu_memory_bytes=pool.gpu_memory_bytes,
+            cost_per_hour_usd=pool.cost_per_hour_usd,
+            capacity_replicas=pool.max_replicas,
+            gpus_per_replica=pool.gpus_per_replica,
+        ),
+    )
 
 
 def dns_label(text: str) -> str:
