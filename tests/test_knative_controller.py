@@ -9,6 +9,7 @@ CRD schemas from ../shared/knative/.
 from __future__ import annotations
 
 import asyncio
+import datetime
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from knative_world import (
 )
 from kube_api import KubeApi
 
-from autoscaler.knative import reconcile
+from autoscaler.knative import leader, reconcile
 
 PA_SCHEMA = crd_schema("podautoscaler.yaml")
 SKS_SCHEMA = crd_schema("serverlessservice.yaml")
@@ -380,3 +381,58 @@ def test_bad_scale_annotations_are_named(annotations: dict[str, str], error: str
     pa["metadata"]["annotations"].update(annotations)
     with pytest.raises(reconcile.PodAutoscalerError, match=error):
         reconcile.view(pa)
+
+
+def test_reconcile_core_does_no_io() -> None:
+    """The reconcile core and the RBAC table import no I/O library, no adapter, no clock."""
+    from test_sim_layering import FORBIDDEN_LIBS, closure
+
+    reached = closure(("autoscaler.knative.reconcile", "autoscaler.knative.rbac"))
+    assert not {m for m in reached if m.split(".")[0] in FORBIDDEN_LIBS or m in FORBIDDEN_LIBS}
+    assert not {
+        m
+        for m in reached
+        if m.startswith("autoscaler.knative.") and m not in ("autoscaler.knative.contract",)
+    }
+
+
+T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+
+
+@pytest.mark.parametrize(
+    ("holder", "observed_at_s", "now_s", "action", "transitions"),
+    [
+        (None, None, 0.0, "create", 0),  # no Lease yet
+        ("me", 0.0, 1.0, "renew", 2),  # ours: renew
+        ("other", 0.0, 14.9, "wait", None),  # theirs, changed 14.9 s ago (< 15 s): wait
+        ("other", 0.0, 15.0, "take_over", 3),  # unchanged for the lease duration: take over
+        ("", 10.0, 10.0, "take_over", 3),  # released
+    ],
+)
+def test_lease_step(
+    holder: str | None,
+    observed_at_s: float | None,
+    now_s: float,
+    action: str,
+    transitions: int | None,
+) -> None:
+    lease = None
+    observed = None
+    if holder is not None:
+        lease = {
+            "metadata": {"name": "l", "namespace": "ns", "resourceVersion": "7"},
+            "spec": {"holderIdentity": holder, "renewTime": "x", "leaseTransitions": 2},
+        }
+        assert observed_at_s is not None
+        observed = leader.Observation(leader.record_of(lease), observed_at_s)
+    s = leader.step(lease, "l", "ns", "me", observed, now_s, T0, 15.0)
+    assert s.action == action
+    if transitions is None:
+        assert s.lease is None
+    else:
+        assert s.lease is not None
+        assert s.lease["spec"]["holderIdentity"] == "me"
+        assert s.lease["spec"]["leaseTransitions"] == transitions
+        assert s.lease["spec"]["renewTime"] == "2026-01-01T00:00:00.000000Z"
+        if action != "create":  # a PUT carries the resourceVersion read (409 if stale)
+            assert s.lease["metadata"]["resourceVersion"] == "7"
