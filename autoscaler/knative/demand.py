@@ -23,9 +23,12 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 BUFFERED_METRIC = "thaw_activator_buffered_requests"
-#: Knative activator's per-revision in-flight requests (OpenCensus-era name, Prometheus export).
+#: Knative activator's requests queued per revision: the OpenTelemetry UpDownCounter
+#: ``kn.revision.request.queued`` (attributes ``k8s.namespace.name``, ``kn.revision.name``) as its
+#: Prometheus exporter names it.
 DEFAULT_KNATIVE_QUERY = (
-    'sum(activator_request_concurrency{namespace_name="{namespace}",revision_name="{revision}"})'
+    'sum(kn_revision_request_queued{k8s_namespace_name="{namespace}",'
+    'kn_revision_name="{revision}"})'
 )
 
 
