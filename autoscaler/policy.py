@@ -137,12 +137,13 @@ class ForecastConfig(_Frozen):
         description="Which quantile of the forecast demand to provision for, in (0, 1): 0.9 "
         "provisions for a busier interval than 9 in 10.",
     )
-    method: Literal["auto", "seasonal_naive", "ewma", "gbr"] = Field(
+    method: Literal["auto", "seasonal_naive", "ewma", "ridge", "gbr"] = Field(
         "auto",
         description="Forecasting method: 'seasonal_naive' (the value a season ago), 'ewma' "
-        "(exponentially weighted mean), 'gbr' (quantile gradient boosting over lag features), "
-        "'auto' (the one bench/forecast_accuracy.py found best on held-back data). Each adds "
-        "the quantile of its own past errors (gbr learns the quantile).",
+        "(exponentially weighted mean), 'ridge' (ridge regression over lag features), 'gbr' "
+        "(quantile gradient boosting over the same features), 'auto' (what "
+        "bench/forecast_accuracy.py found best on held-back data: gbr with a season, ewma "
+        "without). Each adds the quantile of its own past errors (gbr learns the quantile).",
     )
     interval_s: float = Field(
         10.0,

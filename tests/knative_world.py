@@ -233,8 +233,9 @@ async def knative_and_kubelet(
 ) -> None:
     """What the cluster does on its own, every 20 ms, until ``stop``:
 
-    - Knative's networking controller: an SKS gets ``serviceName``, ``privateServiceName`` and
-      Ready True (its mode is irrelevant here);
+    - Knative's networking controller: an SKS gets ``serviceName``, ``privateServiceName``,
+      Ready and ActivatorEndpointsPopulated True, and ``observedGeneration`` once it has seen a
+      new spec (a new mode);
     - the Deployment controller and kubelet: ``pod_delay_s`` after a Deployment gets replicas, an
       EndpointSlice of the revision lists the emulator (127.0.0.1) as ready; at 0 it is removed.
     """
@@ -242,7 +243,9 @@ async def knative_and_kubelet(
     loop = asyncio.get_running_loop()
     while not stop.is_set():
         for (g, p, _ns, name), sks in list(api.objects.items()):
-            if (g, p) == SKS and not (sks.get("status") or {}).get("privateServiceName"):
+            status = sks.get("status") or {}
+            seen = status.get("observedGeneration") == sks["metadata"]["generation"]
+            if (g, p) == SKS and not (status.get("privateServiceName") and seen):
                 sks = copy.deepcopy(sks)
                 sks["status"] = {
                     "serviceName": name,

@@ -436,3 +436,26 @@ def test_lease_step(
         assert s.lease["spec"]["renewTime"] == "2026-01-01T00:00:00.000000Z"
         if action != "create":  # a PUT carries the resourceVersion read (409 if stale)
             assert s.lease["metadata"]["resourceVersion"] == "7"
+
+
+@pytest.mark.parametrize(
+    ("mode", "observed_generation", "populated", "expected"),
+    [
+        ("Proxy", 2, "True", True),
+        ("Proxy", 1, "True", False),  # Knative has not seen the switch to Proxy yet
+        ("Proxy", 2, "Unknown", False),  # no activator endpoints yet
+        ("Serve", 2, "True", False),
+    ],
+)
+def test_activator_in_path_needs_the_networking_controller_to_catch_up(
+    mode: str, observed_generation: int, populated: str, expected: bool
+) -> None:
+    sks = {
+        "metadata": {"generation": 2},
+        "spec": {"mode": mode},
+        "status": {
+            "observedGeneration": observed_generation,
+            "conditions": [{"type": "ActivatorEndpointsPopulated", "status": populated}],
+        },
+    }
+    assert reconcile.activator_in_path(sks) is expected

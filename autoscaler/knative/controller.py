@@ -48,6 +48,7 @@ from autoscaler.knative.reconcile import (
     SKS_VERSION,
     Observed,
     PodAutoscalerError,
+    activator_in_path,
     controlled_by,
     is_ours,
     plan,
@@ -281,10 +282,12 @@ class Controller:
         now_s = self.clock.monotonic()
         decision, st.decider = decide(obs, policy, st.decider, now_s)
 
-        sks_mode = ((sks or {}).get("spec") or {}).get("mode")
-        if sks_mode == "Proxy" and st.proxy_since_s is None:
-            st.proxy_since_s = now_s
-        elif sks_mode != "Proxy":
+        # The grace in Proxy counts from when Knative's networking controller has put the
+        # activator in the path (our stand-in for Knative's activator probe).
+        if sks is not None and activator_in_path(sks):
+            if st.proxy_since_s is None:
+                st.proxy_since_s = now_s
+        else:
             st.proxy_since_s = None
         now_iso = datetime.datetime.fromtimestamp(self.clock.wall(), datetime.UTC).strftime(
             "%Y-%m-%dT%H:%M:%SZ"
@@ -327,8 +330,6 @@ class Controller:
                 if e.status != 409:
                     raise
                 await retry_on_conflict(put_sks)
-        if p.mode == "Proxy" and sks_mode != "Proxy":
-            st.proxy_since_s = now_s
         # 2. The scale, as Knative's scaler patches it.
         if p.scale is not None and scale_obj is not None:
             await self.kube.json_patch(

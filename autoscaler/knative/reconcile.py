@@ -219,6 +219,19 @@ def _sks_ready(sks: Obj) -> tuple[bool, str]:
     return False, ""
 
 
+def activator_in_path(sks: Obj) -> bool:
+    """True once Knative's networking controller has acted on an SKS in Proxy: its status has
+    caught up with the spec (``observedGeneration``) and ``ActivatorEndpointsPopulated`` is True.
+    Knative probes its activator for the same fact before scaling to zero."""
+    if ((sks.get("spec") or {}).get("mode")) != "Proxy":
+        return False
+    status = sks.get("status") or {}
+    generation = (sks.get("metadata") or {}).get("generation")
+    if generation is not None and status.get("observedGeneration") != generation:
+        return False
+    return condition_status(status, "ActivatorEndpointsPopulated") == "True"
+
+
 # -- conditions -----------------------------------------------------------------------------
 
 
@@ -288,7 +301,8 @@ class Observed:
 
     ``spec_replicas``: the scale subresource's ``spec.replicas``; ``ready_pods``: ready endpoints
     of the revision; ``sks``: the SKS (None when absent); ``proxy_since_s``: when the controller
-    last put (or found) the SKS in Proxy, on the monotonic clock (None when not in Proxy).
+    found the SKS in Proxy with the activator in its path (:func:`activator_in_path`), on the
+    monotonic clock (None when not).
     """
 
     spec_replicas: int
