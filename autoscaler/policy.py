@@ -534,7 +534,7 @@ class ModelCacheAgentConfig(_Frozen):
         description="The cache directory on every GPU node (hostPath); engines mount it read-only.",
     )
     url: str = Field(
-        "http://thaw-model-cache.thaw.svc:8070",
+        "http://thaw-model-cache.thaw-system.svc:8070",
         min_length=1,
         pattern=r"^https?://\S+$",
         description="The agent as an engine pod reaches it: manifests/ installs the Service "

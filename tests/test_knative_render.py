@@ -263,7 +263,7 @@ def test_vllm_container_for_an_s3_model_on_a_two_gpu_pool() -> None:
     env = {e["name"]: e["value"] for e in c["env"]}
     assert env["VLLM_SERVER_DEV_MODE"] == "1"
     assert env["THAW_MODEL_URI"] == "s3://models/llama-8b"
-    assert env["THAW_CACHE_URL"] == "http://thaw-model-cache.thaw.svc:8070"
+    assert env["THAW_CACHE_URL"] == "http://thaw-model-cache.thaw-system.svc:8070"
     assert c["command"][:2] == ["/bin/sh", "-c"]
     assert c["volumeMounts"] == [
         {"name": "model-cache", "mountPath": "/var/cache/thaw", "readOnly": True}
