@@ -1,0 +1,439 @@
+"""Demand forecasting one cold start ahead. Pure: time and data come in as arguments; no I/O.
+
+Owns :class:`Forecaster` (one model's arrivals per interval, online: :meth:`Forecaster.observe`
+each arrival, :meth:`Forecaster.forecast` the demand of the interval that holds
+``now + horizon_s`` at a quantile) and :class:`ReplicaForecaster` (the decider's signal: the
+forecast demand as replicas, through Little's law, or None when the forecast is not trusted).
+
+Demand is *arrivals per interval* (``interval_s``): it does not depend on how the autoscaler
+served the past, unlike queue depth or concurrency. The intervals before ``floor(now /
+interval_s)`` are complete; the forecast is for the interval that holds ``now + horizon_s``, ``k``
+intervals after the last complete one.
+
+Methods (all give the value at the policy's quantile ``q``):
+
+- ``seasonal_naive``: the value one season (``season_s``) before the target interval (with less
+  than a season of history, or ``season_s`` 0: the last complete interval — plain naive), plus the
+  ``q``-quantile of that rule's past errors. The baseline every other method is measured against.
+- ``ewma``: an exponentially weighted mean of the past intervals (``alpha`` 0.3) plus the
+  ``q``-quantile of its past ``k``-step errors.
+- ``ridge``: ridge regression over lag features (the last 12 intervals, their mean, the value a
+  season before the target and the target's phase in the season when ``season_s`` is set) plus
+  the ``q``-quantile of its recent errors; refit every 30 intervals on at most the last 2000.
+- ``gbr``: scikit-learn's gradient boosting with the quantile loss at ``q`` over the same
+  features, refit likewise (about 20x ridge's cost).
+- ``auto``: what ``bench/forecast_accuracy.py`` found best on held-back data: ``gbr`` when the
+  policy sets a season (:data:`AUTO_METHOD_SEASONAL`), ``ewma`` when it does not
+  (:data:`AUTO_METHOD`).
+
+Confidence (0..1) gates the forecast: ``1 - L / L0`` over the last 30 forecasts whose target has
+passed, where ``L`` is their pinball loss at ``q`` and ``L0`` that of forecasting zero ("nothing
+comes"). A forecast no better than saying nothing comes has confidence 0. With fewer than
+:data:`MIN_SCORED` scored forecasts, or less than ``min_history`` intervals, there is no forecast.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from sklearn.ensemble import GradientBoostingRegressor
+from sklearn.linear_model import Ridge
+
+from autoscaler.policy import ForecastConfig
+
+Method = Literal["seasonal_naive", "ewma", "ridge", "gbr"]
+METHODS: tuple[Method, ...] = ("seasonal_naive", "ewma", "ridge", "gbr")
+#: What ``method: auto`` runs, by whether the policy sets a season: the winners of
+#: bench/forecast_accuracy.py on held-back data (pinball loss at q 0.9 over seasonal naive's:
+#: Azure trace, no season: ewma 0.84-0.86, ridge 0.86-0.87, gbr 0.87-0.93; diurnal with its
+#: season: gbr 0.68, ridge 0.75, ewma 0.84).
+AUTO_METHOD: Method = "ewma"
+AUTO_METHOD_SEASONAL: Method = "gbr"
+#: Scored forecasts needed before any confidence is given.
+MIN_SCORED = 5
+#: Forecasts scored for the confidence.
+ACCURACY_WINDOW = 30
+#: A forecast of fewer arrivals per interval than this asks for no replica.
+MIN_ARRIVALS = 0.5
+
+_EWMA_ALPHA = 0.3
+_RESIDUAL_WINDOW = 240
+_GBR_LAGS = 12
+_GBR_REFIT_EVERY = 30
+_GBR_MAX_ROWS = 2000
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """Demand expected in the interval ``[target_start_s, target_start_s + interval_s)``."""
+
+    value: float
+    """Arrivals in that interval, at ``quantile``."""
+    quantile: float
+    confidence: float
+    """0..1: 1 - recent pinball loss / that of forecasting zero (see the module docstring)."""
+    method: Method
+    target_start_s: float
+    interval_s: float
+
+    @property
+    def rate_per_s(self) -> float:
+        """The forecast as arrivals per second."""
+        return self.value / self.interval_s
+
+
+def pinball_loss(actual: np.ndarray, forecast: np.ndarray, q: float) -> float:
+    """Mean pinball (quantile) loss of ``forecast`` at quantile ``q``."""
+    diff = actual - forecast
+    return float(np.mean(np.maximum(q * diff, (q - 1.0) * diff))) if len(diff) else 0.0
+
+
+def _resolve(method: str, seasonal: bool) -> Method:
+    if method == "auto":
+        return AUTO_METHOD_SEASONAL if seasonal else AUTO_METHOD
+    if method not in METHODS:
+        raise ValueError(f"method = {method!r}, must be one of auto, {', '.join(METHODS)}")
+    return method
+
+
+class Forecaster:
+    """One model's demand history and its forecasts; online, deterministic, no I/O."""
+
+    def __init__(
+        self,
+        *,
+        interval_s: float = 10.0,
+        quantile: float = 0.9,
+        season_s: float = 0.0,
+        min_history: int = 30,
+        method: str = "auto",
+    ) -> None:
+        if not interval_s > 0:
+            raise ValueError(f"interval_s = {interval_s}, must be > 0")
+        if not 0 < quantile < 1:
+            raise ValueError(f"quantile = {quantile}, must be in (0, 1)")
+        if season_s < 0:
+            raise ValueError(f"season_s = {season_s}, must be >= 0")
+        if min_history < 2:
+            raise ValueError(f"min_history = {min_history}, must be >= 2 intervals")
+        self.interval_s = float(interval_s)
+        self.quantile = float(quantile)
+        self.season = round(season_s / interval_s)
+        self.min_history = min_history
+        self.method: Method = _resolve(method, self.season >= 1)
+        self._first: int | None = None
+        self._y: list[float] = []
+        self._done = 0  # complete intervals whose forecasts are scored
+        self._scored: deque[tuple[float, float]] = deque(maxlen=ACCURACY_WINDOW)
+        self._pending: dict[int, float] = {}  # target interval -> forecast value
+        self._last_origin = -1
+        self._cache: tuple[int, int, Forecast | None] | None = None
+        self._gbr: GradientBoostingRegressor | None = None
+        self._gbr_key: tuple[int, int] | None = None  # (k, origin fitted at)
+        self._ridge: tuple[Ridge, float] | None = None  # model, residual quantile
+        self._ridge_key: tuple[int, int] | None = None
+
+    @classmethod
+    def from_config(cls, cfg: ForecastConfig) -> Forecaster:
+        """A forecaster as the policy file's ``forecast`` block sets it."""
+        return cls(
+            interval_s=cfg.interval_s,
+            quantile=cfg.quantile,
+            season_s=cfg.season_s,
+            min_history=cfg.min_history,
+            method=cfg.method,
+        )
+
+    # -- data --------------------------------------------------------------------------------
+
+    def observe(self, t_s: float, value: float = 1.0) -> None:
+        """Count ``value`` arrivals at ``t_s``. Arrivals before the first one seen are dropped."""
+        k = math.floor(t_s / self.interval_s)
+        if self._first is None:
+            self._first = k
+        i = k - self._first
+        if i < 0:
+            return
+        while len(self._y) <= i:
+            self._y.append(0.0)
+        self._y[i] += value
+
+    def history(self, now_s: float) -> np.ndarray:
+        """The complete intervals before ``now_s`` (zeros where nothing arrived)."""
+        n = self._complete(now_s)
+        return np.asarray(self._y[:n], dtype=float)
+
+    def _complete(self, now_s: float) -> int:
+        """Complete intervals at ``now_s``; extends the series with zeros, scores forecasts."""
+        if self._first is None:
+            return 0
+        n = max(0, math.floor(now_s / self.interval_s) - self._first)
+        while len(self._y) < n:
+            self._y.append(0.0)
+        while self._done < n:
+            f = self._pending.pop(self._done, None)
+            if f is not None:
+                self._scored.append((f, self._y[self._done]))
+            self._done += 1
+        return n
+
+    # -- forecasts -------------------------------------------------------------------------
+
+    def confidence(self) -> float | None:
+        """1 - pinball loss / zero-forecast loss over the recent scored forecasts; None: too few."""
+        if len(self._scored) < MIN_SCORED:
+            return None
+        f = np.array([p for p, _ in self._scored])
+        a = np.array([y for _, y in self._scored])
+        loss = pinball_loss(a, f, self.quantile)
+        zero = pinball_loss(a, np.zeros_like(a), self.quantile)
+        if zero <= 0:
+            return 1.0 if loss <= 1e-12 else 0.0
+        return float(min(1.0, max(0.0, 1.0 - loss / zero)))
+
+    def forecast(self, now_s: float, horizon_s: float) -> Forecast | None:
+        """Demand of the interval holding ``now_s + horizon_s``; None with too little history.
+
+        The forecast is recorded and scored once its interval is complete (the confidence);
+        calling it again within the same interval and horizon returns the same value.
+        """
+        if horizon_s < 0:
+            raise ValueError(f"horizon_s = {horizon_s}, must be >= 0")
+        n = self._complete(now_s)
+        if n < self.min_history:
+            return None
+        assert self._first is not None
+        target = math.floor((now_s + horizon_s) / self.interval_s) - self._first
+        k = max(1, target - (n - 1))
+        if self._cache is not None and self._cache[:2] == (n, k):
+            cached = self._cache[2]
+            if cached is None:
+                return None
+            return Forecast(
+                cached.value,
+                cached.quantile,
+                self.confidence() or 0.0,
+                cached.method,
+                cached.target_start_s,
+                cached.interval_s,
+            )
+        value = self.predict(np.asarray(self._y[:n], dtype=float), k)
+        self._pending.setdefault(n - 1 + k, value)
+        conf = self.confidence()
+        fc = Forecast(
+            value=value,
+            quantile=self.quantile,
+            confidence=conf if conf is not None else 0.0,
+            method=self.method,
+            target_start_s=(self._first + n - 1 + k) * self.interval_s,
+            interval_s=self.interval_s,
+        )
+        self._cache = (n, k, fc)
+        return fc
+
+    def predict(self, y: np.ndarray, k: int) -> float:
+        """The ``q``-quantile of ``y[len(y) - 1 + k]`` given ``y`` (pure in ``y`` and ``k``)."""
+        if self.method == "seasonal_naive":
+            return self._seasonal_naive(y, k)
+        if self.method == "ewma":
+            return self._ewma(y, k)
+        if self.method == "ridge":
+            return self._ridge_predict(y, k)
+        return self._gbr_predict(y, k)
+
+    def _seasonal_source(self, t: np.ndarray, k: int) -> np.ndarray:
+        """Index of the value the seasonal-naive rule uses for target ``t`` (origin ``t - k``)."""
+        s = self.season
+        if s >= 1:
+            src = t - s * math.ceil(k / s)
+            return np.where(src >= 0, src, t - k)
+        return t - k
+
+    def _seasonal_naive(self, y: np.ndarray, k: int) -> float:
+        n = len(y)
+        point = float(y[int(self._seasonal_source(np.array([n - 1 + k]), k)[0])]) if n else 0.0
+        t = np.arange(max(k, n - _RESIDUAL_WINDOW), n)
+        if len(t) == 0:
+            return max(0.0, point)
+        resid = y[t] - y[self._seasonal_source(t, k)]
+        return max(0.0, point + float(np.quantile(resid, self.quantile)))
+
+    def _ewma(self, y: np.ndarray, k: int) -> float:
+        # The level forgets 0.7 per interval: the last few hundred intervals make it all.
+        tail = y[-(_RESIDUAL_WINDOW + k + 60) :]
+        n = len(tail)
+        level = _ewma_levels(tail)
+        point = float(level[-1])
+        t = np.arange(max(k, n - _RESIDUAL_WINDOW), n)
+        if len(t) == 0:
+            return max(0.0, point)
+        resid = tail[t] - level[t - k]
+        return max(0.0, point + float(np.quantile(resid, self.quantile)))
+
+    def _features(self, y: np.ndarray, origins: np.ndarray, k: int) -> np.ndarray:
+        cols = [y[origins - j] for j in range(_GBR_LAGS)]
+        lags = np.stack(cols, axis=1)
+        feats = [lags, lags.mean(axis=1, keepdims=True)]
+        if self.season >= 1:
+            target = origins + k
+            src = self._seasonal_source(target, k)
+            feats.append(y[src][:, None])
+            phase = 2 * np.pi * (target % self.season) / self.season
+            feats.append(np.sin(phase)[:, None])
+            feats.append(np.cos(phase)[:, None])
+        return np.concatenate(feats, axis=1)
+
+    def _gbr_predict(self, y: np.ndarray, k: int) -> float:
+        n = len(y)
+        first = _GBR_LAGS - 1
+        origins = np.arange(max(first, n - k - _GBR_MAX_ROWS), n - k)
+        if len(origins) < 20:  # too little to learn from: fall back to the baseline
+            return self._seasonal_naive(y, k)
+        key = self._gbr_key
+        if self._gbr is None or key is None or key[0] != k or n - key[1] >= _GBR_REFIT_EVERY:
+            x = self._features(y, origins, k)
+            model = GradientBoostingRegressor(
+                loss="quantile",
+                alpha=self.quantile,
+                n_estimators=60,
+                max_depth=3,
+                learning_rate=0.1,
+                random_state=0,
+            )
+            model.fit(x, y[origins + k])
+            self._gbr, self._gbr_key = model, (k, n)
+        x_now = self._features(y, np.array([n - 1]), k)
+        return max(0.0, float(self._gbr.predict(x_now)[0]))
+
+    def _ridge_predict(self, y: np.ndarray, k: int) -> float:
+        n = len(y)
+        first = _GBR_LAGS - 1
+        origins = np.arange(max(first, n - k - _GBR_MAX_ROWS), n - k)
+        if len(origins) < 20:
+            return self._seasonal_naive(y, k)
+        key = self._ridge_key
+        if self._ridge is None or key is None or key[0] != k or n - key[1] >= _GBR_REFIT_EVERY:
+            x = self._features(y, origins, k)
+            target = y[origins + k]
+            model = Ridge(alpha=1.0)
+            model.fit(x, target)
+            recent = slice(-_RESIDUAL_WINDOW, None)
+            resid = target[recent] - model.predict(x[recent])
+            self._ridge, self._ridge_key = (model, float(np.quantile(resid, self.quantile))), (k, n)
+        model, offset = self._ridge
+        x_now = self._features(y, np.array([n - 1]), k)
+        return max(0.0, float(model.predict(x_now)[0]) + offset)
+
+
+def _ewma_levels(y: np.ndarray) -> np.ndarray:
+    values = y.tolist()
+    out: list[float] = []
+    level = values[0] if values else 0.0
+    a = _EWMA_ALPHA
+    for v in values:
+        level += a * (v - level)
+        out.append(level)
+    return np.asarray(out)
+
+
+@dataclass(frozen=True)
+class ReplicaForecast:
+    """The forecast as the decider's signal, with what it came from (for logs)."""
+
+    replicas: float | None
+    """Replicas the forecast demand needs; None: not trusted (no forecast, low confidence)."""
+    forecast: Forecast | None
+    reason: str
+
+
+def replicas_for(fc: Forecast, service_s: float, target_concurrency: float | None) -> float:
+    """Replicas for forecast ``fc``: Little's law (rate x service time) / target concurrency.
+
+    Fewer than :data:`MIN_ARRIVALS` arrivals per interval ask for none; otherwise at least one
+    (a model with any demand needs a replica). Without a concurrency target, one replica.
+    """
+    if fc.value < MIN_ARRIVALS:
+        return 0.0
+    if target_concurrency is None:
+        return 1.0
+    return max(1.0, fc.rate_per_s * max(service_s, 0.0) / target_concurrency)
+
+
+class ReplicaForecaster:
+    """A :class:`Forecaster` gated by ``min_confidence`` and turned into replicas.
+
+    Feed it every arrival (:meth:`observe`) and, to learn the service time by Little's law, the
+    requests in the system at each tick (:meth:`observe_concurrency`). :meth:`replicas` is what
+    goes into :attr:`autoscaler.decider.ModelObservation.forecast_replicas`.
+    """
+
+    def __init__(self, cfg: ForecastConfig, service_s: float | None = None) -> None:
+        self.config = cfg
+        self.forecaster = Forecaster.from_config(cfg)
+        self._fixed_service_s = service_s
+        self._arrivals = 0.0
+        self._conc_area = 0.0
+        self._conc_last: tuple[float, float] | None = None
+
+    def observe(self, t_s: float, value: float = 1.0) -> None:
+        self.forecaster.observe(t_s, value)
+        self._arrivals += value
+
+    def observe_concurrency(self, t_s: float, in_system: float) -> None:
+        """Requests in the system (buffered + at replicas) at ``t_s``: integrated over time."""
+        if self._conc_last is not None:
+            t0, c0 = self._conc_last
+            if t_s > t0:
+                self._conc_area += c0 * (t_s - t0)
+        self._conc_last = (t_s, in_system)
+
+    def service_s(self) -> float | None:
+        """Mean time in the system per request: given, or Little's law (area / arrivals)."""
+        if self._fixed_service_s is not None:
+            return self._fixed_service_s
+        if self._arrivals <= 0 or self._conc_area <= 0:
+            return None
+        return self._conc_area / self._arrivals
+
+    def replicas(
+        self, now_s: float, horizon_s: float, target_concurrency: float | None
+    ) -> ReplicaForecast:
+        """Replicas the demand at ``now_s + horizon_s`` needs, or None with the reason why not."""
+        fc = self.forecaster.forecast(now_s, horizon_s)
+        if fc is None:
+            return ReplicaForecast(None, None, "too little history")
+        if fc.confidence < self.config.min_confidence:
+            return ReplicaForecast(
+                None,
+                fc,
+                f"confidence {fc.confidence:.2f} < min_confidence {self.config.min_confidence:g}",
+            )
+        service = self.service_s()
+        if service is None and target_concurrency is not None and fc.value >= MIN_ARRIVALS:
+            return ReplicaForecast(None, fc, "no service time yet")
+        n = replicas_for(fc, service or 0.0, target_concurrency)
+        return ReplicaForecast(
+            n,
+            fc,
+            f"{fc.method} q{fc.quantile:g}: {fc.value:.3g} arrivals per {fc.interval_s:g} s "
+            f"at +{horizon_s:.0f} s -> {n:.3g} replicas (confidence {fc.confidence:.2f})",
+        )
+
+
+__all__ = [
+    "AUTO_METHOD",
+    "AUTO_METHOD_SEASONAL",
+    "METHODS",
+    "MIN_ARRIVALS",
+    "Forecast",
+    "Forecaster",
+    "Method",
+    "ReplicaForecast",
+    "ReplicaForecaster",
+    "pinball_loss",
+    "replicas_for",
+]
