@@ -23,8 +23,8 @@ Methods (all give the value at the policy's quantile ``q``):
 - ``gbr``: scikit-learn's gradient boosting with the quantile loss at ``q`` over the same
   features, refit likewise (about 20x ridge's cost).
 - ``auto``: what ``bench/forecast_accuracy.py`` found best on held-back data: ``gbr`` when the
-  policy sets a season (:data:`AUTO_METHOD_SEASONAL`), ``ewma`` when it does not
-  (:data:`AUTO_METHOD`).
+  policy sets a season and a season of history is in (:data:`AUTO_METHOD_SEASONAL`), ``ewma``
+  otherwise (:data:`AUTO_METHOD`).
 
 Confidence (0..1) gates the forecast: ``1 - L / L0`` over the last 30 forecasts whose target has
 passed, where ``L`` is their pinball loss at ``q`` and ``L0`` that of forecasting zero ("nothing
@@ -125,6 +125,7 @@ class Forecaster:
         self.season = round(season_s / interval_s)
         self.min_history = min_history
         self.method: Method = _resolve(method, self.season >= 1)
+        self.auto = method == "auto"
         self._first: int | None = None
         self._y: list[float] = []
         self._done = 0  # complete intervals whose forecasts are scored
@@ -228,20 +229,28 @@ class Forecaster:
             value=value,
             quantile=self.quantile,
             confidence=conf if conf is not None else 0.0,
-            method=self.method,
+            method=self.method_for(n),
             target_start_s=(self._first + n - 1 + k) * self.interval_s,
             interval_s=self.interval_s,
         )
         self._cache = (n, k, fc)
         return fc
 
+    def method_for(self, n: int) -> Method:
+        """The method used with ``n`` intervals of history: ``auto`` runs :data:`AUTO_METHOD`
+        until a season (plus the lags) is seen, then :data:`AUTO_METHOD_SEASONAL`."""
+        if self.auto and self.method == AUTO_METHOD_SEASONAL and n < self.season + _GBR_LAGS:
+            return AUTO_METHOD
+        return self.method
+
     def predict(self, y: np.ndarray, k: int) -> float:
         """The ``q``-quantile of ``y[len(y) - 1 + k]`` given ``y`` (pure in ``y`` and ``k``)."""
-        if self.method == "seasonal_naive":
+        method = self.method_for(len(y))
+        if method == "seasonal_naive":
             return self._seasonal_naive(y, k)
-        if self.method == "ewma":
+        if method == "ewma":
             return self._ewma(y, k)
-        if self.method == "ridge":
+        if method == "ridge":
             return self._ridge_predict(y, k)
         return self._gbr_predict(y, k)
 

@@ -28,8 +28,11 @@ seconds from ``SimConfig.measure_from_s``.
 
 Policies: ``thaw`` (the policy file's autoscaling and warm pool), ``kpa`` (the same decider with
 Knative's defaults: concurrency target 100 x 0.7, 60 s stable / 10 % panic window, 200 % panic
-threshold, 30 s scale-to-zero grace, no warm pool) and ``always-on`` (a fixed count sized for the
-trace's peak, never scaled, ready from the start).
+threshold, 30 s scale-to-zero grace, no warm pool), ``always-on`` (a fixed count sized for the
+trace's peak, never scaled, ready from the start) and ``predictive`` (``thaw`` plus a demand
+forecaster per model, fed the simulated arrivals, whose ``forecast_replicas`` one cold start
+ahead the decider takes as a floor; see :mod:`sim.predictive`). A new replica takes the pool
+:class:`~sim.predictive.PoolChooser` picks (placement when the model lists several pools).
 
 No I/O, no clock reads; the optional ``progress`` callback is the only way out.
 """
@@ -49,10 +52,11 @@ from autoscaler.warm_pool import PoolReplica, plan_actions
 from sim.engine_model import EngineCore, StepPlan
 from sim.engine_model import Sequence as EngineSeq
 from sim.fleet import TIERS, Fleet, FleetModel, Tier, cold_start_s, sleep_s, wake_tier
+from sim.predictive import ForecastPlan, PoolChooser, SimForecaster
 from sim.traces import Request
 
-PolicyName = Literal["thaw", "kpa", "always-on"]
-POLICIES: tuple[PolicyName, ...] = ("thaw", "kpa", "always-on")
+PolicyName = Literal["thaw", "kpa", "always-on", "predictive"]
+POLICIES: tuple[PolicyName, ...] = ("thaw", "kpa", "always-on", "predictive")
 _NO_WARM_POOL = WarmPoolConfig()
 
 
@@ -105,6 +109,8 @@ class SimConfig:
     fast_forward: bool = True
     """Run identical decode steps as one event (same results; off: one event per step)."""
     skip_idle: bool = True
+    forecasts: Mapping[str, ForecastPlan] = field(default_factory=dict)
+    """Per trace model, its demand forecaster (``predictive``); absent: no forecast."""
     """Skip the ticks of models at rest and replay the last stable window's worth of them when
     the model is next needed (same results; off: every model decides every tick)."""
 
@@ -195,6 +201,8 @@ class _Model:
     rest_tick: int | None = None
     """At rest since this tick (see ``_Run.at_rest``): its ticks are skipped, then replayed."""
     rest_until_tick: int | None = None
+    forecaster: SimForecaster | None = None
+    """Fed each arrival; gives the decider ``forecast_replicas`` (``predictive``)."""
     """The tick where a sleeper's time-to-live ends, which ends the rest; None: no such tick."""
 
     def find(self, rid: str) -> _Replica | None:
@@ -228,6 +236,10 @@ class _Run:
             policy = None if cfg.policy == "always-on" else cfg.autoscaling.get(name)
             warm = cfg.warm_pools.get(name, _NO_WARM_POOL)
             self.models[name] = _Model(name, cfg.specs[name], policy, warm)
+            plan = cfg.forecasts.get(name)
+            if plan is not None:
+                self.models[name].forecaster = plan.start()
+        self.chooser = PoolChooser(fleet)
         self.first_token: list[float] = [math.nan] * len(requests)
         self.finished: list[float] = [math.nan] * len(requests)
         self.cold: list[bool] = [False] * len(requests)
@@ -268,19 +280,19 @@ class _Run:
 
     # replica lifecycle
     def start_replica(self, m: _Model, now: float, ready_now: bool) -> bool:
-        for pool_name in m.spec.pools:
-            if self.free_gpus[pool_name] >= 1:
-                m.next_id += 1
-                rep = _Replica(f"{m.name}-{m.next_id}", pool_name, EngineCore(m.spec.perf), now)
-                self.take_gpu(rep, now)
-                m.replicas.append(rep)
-                if ready_now:
-                    rep.state = "ready"
-                else:
-                    delay = cold_start_s(m.spec, self.fleet.pool(pool_name), self.cfg.tier)
-                    self.count_start(self.cfg.tier, now)
-                    self.push(now + delay, _READY, (m, rep, rep.epoch))
-                return True
+        pool_name = self.chooser.pick(m.spec, self.free_gpus)
+        if pool_name is not None:
+            m.next_id += 1
+            rep = _Replica(f"{m.name}-{m.next_id}", pool_name, EngineCore(m.spec.perf), now)
+            self.take_gpu(rep, now)
+            m.replicas.append(rep)
+            if ready_now:
+                rep.state = "ready"
+            else:
+                delay = cold_start_s(m.spec, self.fleet.pool(pool_name), self.cfg.tier)
+                self.count_start(self.cfg.tier, now)
+                self.push(now + delay, _READY, (m, rep, rep.epoch))
+            return True
         if now >= self.cfg.measure_from_s:
             self.capacity_refusals += 1
         return False
@@ -448,7 +460,11 @@ class _Run:
                 )
             elif r.state != "draining":
                 reps.append(ReplicaObservation(r.rid, r.state, None, None, None, None))
-        return ModelObservation(m.name, tuple(reps), len(m.buffer))
+        fc = m.forecaster
+        if fc is None:
+            return ModelObservation(m.name, tuple(reps), len(m.buffer))
+        in_system = len(m.buffer) + sum(r.load for r in m.replicas)
+        return ModelObservation(m.name, tuple(reps), len(m.buffer), fc.replicas(now, in_system))
 
     def decide(self, m: _Model, now: float) -> bool:
         """Call the real decider and carry out its count; True when nothing changed (at 0)."""
@@ -505,7 +521,7 @@ class _Run:
         same empty observation; only the last stable window (or scale-down delay) of them shapes
         its state, so :meth:`catch_up` replays just those.
         """
-        if m.buffer or m.state.panic_since_s is not None:
+        if m.buffer or m.state.panic_since_s is not None or m.forecaster is not None:
             return False
         return all(
             r.state == "sleeping" and r.gpu_since_s is None and not r.going_to_sleep
@@ -584,6 +600,8 @@ class _Run:
                 self.outstanding += 1
                 if m.rest_tick is not None:
                     self.catch_up(m, self.tick_k)
+                if m.forecaster is not None:
+                    m.forecaster.observe(now)
                 at_zero = not m.buffer
                 self.route(m, i, req, now)
                 if at_zero and m.buffer:

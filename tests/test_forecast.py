@@ -75,8 +75,11 @@ def test_ewma_without_season_cannot_see_the_ramp() -> None:
 
 
 def test_auto_picks_by_season() -> None:
-    assert Forecaster(season_s=0, method="auto").method == "ewma"
-    assert Forecaster(interval_s=IV, season_s=600, method="auto").method == "gbr"
+    assert Forecaster(season_s=0, method="auto").method_for(10_000) == "ewma"
+    seasonal = Forecaster(interval_s=IV, season_s=600, method="auto")
+    assert seasonal.method_for(30) == "ewma"  # less than a season seen
+    assert seasonal.method_for(60 + 12) == "gbr"
+    assert Forecaster(interval_s=IV, season_s=600, method="ridge").method_for(30) == "ridge"
 
 
 def test_confidence_from_recent_accuracy() -> None:

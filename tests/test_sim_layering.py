@@ -9,8 +9,14 @@ from pathlib import Path
 from procs import REPO
 
 #: Modules of the simulator (the loaders in sim.traces / sim.fleet read files with pathlib only).
-SIM = ("sim.core", "sim.runner", "sim.traces", "sim.fleet", "sim.engine_model")
-AUTOSCALER_CORE = {"autoscaler.decider", "autoscaler.policy", "autoscaler.warm_pool"}
+SIM = ("sim.core", "sim.runner", "sim.traces", "sim.fleet", "sim.engine_model", "sim.predictive")
+AUTOSCALER_CORE = {
+    "autoscaler.decider",
+    "autoscaler.policy",
+    "autoscaler.warm_pool",
+    "autoscaler.forecast",
+    "autoscaler.placement",
+}
 FORBIDDEN_LIBS = {
     "aiohttp",
     "asyncio",

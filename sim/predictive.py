@@ -1,0 +1,92 @@
+"""The simulator's side of prediction and placement: forecasters fed from simulated arrivals, and
+the pool a new replica takes when a model fits several. Pure: no I/O, no clock.
+
+- :class:`ForecastPlan` (frozen, in :class:`~sim.core.SimConfig`) says how one model forecasts:
+  the policy's :class:`~autoscaler.policy.ForecastConfig`, the horizon (the model's derived
+  cold-start time) and the concurrency target its replicas run at. :meth:`ForecastPlan.start`
+  gives the run's :class:`SimForecaster`, which the core feeds each arrival and asks for
+  ``forecast_replicas`` at each decision (the time in the system per request, for Little's law,
+  it learns from the requests in the system at each decision).
+- :class:`PoolChooser` picks the pool of a new replica: the model's only pool with a free GPU
+  when it lists one (as before), else :func:`autoscaler.placement.place` over the pools it lists
+  (fit: weights + KV for one full-length sequence; capacity: free GPUs; then the lowest cost per
+  replica, all replicas of a model serving the same on every pool in this engine model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from autoscaler.forecast import ReplicaForecast, ReplicaForecaster
+from autoscaler.placement import PlacementModel, PlacementPool, place
+from autoscaler.policy import ForecastConfig
+from sim.fleet import Fleet, FleetModel
+
+
+@dataclass(frozen=True)
+class ForecastPlan:
+    """How one simulated model forecasts its demand."""
+
+    config: ForecastConfig
+    horizon_s: float
+    target_concurrency: float | None
+
+    def start(self) -> SimForecaster:
+        """A fresh forecaster for one run."""
+        return SimForecaster(self)
+
+
+class SimForecaster:
+    """One model's forecaster during one run (mutable, private to the run)."""
+
+    def __init__(self, plan: ForecastPlan) -> None:
+        self.plan = plan
+        self.forecaster = ReplicaForecaster(plan.config)
+        self.last: ReplicaForecast | None = None
+
+    def observe(self, t_s: float) -> None:
+        """One arrival at ``t_s``."""
+        self.forecaster.observe(t_s)
+
+    def replicas(self, now_s: float, in_system: float) -> float | None:
+        """``forecast_replicas`` for the decision at ``now_s``; None when not trusted."""
+        self.forecaster.observe_concurrency(now_s, in_system)
+        self.last = self.forecaster.replicas(
+            now_s, self.plan.horizon_s, self.plan.target_concurrency
+        )
+        return self.last.replicas
+
+
+def min_kv_bytes(spec: FleetModel) -> int:
+    """KV cache for one sequence of the model's full context (vLLM refuses to start with less)."""
+    return spec.kv_bytes_per_token * spec.perf.max_model_len_tokens
+
+
+class PoolChooser:
+    """Where a new replica of a model goes, given the free GPUs of each pool."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self._models: dict[str, PlacementModel] = {}
+
+    def pick(self, spec: FleetModel, free_gpus: Mapping[str, int]) -> str | None:
+        """The pool for one more replica of ``spec``; None when none of its pools has room."""
+        if len(spec.pools) == 1:
+            only = spec.pools[0]
+            return only if free_gpus[only] >= 1 else None
+        model = self._models.get(spec.name)
+        if model is None:
+            model = PlacementModel(spec.name, spec.weights_bytes, min_kv_bytes(spec))
+            self._models[spec.name] = model
+        pools = []
+        used: dict[str, int] = {}
+        for name in spec.pools:
+            p = self.fleet.pool(name)
+            pools.append(PlacementPool(name, p.gpu_memory_bytes, p.cost_per_hour_usd, p.count))
+            used[name] = p.count - free_gpus[name]
+        chosen = place(model, pools, used)
+        return chosen.pool if chosen is not None else None
+
+
+__all__ = ["ForecastPlan", "PoolChooser", "SimForecaster", "min_kv_bytes"]
