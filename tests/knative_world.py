@@ -34,7 +34,7 @@ from autoscaler.knative.contract import (
     REVISION_LABEL,
     SERVICE_LABEL,
 )
-from autoscaler.knative.controller import Controller, ControllerSettings
+from autoscaler.knative.controller import Controller, ControllerSettings, Reports
 from autoscaler.knative.demand import CombinedDemand, ThawActivatorDemand
 from autoscaler.knative.kube import KubeClient, KubeConfig
 from autoscaler.policy import ThawConfig
@@ -166,6 +166,22 @@ def emulator(tmp_path: Path) -> Iterator[int]:
     with child(argv, log_path=tmp_path / "emulator.log") as proc:
         wait_http_ok(f"http://127.0.0.1:{port}/health", 30, proc)
         yield port
+
+
+@dataclass
+class Recorder:
+    """Keeps what the controller reports (a :class:`Reports` that remembers instead of sending)."""
+
+    decisions: list[tuple[str, int, int]] = field(default_factory=list)
+    cold_starts: list[tuple[str, str, float]] = field(default_factory=list)
+
+    def decision(
+        self, model: str, from_replicas: int, to_replicas: int, reason: str, panic: bool
+    ) -> None:
+        self.decisions.append((model, from_replicas, to_replicas))
+
+    def cold_start(self, model: str, tier: str, seconds: float) -> None:
+        self.cold_starts.append((model, tier, seconds))
 
 
 @dataclass
@@ -305,6 +321,7 @@ async def controller(
     grace_s: float = 1.0,
     speed: float = 10.0,
     lease_duration_s: float = 15.0,
+    reports: Reports | None = None,
 ) -> AsyncIterator[Controller]:
     """A controller running against the harness (kubeconfig auth), stopped on exit."""
     cfg = KubeConfig.load(
@@ -325,7 +342,9 @@ async def controller(
         aiohttp.ClientSession() as http,
     ):
         demand = CombinedDemand([ThawActivatorDemand(http, activator_url)])
-        ctl = Controller(kube, http, config(grace_s), demand, FastClock(speed), settings)
+        ctl = Controller(
+            kube, http, config(grace_s), demand, FastClock(speed), settings, reports=reports
+        )
         task = asyncio.create_task(ctl.run(stop))
         try:
             yield ctl

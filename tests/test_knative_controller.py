@@ -23,6 +23,7 @@ from knative_world import (
     NS,
     PA,
     SKS,
+    Recorder,
     activator,
     controller,
     crd_schema,
@@ -72,7 +73,10 @@ async def test_pa_of_our_class_gets_sks_status_and_scales_0_1_0_with_proxy_first
         stop = asyncio.Event()
         world = asyncio.create_task(knative_and_kubelet(api, engine_port, stop, pod_delay_s=0.5))
         try:
-            async with controller(server, tmp_path, engine_port, act.url, grace_s=2.0):
+            reports = Recorder()
+            async with controller(
+                server, tmp_path, engine_port, act.url, grace_s=2.0, reports=reports
+            ):
                 # The SKS, shaped as Knative's MakeSKS shapes it.
                 sks = await eventually(lambda: api.get_object(*SKS, NS, "tiny-00001"), what="SKS")
                 pa = api.get_object(*PA, NS, "tiny-00001")
@@ -182,6 +186,11 @@ async def test_pa_of_our_class_gets_sks_status_and_scales_0_1_0_with_proxy_first
                 )
                 jsonschema.validate(pa, PA_SCHEMA)
                 assert cond(pa, "Active")["reason"] == "NoTraffic"
+                # Every replica change and the completed cold start were reported.
+                assert reports.decisions == [(MODEL, 0, 1), (MODEL, 1, 0)]
+                [(model, tier, seconds)] = reports.cold_starts
+                assert model == MODEL and tier == "unknown"
+                assert seconds >= 0.5 * 10  # the kubelet's 0.5 s, on the 10x clock
                 # Knative owns the spec and its annotations: never written.
                 assert not [
                     r

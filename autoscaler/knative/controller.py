@@ -24,7 +24,7 @@ import copy
 import datetime
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from pydantic import ValidationError
@@ -80,11 +80,27 @@ class ControllerSettings:
     watch_timeout_s: float = 300.0
 
 
+class Reports(Protocol):
+    """Where replica-changing decisions and completed cold starts are reported (the CloudEvents
+    emitter of :mod:`autoscaler.knative.events` fits); calls return at once and never raise."""
+
+    def decision(
+        self, model: str, from_replicas: int, to_replicas: int, reason: str, panic: bool
+    ) -> None: ...
+
+    def cold_start(self, model: str, tier: str, seconds: float) -> None: ...
+
+
+#: The cold-start tier as the cluster sees it: the node cache's tier is not visible from here.
+CLUSTER_TIER = "unknown"
+
+
 @dataclass
 class _PaState:
     decider: DeciderState = field(default_factory=DeciderState.initial)
     proxy_since_s: float | None = None
     retry_at_s: float = 0.0
+    cold_start_since_s: float | None = None
     backoff: Backoff = field(default_factory=Backoff)
 
 
@@ -106,6 +122,7 @@ class Controller:
         demand: DemandSource,
         clock: Clock,
         settings: ControllerSettings,
+        reports: Reports | None = None,
     ) -> None:
         self.kube = kube
         self.http = http
@@ -113,6 +130,7 @@ class Controller:
         self.demand = demand
         self.clock = clock
         self.settings = settings
+        self.reports = reports
         self.pas: dict[tuple[str, str], Obj] = {}
         self._states: dict[tuple[str, str], _PaState] = {}
         self._wake = asyncio.Event()
@@ -335,6 +353,21 @@ class Controller:
             await self.kube.json_patch(
                 scale_path, [{"op": "add", "path": "/spec/replicas", "value": p.scale}]
             )
+            if self.reports is not None:
+                self.reports.decision(
+                    model, spec_replicas, p.scale, decision.reason, decision.panic
+                )
+            if spec_replicas == 0 and p.scale > 0:
+                st.cold_start_since_s = now_s
+            elif p.scale == 0:
+                st.cold_start_since_s = None
+        if st.cold_start_since_s is not None and ready:
+            if self.reports is not None:
+                self.reports.cold_start(model, CLUSTER_TIER, now_s - st.cold_start_since_s)
+            log.info(
+                "PA %s/%s: cold start done in %.1f s", ns, v.name, now_s - st.cold_start_since_s
+            )
+            st.cold_start_since_s = None
         # 3. The PA status, through the status subresource.
         if p.status != (pa.get("status") or {}):
             await self._write_status(pa, p.status)
@@ -360,22 +393,25 @@ class Controller:
     # -- the loops -----------------------------------------------------------------------------
 
     async def tick(self) -> None:
-        """Reconcile every known PA once (leader only); one PA's API error does not stop others."""
+        """Reconcile every known PA once, concurrently (leader only); one PA's API error or slow
+        scrape does not hold up the others."""
         self.demand.new_tick()
-        for key, pa in list(self.pas.items()):
-            st = self._states.setdefault(key, _PaState())
-            now_s = self.clock.monotonic()
-            if now_s < st.retry_at_s:
-                continue
-            try:
-                await self.reconcile(pa)
-                st.backoff.succeeded()
-            except PodAutoscalerError as e:
-                log.warning("PA %s/%s: %s", key[0], key[1], e)
-            except KubeError as e:
-                delay = st.backoff.failed()
-                st.retry_at_s = now_s + delay
-                log.warning("PA %s/%s: %s; again in %.1f s", key[0], key[1], e, delay)
+        await asyncio.gather(*(self._tick_one(key, pa) for key, pa in list(self.pas.items())))
+
+    async def _tick_one(self, key: tuple[str, str], pa: Obj) -> None:
+        st = self._states.setdefault(key, _PaState())
+        now_s = self.clock.monotonic()
+        if now_s < st.retry_at_s:
+            return
+        try:
+            await self.reconcile(pa)
+            st.backoff.succeeded()
+        except PodAutoscalerError as e:
+            log.warning("PA %s/%s: %s", key[0], key[1], e)
+        except KubeError as e:
+            delay = st.backoff.failed()
+            st.retry_at_s = now_s + delay
+            log.warning("PA %s/%s: %s; again in %.1f s", key[0], key[1], e, delay)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Elect, watch and tick until ``stop`` is set."""

@@ -15,6 +15,7 @@ Parsing is pure (:func:`parse_buffered`); the fetching is a thin aiohttp call.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -76,12 +77,17 @@ class ThawActivatorDemand:
         self.url = base_url.rstrip("/") + "/metrics"
         self.timeout_s = timeout_s
         self._cache: dict[str, int] | None = None
+        self._lock = asyncio.Lock()  # PAs reconcile concurrently: one scrape per tick
 
     def new_tick(self) -> None:
         """Forget the last scrape; the next :meth:`buffered` scrapes again."""
         self._cache = None
 
     async def buffered(self, revision: Revision) -> int:
+        async with self._lock:
+            return (await self._scrape()).get(revision.model, 0)
+
+    async def _scrape(self) -> dict[str, int]:
         if self._cache is None:
             try:
                 async with self.session.get(
@@ -92,7 +98,7 @@ class ThawActivatorDemand:
                     self._cache = parse_buffered(await resp.text())
             except (aiohttp.ClientError, TimeoutError) as e:
                 raise DemandError(f"GET {self.url}: {e!r}") from e
-        return self._cache.get(revision.model, 0)
+        return self._cache
 
 
 class KnativeActivatorDemand:
