@@ -7,6 +7,8 @@ import asyncio
 import subprocess
 from pathlib import Path
 
+import aiohttp
+import aiohttp.web
 import pytest
 import yaml
 from knative_world import (
@@ -24,7 +26,7 @@ from knative_world import (
     podautoscaler,
     write_kubeconfig,
 )
-from procs import child, thaw_argv
+from procs import child, free_port, thaw_argv
 
 
 def test_help_teaches_access_policy_signals_and_leases() -> None:
@@ -76,6 +78,18 @@ async def test_controller_process_reconciles_a_pa_in_the_harness(tmp_path: Path)
             }
         )
     )
+    received: list[dict[str, str]] = []
+
+    async def sink(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        received.append({k.lower(): v for k, v in request.headers.items()})
+        return aiohttp.web.Response(status=202)
+
+    app = aiohttp.web.Application()
+    app.router.add_post("/", sink)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    sink_port = free_port()
+    await aiohttp.web.TCPSite(runner, "127.0.0.1", sink_port).start()
     with emulator(tmp_path) as engine_port:
         async with kube_api() as (api, server), activator() as act:
             api.put_object(*DEPLOY, deployment("tiny-00001"))
@@ -89,7 +103,8 @@ async def test_controller_process_reconciles_a_pa_in_the_harness(tmp_path: Path)
             stop = asyncio.Event()
             world = asyncio.create_task(knative_and_kubelet(api, engine_port, stop))
             try:
-                with child(argv, log_path=tmp_path / "controller.log") as proc:
+                env = {"K_SINK": f"http://127.0.0.1:{sink_port}/"}
+                with child(argv, env=env, log_path=tmp_path / "controller.log") as proc:
                     await eventually(
                         lambda: api.get_object(*SKS, NS, "tiny-00001") or proc.poll() is not None,
                         what="SKS from the controller process",
@@ -107,8 +122,18 @@ async def test_controller_process_reconciles_a_pa_in_the_harness(tmp_path: Path)
                     assert pa["status"]["desiredScale"] == 1
                     deploy = api.get_object(*DEPLOY, NS, "tiny-00001")
                     assert deploy is not None and deploy["spec"]["replicas"] == 1
+                    # The replica change and the cold start went out as CloudEvents (binary mode).
+                    types = await eventually(
+                        lambda: (
+                            {h.get("ce-type") for h in received}
+                            >= {"dev.thaw.autoscaler.decision", "dev.thaw.autoscaler.coldstart"}
+                        ),
+                        what="CloudEvents at K_SINK",
+                    )
+                    assert types
             finally:
                 stop.set()
                 await world
+                await runner.cleanup()
     agents = {r.user_agent for r in api.log if r.user_agent.startswith("thaw-controller")}
     assert agents == {"thaw-controller/cli"}

@@ -20,6 +20,7 @@ from autoscaler.knative.demand import (
     KnativeActivatorDemand,
     ThawActivatorDemand,
 )
+from autoscaler.knative.events import emitter_from_env
 from autoscaler.knative.kube import KubeClient, KubeConfig
 from autoscaler.policy import default_config_path, load_policy
 from thaw.clock import SystemClock
@@ -40,6 +41,8 @@ The policy per model (thaw.dev/model annotation on the PA) comes from --config.
 Scale to zero follows Knative: the PA is marked inactive (Active=False NoTraffic), the SKS is
 put in Proxy, and only after scale_to_zero_grace_s in Proxy is the Deployment scaled to 0.
 While a cold start is in flight the PA is Active=Unknown (Queued), never False.
+Every replica change and completed cold start goes out as a CloudEvent to $K_SINK (Knative's
+SinkBinding sets it; unset: nothing is sent).
 
 Access to the API server: in a pod, --in-cluster (the service account token); elsewhere
 --kubeconfig FILE [--context NAME] (default $KUBECONFIG or ~/.kube/config). Only the replica
@@ -184,10 +187,16 @@ def run(args: argparse.Namespace) -> int:
                 sources.append(
                     KnativeActivatorDemand(http, args.prometheus_url, args.knative_query)
                 )
+            clock = SystemClock()
+            events = emitter_from_env(os.environ, clock)
+            await events.start()
             controller = Controller(
-                kube, http, config, CombinedDemand(sources), SystemClock(), settings
+                kube, http, config, CombinedDemand(sources), clock, settings, reports=events
             )
-            await controller.run(stop)
+            try:
+                await controller.run(stop)
+            finally:
+                await events.close()
 
     asyncio.run(main())
     return 0
