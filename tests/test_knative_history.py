@@ -97,7 +97,7 @@ def test_bad_windows_say_what_is_accepted(args: tuple[float, float, float], matc
 def test_bad_url_and_unreachable_prometheus_are_history_errors() -> None:
     with pytest.raises(HistoryError, match="url = 'prom:9090'"):
         PrometheusHistory("prom:9090")
-    dead = PrometheusHistory(f"http://127.0.0.1:{free_port()}", timeout_s=2)
+    dead = PrometheusHistory(f"http://127.0.0.1:{free_port()}", timeout_s=2, retries=0)
     with pytest.raises(HistoryError, match="failed"):
         dead.demand(time.time() - 60, time.time(), 5.0)
 
@@ -105,6 +105,7 @@ def test_bad_url_and_unreachable_prometheus_are_history_errors() -> None:
 # -- against real Prometheus and a real emulator ----------------------------------------------
 
 
+@pytest.mark.slow
 def test_prometheus_scrapes_the_emulator_and_the_reader_gets_the_series(tmp_path: Path) -> None:
     port = free_port()
     argv = thaw_argv(

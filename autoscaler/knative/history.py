@@ -191,15 +191,32 @@ class PrometheusHistory:
     """Reads demand history from one Prometheus server (``url``, e.g. http://prometheus:9090)."""
 
     def __init__(
-        self, url: str, *, timeout_s: float = 30.0, headers: Mapping[str, str] | None = None
+        self,
+        url: str,
+        *,
+        timeout_s: float = 30.0,
+        retries: int = 2,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         from prometheus_api_client import PrometheusConnect
+        from urllib3.util.retry import Retry
 
         if not url.startswith(("http://", "https://")):
             raise HistoryError(f"url = {url!r}: accepted: an http:// or https:// URL")
+        if retries < 0:
+            raise HistoryError(f"retries = {retries}, must be >= 0")
         self.url = url
         self.timeout_s = timeout_s
-        self._prom = PrometheusConnect(url=url, headers=dict(headers or {}), disable_ssl=False)
+        retry = Retry(
+            total=retries,
+            connect=retries,
+            backoff_factor=0.2,
+            status_forcelist=(502, 503, 504),
+            allowed_methods=("GET",),
+        )
+        self._prom = PrometheusConnect(
+            url=url, headers=dict(headers or {}), retry=retry, timeout=timeout_s
+        )
 
     def query_range(
         self, query: str, start_s: float, end_s: float, step_s: float
