@@ -23,6 +23,7 @@ from autoscaler.knative.history import (
     PrometheusHistory,
     counter_increments,
     demand_from_samples,
+    feed,
     step_grid,
 )
 
@@ -79,6 +80,22 @@ def test_demand_sums_pods_per_model_and_keeps_models_apart() -> None:
     only = demand_from_samples(results, start, 1020.0, step, models=["b", "c"])
     assert list(only) == ["b", "c"]
     assert only["c"].requests.tolist() == [0.0, 0.0]
+
+
+def test_feed_replays_counts_into_the_real_forecaster() -> None:
+    from autoscaler.forecast import Forecaster
+
+    counts = [0, 3, 5, 0, 2, 7, 1, 0]
+    start, step = 1000.0, 10.0
+    values = [[start + step * i, str(sum(counts[:i]))] for i in range(len(counts) + 1)]
+    results = {REQUESTS: [{"metric": {"model_name": "m"}, "values": values}]}
+    series = demand_from_samples(results, start, start + step * len(counts), step)["m"]
+    assert series.requests.tolist() == counts
+    fc = Forecaster(interval_s=step, min_history=2, method="ewma")
+    fed = feed(series, fc.observe, offset_s=-start)
+    assert fed == sum(counts)
+    # The forecaster's clock starts at 0 where Prometheus' window started at 1000 s.
+    assert fc.history(step * len(counts)).tolist() == series.requests.tolist()
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,9 @@ Owns two things:
   differenced on the step grid, a drop counts as a counter reset (the new value is the
   increment), and a series that appears after the window's first step started from zero (a new
   pod). Gauges are summed over a model's series at each step.
+- :func:`feed` (pure): a series replayed into a forecaster's ``observe(t_s, count)``
+  (:class:`autoscaler.forecast.Forecaster`), so a restarted controller forecasts from the
+  history Prometheus kept instead of starting cold.
 - :class:`PrometheusHistory` (the adapter): ``PrometheusConnect.custom_query_range`` for each
   metric over ``[start_s, end_s]`` at ``step_s``; errors wrapped in :class:`HistoryError`.
 
@@ -22,7 +25,7 @@ model is at zero, which no engine sees).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,6 +187,21 @@ def demand_from_samples(
     return out
 
 
+def feed(
+    series: DemandSeries, observe: Callable[[float, float], None], offset_s: float = 0.0
+) -> float:
+    """Replay ``series`` into a forecaster: ``observe(t_s, count)`` once per interval (zeros
+    too, so the forecaster's history starts at the window's start), at the interval's middle
+    plus ``offset_s`` (Prometheus' unix seconds moved onto the forecaster's clock). With
+    ``step_s`` equal to the forecaster's ``interval_s`` its history is these counts. Returns
+    the requests fed."""
+    total = 0.0
+    for end_s, count in zip(series.timestamps_s, series.requests, strict=True):
+        observe(float(end_s) - series.step_s / 2 + offset_s, float(count))
+        total += float(count)
+    return total
+
+
 # -- the adapter -----------------------------------------------------------------------------
 
 
@@ -261,5 +279,6 @@ __all__ = [
     "PrometheusHistory",
     "counter_increments",
     "demand_from_samples",
+    "feed",
     "step_grid",
 ]
