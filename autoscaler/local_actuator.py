@@ -295,16 +295,26 @@ class LocalActuator:
             replica.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await replica.task
-        deadline = self._clock.monotonic() + self._drain_timeout_s
-        while wait and self._clock.monotonic() < deadline:
-            await self.scrape_one(replica)
-            m = replica.metrics
-            if m is not None and m.num_requests_running + m.num_requests_waiting == 0:
-                break
-            await asyncio.sleep(0.5)
+        if wait:
+            await self._wait_idle(replica)
         code = await replica.process.stop(self._stop_grace_s) if replica.process else None
         self._replicas.pop(replica.replica_id, None)
         log.info("replica %s: stopped (exit %s)", replica.replica_id, code)
+
+    async def _wait_idle(self, replica: LocalReplica) -> None:
+        """Until the replica's engine reports nothing running or waiting, or the drain timeout."""
+        deadline = self._clock.monotonic() + self._drain_timeout_s
+        while self._clock.monotonic() < deadline:
+            await self.scrape_one(replica)
+            m = replica.metrics
+            if m is not None and m.num_requests_running + m.num_requests_waiting == 0:
+                return
+            await asyncio.sleep(0.5)
+        log.warning(
+            "replica %s: still busy after the %.0f s drain timeout; going on",
+            replica.replica_id,
+            self._drain_timeout_s,
+        )
 
     def _sleep(self, replica: LocalReplica, level: int) -> None:
         was_ready = replica.state == "ready"
@@ -317,13 +327,7 @@ class LocalActuator:
 
     async def _run_sleep(self, replica: LocalReplica, level: int) -> None:
         assert self._session is not None
-        deadline = self._clock.monotonic() + self._drain_timeout_s
-        while self._clock.monotonic() < deadline:  # let in-flight requests finish first
-            await self.scrape_one(replica)
-            m = replica.metrics
-            if m is not None and m.num_requests_running + m.num_requests_waiting == 0:
-                break
-            await asyncio.sleep(0.5)
+        await self._wait_idle(replica)  # let in-flight requests finish first
         try:
             url = f"{replica.base_url}/sleep?level={level}"
             async with self._session.post(url) as resp:
