@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from knative_world import (
 from kube_api import KubeApi
 
 from autoscaler.knative import leader, reconcile
+from autoscaler.knative.contract import MODEL_ANNOTATION
 
 PA_SCHEMA = crd_schema("podautoscaler.yaml")
 SKS_SCHEMA = crd_schema("serverlessservice.yaml")
@@ -468,3 +470,33 @@ def test_activator_in_path_needs_the_networking_controller_to_catch_up(
         },
     }
     assert reconcile.activator_in_path(sks) is expected
+
+
+@pytest.mark.parametrize(
+    ("annotations", "expected", "problem"),
+    [
+        # The render's annotations: min 0, initial 0; max from the policy file (2).
+        ({}, (0, 0, 2), None),
+        ({"autoscaling.knative.dev/max-scale": "1"}, (0, 0, 1), None),
+        ({"autoscaling.knative.dev/min-scale": "1", "autoscaling.knative.dev/initial-scale": "1"},
+         (1, 1, 2), None),
+        # min above max: not applied, the file's policy stays, and the reason is given.
+        ({"autoscaling.knative.dev/min-scale": "5"}, (0, 0, 2), "min-scale|min_replicas"),
+    ],
+)  # fmt: skip
+def test_policy_for_applies_the_pas_scale_annotations(
+    annotations: dict[str, str], expected: tuple[int, int, int], problem: str | None
+) -> None:
+    from knative_world import config
+
+    pa = podautoscaler("r")
+    pa["metadata"]["annotations"].update(annotations)
+    model, policy, why = reconcile.policy_for(pa, config())
+    assert model == MODEL
+    assert (policy.min_replicas, policy.initial_replicas, policy.max_replicas) == expected
+    if problem is None:
+        assert why is None
+    else:
+        assert why is not None and re.search(problem, why)
+    del pa["metadata"]["annotations"][MODEL_ANNOTATION]
+    assert reconcile.policy_for(pa, config())[0] == "tiny-cpu"  # the service label

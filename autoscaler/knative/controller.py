@@ -27,11 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aiohttp
-from pydantic import ValidationError
 
 from autoscaler.decider import DeciderState, ModelObservation, ReplicaObservation, decide
 from autoscaler.engine_metrics import MetricsParseError, parse_engine_metrics
-from autoscaler.knative.contract import MODEL_ANNOTATION, REVISION_LABEL, SERVICE_LABEL
+from autoscaler.knative.contract import REVISION_LABEL
 from autoscaler.knative.demand import DemandSource, Revision
 from autoscaler.knative.kube import (
     Backoff,
@@ -52,6 +51,7 @@ from autoscaler.knative.reconcile import (
     controlled_by,
     is_ours,
     plan,
+    policy_for,
     ready_endpoint_addresses,
     sks_update,
     view,
@@ -216,24 +216,11 @@ class Controller:
     # -- one PA --------------------------------------------------------------------------------
 
     def policy_for(self, pa: Obj) -> tuple[str, AutoscalingPolicy]:
-        """The model name and its autoscaling policy; PA min/max-scale annotations win."""
-        v = view(pa)
-        model = (
-            v.annotations.get(MODEL_ANNOTATION)
-            or v.labels.get(SERVICE_LABEL)
-            or v.labels.get(REVISION_LABEL)
-            or v.name
-        )
-        policy = next(
-            (m.autoscaling for m in self.config.models if m.name == model), AutoscalingPolicy()
-        )
-        update: dict[str, int] = {"min_replicas": v.min_scale}
-        if v.max_scale is not None:
-            update["max_replicas"] = v.max_scale
-        try:
-            policy = AutoscalingPolicy.model_validate({**policy.model_dump(), **update})
-        except ValidationError as e:
-            log.warning("PA %s/%s: min/max-scale not applied: %s", v.namespace, v.name, e)
+        """The model name and its autoscaling policy (:func:`reconcile.policy_for`)."""
+        model, policy, problem = policy_for(pa, self.config)
+        if problem:
+            meta = pa.get("metadata", {})
+            log.warning("PA %s/%s: %s", meta.get("namespace"), meta.get("name"), problem)
         return model, policy
 
     async def _scrape(self, address: str) -> ReplicaObservation:
@@ -317,6 +304,8 @@ class Controller:
             policy.scale_to_zero_grace_s,
             now_s,
             now_iso,
+            min_scale=policy.min_replicas,
+            initial_scale=policy.initial_replicas,
         )
         if decision.changes or p.scale is not None:
             log.info(

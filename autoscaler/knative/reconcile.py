@@ -26,13 +26,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
 from autoscaler.knative.contract import (
     AUTOSCALER_CLASS,
     CLASS_ANNOTATION,
     INITIAL_SCALE_ANNOTATION,
     MAX_SCALE_ANNOTATION,
     MIN_SCALE_ANNOTATION,
+    MODEL_ANNOTATION,
+    REVISION_LABEL,
+    SERVICE_LABEL,
 )
+from autoscaler.policy import AutoscalingPolicy, ThawConfig
 
 Obj = dict[str, Any]
 SksMode = Literal["Serve", "Proxy"]
@@ -98,9 +104,9 @@ class PodAutoscalerView:
     annotations: Mapping[str, str]
     target: ScaleTarget
     protocol_type: str
-    min_scale: int
+    min_scale: int | None
     max_scale: int | None
-    initial_scale: int
+    initial_scale: int | None
 
 
 def is_ours(pa: Obj) -> bool:
@@ -125,8 +131,8 @@ def _int_annotation(annotations: Mapping[str, str], key: str, default: int | Non
 def view(pa: Obj) -> PodAutoscalerView:
     """Read a PA object; raise :class:`PodAutoscalerError` naming a missing or bad field.
 
-    ``max-scale`` 0 means unbounded (Knative's convention); ``initial-scale`` defaults to 1 as in
-    Knative's ``config-autoscaler``.
+    An annotation that is absent is None (the policy file then applies, as Knative's
+    ``config-autoscaler`` does); ``max-scale`` 0 means unbounded (Knative's convention).
     """
     meta = pa.get("metadata") or {}
     spec = pa.get("spec") or {}
@@ -137,10 +143,9 @@ def view(pa: Obj) -> PodAutoscalerView:
                 f"spec.scaleTargetRef.{key} = {ref.get(key)!r}: must be a non-empty string"
             )
     annotations: Mapping[str, str] = meta.get("annotations") or {}
-    min_scale = _int_annotation(annotations, MIN_SCALE_ANNOTATION, 0)
+    min_scale = _int_annotation(annotations, MIN_SCALE_ANNOTATION, None)
     max_scale = _int_annotation(annotations, MAX_SCALE_ANNOTATION, 0)
-    initial_scale = _int_annotation(annotations, INITIAL_SCALE_ANNOTATION, 1)
-    assert min_scale is not None and initial_scale is not None
+    initial_scale = _int_annotation(annotations, INITIAL_SCALE_ANNOTATION, None)
     return PodAutoscalerView(
         namespace=str(meta.get("namespace", "default")),
         name=str(meta["name"]),
@@ -154,6 +159,36 @@ def view(pa: Obj) -> PodAutoscalerView:
         max_scale=max_scale or None,
         initial_scale=initial_scale,
     )
+
+
+def policy_for(pa: Obj, config: ThawConfig) -> tuple[str, AutoscalingPolicy, str | None]:
+    """(model, policy, problem): the PA's model (``thaw.dev/model``, else its service or
+    revision label, else its name), that model's autoscaling policy from the policy file (the
+    defaults when the file has no such model), with the PA's ``min-scale``, ``max-scale`` and
+    ``initial-scale`` annotations applied when present (Knative's per-revision settings win, as
+    over ``config-autoscaler``). ``problem`` says why annotations were not applied, else None."""
+    v = view(pa)
+    model = (
+        v.annotations.get(MODEL_ANNOTATION)
+        or v.labels.get(SERVICE_LABEL)
+        or v.labels.get(REVISION_LABEL)
+        or v.name
+    )
+    policy = next((m.autoscaling for m in config.models if m.name == model), AutoscalingPolicy())
+    update: dict[str, int] = {}
+    if v.min_scale is not None:
+        update["min_replicas"] = v.min_scale
+    if v.initial_scale is not None:
+        update["initial_replicas"] = v.initial_scale
+    if v.max_scale is not None:
+        update["max_replicas"] = v.max_scale
+    if not update:
+        return model, policy, None
+    try:
+        return model, AutoscalingPolicy.model_validate({**policy.model_dump(), **update}), None
+    except ValidationError as e:
+        bad = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        return model, policy, f"scale annotations {update} not applied ({bad})"
 
 
 # -- the ServerlessService ------------------------------------------------------------------
@@ -335,9 +370,13 @@ def plan(
     grace_s: float,
     now_s: float,
     now_iso: str,
+    min_scale: int = 0,
+    initial_scale: int = 1,
 ) -> Plan:
     """Knative's KPA reconcile around Thaw's decision (``desired_replicas``; None: not known yet,
-    e.g. before the SKS has a private service)."""
+    e.g. before the SKS has a private service). ``min_scale`` and ``initial_scale`` are the
+    effective bounds (the controller passes its policy's, with the PA's annotations applied);
+    they decide when the PA counts as initialized and active."""
     v = view(pa)
     old_status: Obj = copy.deepcopy(pa.get("status") or {})
     conditions: dict[str, Obj] = {
@@ -379,7 +418,7 @@ def plan(
     old_desired = old_status.get("desiredScale")
     if not (want == SCALE_UNKNOWN and isinstance(old_desired, int) and old_desired >= 0):
         status["desiredScale"] = want
-    _active(conditions, v, status, want, observed.ready_pods, now_iso)
+    _active(conditions, min_scale, initial_scale, status, want, observed.ready_pods, now_iso)
     _ready(conditions, now_iso)
     status["conditions"] = [conditions[t] for t in (*DEPENDENTS, READY) if t in conditions] + [
         c for t, c in conditions.items() if t not in (*DEPENDENTS, READY)
@@ -423,7 +462,8 @@ def _scale_and_mode(
 
 def _active(
     conditions: dict[str, Obj],
-    v: PodAutoscalerView,
+    min_scale: int,
+    initial_scale: int,
     status: Obj,
     want: int,
     ready: int,
@@ -433,9 +473,9 @@ def _active(
     ``ScaleTargetInitialized`` once ready pods reach max(min-scale, initial-scale)."""
     initialized = conditions.get(SCALE_TARGET_INITIALIZED, {}).get("status") == "True"
     if initialized:
-        min_ready = max(v.min_scale, 1)
+        min_ready = max(min_scale, 1)
     else:
-        min_ready = max(v.min_scale, v.initial_scale)
+        min_ready = max(min_scale, initial_scale)
     if ready >= min_ready and status.get("serviceName"):
         _set(conditions, SCALE_TARGET_INITIALIZED, "True", "", "", now_iso)
     elif not initialized:
