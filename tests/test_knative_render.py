@@ -320,6 +320,12 @@ KNATIVE_CONTAINER_FIELDS = {
     "terminationMessagePath", "terminationMessagePolicy", "volumeMounts",
 }  # fmt: skip
 KNATIVE_VOLUME_SOURCES = {"secret", "configMap", "projected", "emptyDir", "hostPath"}
+# Knative's reservations (pkg/apis/serving/k8s_validation.go): queue-proxy's ports, the env it
+# sets, mount paths it refuses, and the port names it routes by.
+KNATIVE_RESERVED_PORTS = {8012, 8013, 8022, 9090, 9091}
+KNATIVE_RESERVED_ENV = {"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"}
+KNATIVE_RESERVED_PATHS = {"/", "/dev", "/dev/log", "/tmp", "/var", "/var/log"}
+KNATIVE_PORT_NAMES = {"http1", "h2c"}
 
 
 def knative_problems(template: dict[str, Any]) -> list[str]:
@@ -333,6 +339,17 @@ def knative_problems(template: dict[str, Any]) -> list[str]:
         out += [f"containers[{i}].{k}" for k in c if k not in KNATIVE_CONTAINER_FIELDS]
         if len(c.get("ports", [])) != 1:
             out.append(f"containers[{i}].ports: exactly one port")
+        for port in c.get("ports", []):
+            if port["containerPort"] in KNATIVE_RESERVED_PORTS:
+                out.append(f"containers[{i}].ports: {port['containerPort']} is reserved")
+            if port.get("name", "http1") not in KNATIVE_PORT_NAMES:
+                out.append(f"containers[{i}].ports: name {port['name']!r}")
+        for env in c.get("env", []):
+            if env["name"] in KNATIVE_RESERVED_ENV:
+                out.append(f"containers[{i}].env: {env['name']} is reserved")
+        for mount in c.get("volumeMounts", []):
+            if (mount["mountPath"].rstrip("/") or "/") in KNATIVE_RESERVED_PATHS:
+                out.append(f"containers[{i}].volumeMounts: {mount['mountPath']} is reserved")
         for probe in ("readinessProbe", "livenessProbe"):
             port = c.get(probe, {}).get("httpGet", {}).get("port")
             if port is not None and port != c["ports"][0]["containerPort"]:
@@ -367,11 +384,21 @@ def test_the_knative_field_check_can_fail() -> None:
     bad["spec"]["containers"][0]["lifecycle"] = {"preStop": {"exec": {"command": ["true"]}}}
     bad["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"] = 9000
     bad["spec"]["volumes"].append({"name": "x", "nfs": {"server": "s", "path": "/"}})
+    bad["spec"]["containers"][0]["env"].append({"name": "PORT", "value": "1"})
+    bad["spec"]["containers"][0]["volumeMounts"].append({"name": "x", "mountPath": "/tmp/"})
     assert knative_problems(bad) == [
         "spec.hostNetwork",
         "containers[0].lifecycle",
+        "containers[0].env: PORT is reserved",
+        "containers[0].volumeMounts: /tmp/ is reserved",
         "containers[0].readinessProbe: port 9000 is not the container port",
         "volumes[1].nfs",
+    ]
+    reserved = copy.deepcopy(service["spec"]["template"])
+    reserved["spec"]["containers"][0]["ports"] = [{"name": "metrics", "containerPort": 9090}]
+    assert knative_problems(reserved)[:2] == [
+        "containers[0].ports: 9090 is reserved",
+        "containers[0].ports: name 'metrics'",
     ]
     broken = as_pod(service)
     broken["spec"]["containers"][0]["ports"][0]["containerPort"] = "8000"
