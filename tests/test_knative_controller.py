@@ -500,3 +500,33 @@ def test_policy_for_applies_the_pas_scale_annotations(
         assert why is not None and re.search(problem, why)
     del pa["metadata"]["annotations"][MODEL_ANNOTATION]
     assert reconcile.policy_for(pa, config())[0] == "tiny-cpu"  # the service label
+
+
+async def test_at_rest_the_controller_reads_and_writes_nothing_new(
+    tmp_path: Path, engine_port: int
+) -> None:
+    """Once a PA's status is settled, ticks only read (SKS, scale, EndpointSlices): no status
+    churn, no SKS or scale writes."""
+    async with kube_api() as (api, server), activator() as act:
+        api.put_object(*DEPLOY, deployment("tiny-00001"))
+        api.put_object(*PA, podautoscaler("tiny-00001"))
+        stop = asyncio.Event()
+        world = asyncio.create_task(knative_and_kubelet(api, engine_port, stop))
+        try:
+            async with controller(server, tmp_path, engine_port, act.url):
+                await eventually(
+                    lambda: cond(api.get_object(*PA, NS, "tiny-00001"), "Active").get("reason")
+                    == "NoTraffic",
+                    what="at rest",
+                )
+                await asyncio.sleep(0.3)  # let the last write's echo settle
+                start = len(api.log)
+                await asyncio.sleep(1.0)  # ~20 ticks of 50 ms
+                window = api.log[start:]
+        finally:
+            stop.set()
+            await world
+    writes = [r for r in window if r.verb not in ("get", "list", "watch")]
+    assert [w for w in writes if w.resource != "leases"] == []
+    per_resource = {r.resource for r in window if r.verb in ("get", "list")}
+    assert {"serverlessservices", "deployments/scale", "endpointslices"} <= per_resource
