@@ -792,6 +792,13 @@ def summarize(config: ThawConfig) -> list[str]:
             f"panic {a.panic_window_s:g} s at {a.panic_threshold_pct:g} %; "
             f"to zero after {a.scale_to_zero_grace_s:g} s idle"
         )
+    if config.cluster is not None:
+        pools = ", ".join(
+            f"{p.name} ({p.gpus_per_replica} x {p.gpu_type}, {p.gpu_memory_bytes / 1e9:.0f} GB, "
+            f"${p.cost_per_hour_usd:g}/GPU-h, max {p.max_replicas})"
+            for p in config.cluster.pools
+        )
+        out.append(f"cluster: namespace {config.cluster.namespace}; pools {pools}")
     return out
 
 

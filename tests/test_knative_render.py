@@ -34,9 +34,10 @@ from autoscaler.knative.render import (
     service_name,
     to_yaml,
 )
-from autoscaler.policy import PolicyError, ThawConfig, parse_policy
+from autoscaler.policy import PolicyError, ThawConfig, parse_policy, summarize
 
 GIB = 2**30
+MINIMAL = "models:\n  - name: m\n"
 
 POLICY = f"""
 models:
@@ -122,6 +123,15 @@ def test_cluster_errors_name_the_field(edit: tuple[str, str], expected: str) -> 
     assert old in POLICY
     errors = errors_of(POLICY.replace(old, new, 1))
     assert any(expected in e for e in errors), errors
+
+
+def test_policy_check_summary_lists_the_pools() -> None:
+    lines = summarize(config())
+    assert lines[-1] == (
+        "cluster: namespace llm; pools h100 (2 x NVIDIA H100 80GB HBM3, 86 GB, $4/GPU-h, "
+        "max 2), l4 (1 x NVIDIA L4, 26 GB, $0.8/GPU-h, max 8)"
+    )
+    assert not any(line.startswith("cluster:") for line in summarize(parse_policy(MINIMAL)))
 
 
 def test_model_pools_without_a_cluster_section_is_an_error() -> None:
