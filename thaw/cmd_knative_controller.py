@@ -36,10 +36,12 @@ Knative's own KPA does; PAs of other classes are never touched. Each tick it scr
 revision's pods' vLLM /metrics directly (EndpointSlices labelled serving.knative.dev/revision,
 port --engine-port) and reads the requests held at zero from Thaw's activator
 (--activator-url) and, optionally, Knative's activator through Prometheus (--prometheus-url).
-The policy per model (thaw.dev/model annotation on the PA) comes from --config.
+The policy per model (thaw.dev/model annotation on the PA) comes from --config; the PA's
+autoscaling.knative.dev/min-scale, max-scale and initial-scale annotations win over it.
 
-Scale to zero follows Knative: the PA is marked inactive (Active=False NoTraffic), the SKS is
-put in Proxy, and only after scale_to_zero_grace_s in Proxy is the Deployment scaled to 0.
+Scale to zero follows Knative: after scale_to_zero_grace_s without demand the decider asks for
+0; the PA is marked inactive (Active=False NoTraffic) and the SKS put in Proxy; once Knative has
+the activator in the path, the Deployment goes to 0 after scale_to_zero_grace_s more.
 While a cold start is in flight the PA is Active=Unknown (Queued), never False.
 Every replica change and completed cold start goes out as a CloudEvent to $K_SINK (Knative's
 SinkBinding sets it; unset: nothing is sent).
