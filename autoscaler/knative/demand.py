@@ -16,12 +16,16 @@ Parsing is pure (:func:`parse_buffered`); the fetching is a thin aiohttp call.
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
+
+log = logging.getLogger(__name__)
 
 BUFFERED_METRIC = "thaw_activator_buffered_requests"
 #: Knative activator's requests queued per revision: the OpenTelemetry UpDownCounter
@@ -141,7 +145,8 @@ class CombinedDemand:
 
     def __init__(self, sources: Sequence[DemandSource]) -> None:
         self.sources = tuple(sources)
-        self.errors: list[str] = []
+        #: The latest failures (at most 100), newest last; each is also logged.
+        self.errors: deque[str] = deque(maxlen=100)
 
     def new_tick(self) -> None:
         for s in self.sources:
@@ -154,4 +159,5 @@ class CombinedDemand:
                 best = max(best, await s.buffered(revision))
             except DemandError as e:
                 self.errors.append(str(e))
+                log.warning("demand for %s/%s: %s", revision.namespace, revision.name, e)
         return best
