@@ -515,8 +515,10 @@ async def test_at_rest_the_controller_reads_and_writes_nothing_new(
         try:
             async with controller(server, tmp_path, engine_port, act.url):
                 await eventually(
-                    lambda: cond(api.get_object(*PA, NS, "tiny-00001"), "Active").get("reason")
-                    == "NoTraffic",
+                    lambda: (
+                        cond(api.get_object(*PA, NS, "tiny-00001"), "Active").get("reason")
+                        == "NoTraffic"
+                    ),
                     what="at rest",
                 )
                 await asyncio.sleep(0.3)  # let the last write's echo settle
@@ -530,3 +532,45 @@ async def test_at_rest_the_controller_reads_and_writes_nothing_new(
     assert [w for w in writes if w.resource != "leases"] == []
     per_resource = {r.resource for r in window if r.verb in ("get", "list")}
     assert {"serverlessservices", "deployments/scale", "endpointslices"} <= per_resource
+
+
+async def test_an_sks_owned_by_someone_else_is_left_alone_and_reported(
+    tmp_path: Path, engine_port: int
+) -> None:
+    async with kube_api() as (api, server), activator() as act:
+        api.put_object(*DEPLOY, deployment("tiny-00001"))
+        api.put_object(*PA, podautoscaler("tiny-00001"))
+        theirs = reconcile.desired_sks(podautoscaler("tiny-00001"), "Serve", 7)
+        theirs["metadata"]["ownerReferences"][0]["uid"] = "someone-else"
+        api.put_object(*SKS, theirs)
+        before = api.get_object(*SKS, NS, "tiny-00001")
+        async with controller(server, tmp_path, engine_port, act.url):
+            pa = await eventually(
+                lambda: (
+                    (p := api.get_object(*PA, NS, "tiny-00001"))
+                    and cond(p, "Active").get("reason") == "NotOwned"
+                    and p
+                ),
+                what="Active False NotOwned",
+            )
+        jsonschema.validate(pa, PA_SCHEMA)
+        assert cond(pa, "Active")["status"] == "False"
+        assert cond(pa, "Ready")["reason"] == "NotOwned"
+        assert api.get_object(*SKS, NS, "tiny-00001") == before
+        assert not [
+            r for r in api.writes() if r.resource in ("serverlessservices", "deployments/scale")
+        ]
+
+
+def test_status_before_the_sks_is_ready_is_valid_and_unknown() -> None:
+    """Knative's first pass: SKS in Proxy, SKSReady Unknown "No Private Service Name",
+    desiredScale -1, and a status the CRD accepts (serviceName "" is required, not absent)."""
+    pa = podautoscaler("r")
+    pa["metadata"].update(uid="u1", generation=1)
+    p = reconcile.plan(pa, reconcile.Observed(0, 0, None, None), 1, 30.0, 0.0, "T0",
+                       min_scale=0, initial_scale=0)  # fmt: skip
+    assert p.mode == "Proxy" and p.scale is None and p.want == -1
+    assert p.status["desiredScale"] == -1
+    assert cond({"status": p.status}, "SKSReady")["message"] == "No Private Service Name"
+    jsonschema.validate({**pa, "status": p.status}, PA_SCHEMA)
+    jsonschema.validate(p.sks, SKS_SCHEMA)

@@ -50,6 +50,7 @@ from autoscaler.knative.reconcile import (
     activator_in_path,
     controlled_by,
     is_ours,
+    not_owned,
     plan,
     policy_for,
     ready_endpoint_addresses,
@@ -191,6 +192,7 @@ class Controller:
                     seen.add((meta.get("namespace", ""), meta.get("name", "")))
                 for key in set(self.pas) - seen:
                     self.pas.pop(key, None)
+                    self._states.pop(key, None)
                 self.synced.set()
                 rv = str(listing.get("metadata", {}).get("resourceVersion", ""))
                 async for event in self.kube.watch(
@@ -256,6 +258,9 @@ class Controller:
             sks = None
         if sks is not None and not controlled_by(sks, pa):
             log.warning("PA %s/%s: SKS %s exists and is not ours; leaving it", ns, v.name, v.name)
+            status = not_owned(pa, "ServerlessService", v.name, self._now_iso())
+            if status != (pa.get("status") or {}):
+                await self._write_status(pa, status)
             return
         t = v.target
         group_version = t.api_version
@@ -294,9 +299,7 @@ class Controller:
                 st.proxy_since_s = now_s
         else:
             st.proxy_since_s = None
-        now_iso = datetime.datetime.fromtimestamp(self.clock.wall(), datetime.UTC).strftime(
-            "%Y-%m-%dT%H:%M:%SZ"
-        )
+        now_iso = self._now_iso()
         p = plan(
             pa,
             Observed(spec_replicas, len(ready), sks, st.proxy_since_s),
@@ -360,6 +363,11 @@ class Controller:
         # 3. The PA status, through the status subresource.
         if p.status != (pa.get("status") or {}):
             await self._write_status(pa, p.status)
+
+    def _now_iso(self) -> str:
+        """Condition timestamps: Kubernetes' second-resolution UTC time."""
+        wall = datetime.datetime.fromtimestamp(self.clock.wall(), datetime.UTC)
+        return wall.strftime("%Y-%m-%dT%H:%M:%SZ")
 
     async def _write_status(self, pa: Obj, status: Obj) -> None:
         meta = pa["metadata"]

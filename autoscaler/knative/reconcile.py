@@ -384,6 +384,9 @@ def plan(
     }
     status: Obj = {k: w for k, w in old_status.items() if k != "conditions"}
     status["observedGeneration"] = v.generation
+    # Required by the CRD (Go strings without omitempty): "" until the SKS names them.
+    status.setdefault("serviceName", "")
+    status.setdefault("metricsServiceName", "")
 
     sks = observed.sks
     private = str((sks or {}).get("status", {}).get("privateServiceName", ""))
@@ -458,6 +461,24 @@ def _scale_and_mode(
     if sks_mode == "Proxy" and proxy_for_s is not None and proxy_for_s >= grace_s:
         return 0, "Proxy"
     return None, "Proxy"
+
+
+def not_owned(pa: Obj, kind: str, name: str, now_iso: str) -> Obj:
+    """The PA status when an object it needs exists but belongs to someone else (Knative's
+    ``MarkResourceNotOwned``: Active False ``NotOwned``; Ready follows)."""
+    old_status: Obj = copy.deepcopy(pa.get("status") or {})
+    conditions: dict[str, Obj] = {
+        c["type"]: dict(c) for c in old_status.get("conditions") or [] if "type" in c
+    }
+    message = f'There is an existing {kind} "{name}" that we do not own.'
+    _set(conditions, ACTIVE, "False", "NotOwned", message, now_iso)
+    _ready(conditions, now_iso)
+    status = {k: w for k, w in old_status.items() if k != "conditions"}
+    status["observedGeneration"] = view(pa).generation
+    status.setdefault("serviceName", "")
+    status.setdefault("metricsServiceName", "")
+    status["conditions"] = [conditions[t] for t in (*DEPENDENTS, READY) if t in conditions]
+    return status
 
 
 def _active(
