@@ -29,7 +29,7 @@ K8S_VERSION = "1.30"
 #: API groups served by Kubernetes itself (kubernetes-validate knows their schemas).
 BUILTIN_GROUPS = {"", "apps", "rbac.authorization.k8s.io", "batch", "policy", "networking.k8s.io"}
 #: `thaw` subcommands the manifests use that the CLI does not have yet (see manifests/README.md).
-PENDING_SUBCOMMANDS = {("knative", "activator")}
+PENDING_SUBCOMMANDS: frozenset[tuple[str, str]] = frozenset()
 
 
 def load_kustomization(root: Path = MANIFESTS) -> list[dict[str, Any]]:
@@ -92,6 +92,9 @@ def test_the_install_has_every_part() -> None:
         ("Deployment", "thaw-controller"),
         ("Deployment", "thaw-activator"),
         ("Service", "thaw-activator"),
+        ("ServiceAccount", "thaw-activator"),
+        ("Role", "thaw-activator"),
+        ("RoleBinding", "thaw-activator"),
         ("DaemonSet", "thaw-model-cache"),
         ("Service", "thaw-model-cache"),
         ("ConfigMap", "thaw-policy"),
@@ -285,6 +288,42 @@ def test_controller_flags_match_the_other_manifests() -> None:
     from autoscaler.knative.render import ENGINE_PORT
 
     assert args["--engine-port"] == str(ENGINE_PORT)
+
+
+def test_activator_flags_match_the_other_manifests() -> None:
+    """The activator runs in the cluster, on the Service's port, with the mounted policy, and
+    reads the models' namespace, where its Role is."""
+    args = thaw_commands_of("Deployment", "thaw-activator")
+    flags = dict(a.split("=", 1) for a in args if "=" in a)
+    assert "--in-cluster" in args
+    assert flags["--config"] == "/etc/thaw/policy.yaml"
+    deploy = find("Deployment", "thaw-activator")
+    (c,) = containers(deploy)
+    (port,) = c["ports"]
+    assert flags["--port"] == str(port["containerPort"])
+    svc = find("Service", "thaw-activator")
+    assert svc["spec"]["ports"][0]["targetPort"] == port["name"]
+    policy = parse_policy(find("ConfigMap", "thaw-policy")["data"]["policy.yaml"])
+    assert policy.cluster is not None
+    role, binding = find("Role", "thaw-activator"), find("RoleBinding", "thaw-activator")
+    assert "--namespace" not in flags  # it reads cluster.namespace from the policy
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"]
+    assert role["metadata"]["namespace"] == policy.cluster.namespace
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "thaw-activator",
+    }
+    sa = find("ServiceAccount", "thaw-activator")
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": "thaw-activator",
+            "namespace": sa["metadata"]["namespace"],
+        }
+    ]
+    assert deploy["spec"]["template"]["spec"]["serviceAccountName"] == "thaw-activator"
+    assert deploy["metadata"]["namespace"] == sa["metadata"]["namespace"]
 
 
 def thaw_commands_of(kind: str, name: str) -> list[str]:

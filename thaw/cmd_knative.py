@@ -15,6 +15,7 @@ revision, Thaw's controller reconciles it with the same decider `thaw up` uses.
 subcommands:
   controller   the PodAutoscaler controller (runs in the cluster; manifests/ installs it)
   render       one Knative Service per (model, GPU pool) from the policy file, as YAML
+  activator    the OpenAI-compatible front door routing to the models' ready pods
 """
 
 
@@ -28,6 +29,7 @@ def register(subparsers: Any) -> None:
     sub = p.add_subparsers(dest="knative_command", metavar="SUBCOMMAND")
     _register_controller(sub)
     _register_render(sub)
+    _register_activator(sub)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -46,6 +48,23 @@ def _controller(args: argparse.Namespace) -> int:
     from thaw import cmd_knative_controller
 
     return cmd_knative_controller.run(args)
+
+
+# -- activator --------------------------------------------------------------------------------
+
+
+def _register_activator(sub: Any) -> None:
+    from thaw import cmd_knative_activator
+
+    a = sub.add_parser("activator", help="run the front door: route by model to the ready pods")
+    cmd_knative_activator.register_args(a)
+    a.set_defaults(func=_activator)
+
+
+def _activator(args: argparse.Namespace) -> int:
+    from thaw import cmd_knative_activator
+
+    return cmd_knative_activator.run(args)
 
 
 # -- render (filled in by the render work) -----------------------------------------------------
