@@ -129,14 +129,14 @@ class Forecaster:
         self._first: int | None = None
         self._y: list[float] = []
         self._done = 0  # complete intervals whose forecasts are scored
+        self._conf: float | None = None
+        self._conf_stale = False
         self._scored: deque[tuple[float, float]] = deque(maxlen=ACCURACY_WINDOW)
         self._pending: dict[int, float] = {}  # target interval -> forecast value
         self._last_origin = -1
         self._cache: tuple[int, int, Forecast | None] | None = None
-        self._gbr: GradientBoostingRegressor | None = None
-        self._gbr_key: tuple[int, int] | None = None  # (k, origin fitted at)
-        self._ridge: tuple[Ridge, float] | None = None  # model, residual quantile
-        self._ridge_key: tuple[int, int] | None = None
+        # (method, steps ahead) -> (model, quantile offset, intervals seen when fitted)
+        self._fits: dict[tuple[str, int], tuple[GradientBoostingRegressor | Ridge, float, int]] = {}
 
     @classmethod
     def from_config(cls, cfg: ForecastConfig) -> Forecaster:
@@ -179,6 +179,7 @@ class Forecaster:
             f = self._pending.pop(self._done, None)
             if f is not None:
                 self._scored.append((f, self._y[self._done]))
+                self._conf_stale = True
             self._done += 1
         return n
 
@@ -186,6 +187,13 @@ class Forecaster:
 
     def confidence(self) -> float | None:
         """1 - pinball loss / zero-forecast loss over the recent scored forecasts; None: too few."""
+        if not self._conf_stale:
+            return self._conf
+        self._conf_stale = False
+        self._conf = self._score()
+        return self._conf
+
+    def _score(self) -> float | None:
         if len(self._scored) < MIN_SCORED:
             return None
         f = np.array([p for p, _ in self._scored])
@@ -250,9 +258,7 @@ class Forecaster:
             return self._seasonal_naive(y, k)
         if method == "ewma":
             return self._ewma(y, k)
-        if method == "ridge":
-            return self._ridge_predict(y, k)
-        return self._gbr_predict(y, k)
+        return self._learned(y, k, method)
 
     def _seasonal_source(self, t: np.ndarray, k: int) -> np.ndarray:
         """Index of the value the seasonal-naive rule uses for target ``t`` (origin ``t - k``)."""
@@ -296,46 +302,39 @@ class Forecaster:
             feats.append(np.cos(phase)[:, None])
         return np.concatenate(feats, axis=1)
 
-    def _gbr_predict(self, y: np.ndarray, k: int) -> float:
+    def _learned(self, y: np.ndarray, k: int, method: Method) -> float:
+        """ridge or gbr: one model per steps-ahead ``k``, refit every 30 intervals."""
         n = len(y)
         first = _GBR_LAGS - 1
         origins = np.arange(max(first, n - k - _GBR_MAX_ROWS), n - k)
         if len(origins) < 20:  # too little to learn from: fall back to the baseline
             return self._seasonal_naive(y, k)
-        key = self._gbr_key
-        if self._gbr is None or key is None or key[0] != k or n - key[1] >= _GBR_REFIT_EVERY:
-            x = self._features(y, origins, k)
-            model = GradientBoostingRegressor(
-                loss="quantile",
-                alpha=self.quantile,
-                n_estimators=60,
-                max_depth=3,
-                learning_rate=0.1,
-                random_state=0,
-            )
-            model.fit(x, y[origins + k])
-            self._gbr, self._gbr_key = model, (k, n)
-        x_now = self._features(y, np.array([n - 1]), k)
-        return max(0.0, float(self._gbr.predict(x_now)[0]))
-
-    def _ridge_predict(self, y: np.ndarray, k: int) -> float:
-        n = len(y)
-        first = _GBR_LAGS - 1
-        origins = np.arange(max(first, n - k - _GBR_MAX_ROWS), n - k)
-        if len(origins) < 20:
-            return self._seasonal_naive(y, k)
-        key = self._ridge_key
-        if self._ridge is None or key is None or key[0] != k or n - key[1] >= _GBR_REFIT_EVERY:
+        fit = self._fits.get((method, k))
+        if fit is None or n - fit[2] >= _GBR_REFIT_EVERY:
             x = self._features(y, origins, k)
             target = y[origins + k]
-            model = Ridge(alpha=1.0)
-            model.fit(x, target)
-            recent = slice(-_RESIDUAL_WINDOW, None)
-            resid = target[recent] - model.predict(x[recent])
-            self._ridge, self._ridge_key = (model, float(np.quantile(resid, self.quantile))), (k, n)
-        model, offset = self._ridge
+            model: GradientBoostingRegressor | Ridge
+            if method == "gbr":
+                model = GradientBoostingRegressor(
+                    loss="quantile",
+                    alpha=self.quantile,
+                    n_estimators=60,
+                    max_depth=3,
+                    learning_rate=0.1,
+                    random_state=0,
+                )
+                model.fit(x, target)
+                offset = 0.0  # the quantile loss learns the quantile itself
+            else:
+                model = Ridge(alpha=1.0)
+                model.fit(x, target)
+                recent = slice(-_RESIDUAL_WINDOW, None)
+                resid = target[recent] - model.predict(x[recent])
+                offset = float(np.quantile(resid, self.quantile))
+            fit = (model, offset, n)
+            self._fits[(method, k)] = fit
         x_now = self._features(y, np.array([n - 1]), k)
-        return max(0.0, float(model.predict(x_now)[0]) + offset)
+        return max(0.0, float(fit[0].predict(x_now)[0]) + fit[1])
 
 
 def _ewma_levels(y: np.ndarray) -> np.ndarray:

@@ -3,9 +3,11 @@
 Owns the mapping rules, pure: each trace model runs as the fleet model of the same name, else as
 ``fleet.models[i % len]`` in sorted-name order; the ``thaw`` policy of a trace model is the policy
 file's model of the same name, else its first model (autoscaling and warm pool; a warm pool with
-``weights_bytes: 0`` gets the fleet model's weights); ``kpa`` gets Knative's defaults with the
-same ``max_replicas`` and no warm pool; ``always-on`` gets :func:`~sim.core.peak_replicas` per
-model.
+``weights_bytes: 0`` gets the fleet model's weights); ``predictive`` is ``thaw`` plus a forecaster
+per model (the policy's ``forecast`` block, or the one given, enabled either way; horizon: its
+``horizon_s``, else the model's derived cold-start time on its first pool from the run's tier);
+``kpa`` gets Knative's defaults with the same ``max_replicas`` and no warm pool; ``always-on``
+gets :func:`~sim.core.peak_replicas` per model.
 
 It also owns the warm-up: :func:`with_warmup` puts the first ``warmup_s`` of the trace in front
 of it, unmeasured, so that every policy meets the measured trace with the fleet it would have
@@ -18,9 +20,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from autoscaler.policy import ThawConfig, WarmPoolConfig
+from autoscaler.policy import ForecastConfig, ThawConfig, WarmPoolConfig
 from sim.core import PolicyName, SimConfig, SimResult, kpa_policy, peak_replicas, simulate
-from sim.fleet import Fleet, FleetModel, Tier
+from sim.fleet import Fleet, FleetModel, Tier, cold_start_s
+from sim.predictive import ForecastPlan
 from sim.traces import Request
 
 
@@ -53,13 +56,18 @@ def sim_config(
     warmup_s: float = 0.0,
     first_measured: int = 0,
     tier: Tier = "local_disk",
+    forecast: ForecastConfig | None = None,
 ) -> SimConfig:
-    """The :class:`SimConfig` of ``policy`` for this trace (``requests`` without the warm-up)."""
+    """The :class:`SimConfig` of ``policy`` for this trace (``requests`` without the warm-up).
+
+    ``forecast``: the ``predictive`` policy's forecaster settings for every model (None: each
+    model's own ``autoscaling.forecast``).
+    """
     specs = assign_specs(requests, fleet)
     chosen = {n: thaw.model(n) or thaw.models[0] for n in specs}
     auto = {n: c.autoscaling for n, c in chosen.items()}
     warm: dict[str, WarmPoolConfig] = {}
-    if policy == "thaw":
+    if policy in ("thaw", "predictive"):
         for n, c in chosen.items():
             w = c.warm_pool
             if w.enabled and w.weights_bytes == 0:
@@ -67,6 +75,15 @@ def sim_config(
             warm[n] = w
     if policy == "kpa":
         auto = {n: kpa_policy(a.max_replicas) for n, a in auto.items()}
+    plans: dict[str, ForecastPlan] = {}
+    if policy == "predictive":
+        for n, c in chosen.items():
+            fc = (forecast or c.autoscaling.forecast).model_copy(update={"enabled": True})
+            spec = specs[n]
+            horizon = fc.horizon_s
+            if horizon is None:
+                horizon = cold_start_s(spec, fleet.pool(spec.pools[0]), tier)
+            plans[n] = ForecastPlan(fc, horizon, auto[n].target_concurrency_per_replica)
     always: dict[str, int] = {}
     if policy == "always-on":
         per_model: dict[str, list[Request]] = {n: [] for n in specs}
@@ -84,6 +101,7 @@ def sim_config(
         horizon_s=horizon_s + warmup_s if horizon_s > 0 else 0.0,
         first_measured=first_measured,
         measure_from_s=warmup_s,
+        forecasts=plans,
     )
 
 
@@ -97,6 +115,7 @@ def run_policies(
     *,
     warmup_s: float = 0.0,
     tier: Tier = "local_disk",
+    forecast: ForecastConfig | None = None,
 ) -> list[SimResult]:
     """Simulate each policy on the same trace (after the same warm-up), in order.
 
@@ -106,7 +125,15 @@ def run_policies(
     out = []
     for p in policies:
         cfg = sim_config(
-            p, requests, fleet, thaw, horizon_s, warmup_s=warmup_s, first_measured=first, tier=tier
+            p,
+            requests,
+            fleet,
+            thaw,
+            horizon_s,
+            warmup_s=warmup_s,
+            first_measured=first,
+            tier=tier,
+            forecast=forecast,
         )
         out.append(simulate(primed, fleet, cfg, progress))
     return out

@@ -1,0 +1,130 @@
+"""Predictive vs reactive Thaw vs kpa, same fleet: does forecasting one cold start ahead pay?
+
+Two traces, each spread over ``--models`` models (Zipf ``--zipf``, seed 0) on the example fleet
+(sim/examples/fleet.yaml) with the example policy (sim/examples/policy.yaml), new replicas from
+``--tier`` (local disk: 33 s for the 8B model on A100, 23 s for the 1.5B on L4; sleepers wake in
+about 1 s):
+
+- ``azure``: the shared Azure conversation trace (19,366 requests over 57 minutes), whole, after a
+  600 s warm-up replay (as bench/sim_frontier.py and ``thaw sim`` do). It has no season, so the
+  forecaster runs ``ewma`` (``method: auto`` without a season).
+- ``diurnal``: a synthetic diurnal trace (sim.traces.diurnal: ``--diurnal-rate`` req/s mean,
+  amplitude 1.0 so the trough is silent, a "day" of 1800 s, ``--days`` days). The forecaster has
+  ``season_s`` = the day and ``--diurnal-method`` (ridge by default: quantile gbr is a little
+  more accurate on this trace in bench/forecast_accuracy.py but costs ~20x per refit, which
+  makes this run take many minutes). No warm-up (the forecaster needs the days to learn).
+
+Policies, each replaying the same trace on the same fleet: ``kpa`` (Knative's defaults, no warm
+pool), ``thaw`` (reactive: the example policy and its level-1 warm pool), ``predictive`` (``thaw``
+plus the forecaster, quantile ``--quantile``, interval 10 s, horizon the model's cold-start
+time, min_confidence 0.3).
+
+Printed per trace and policy: requests, cold-start requests (requests that waited on a start or
+a wake) and their ratio to reactive thaw's, p99 TTFT, SLO attainment (TTFT <= ``--slo-ttft-s``),
+GPU-hours and cost with their ratios to reactive thaw's, and the seconds each run took.
+
+  .venv/bin/python bench/sim_predictive.py
+  .venv/bin/python bench/sim_predictive.py --tier remote --quantile 0.95
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from autoscaler.policy import ForecastConfig, load_policy
+from sim.core import PolicyName
+from sim.fleet import load_fleet
+from sim.report import summarize
+from sim.runner import run_policies, with_warmup
+from sim.traces import Request, diurnal, load_trace, spread_zipf
+
+REPO = Path(__file__).resolve().parent.parent
+AZURE = REPO.parent / "shared" / "traces" / "AzureLLMInferenceTrace_conv.csv"
+POLICIES: tuple[PolicyName, ...] = ("kpa", "thaw", "predictive")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--trace", default=str(AZURE))
+    ap.add_argument("--models", type=int, default=20)
+    ap.add_argument("--zipf", type=float, default=1.0)
+    ap.add_argument("--tier", choices=("local_disk", "remote"), default="local_disk")
+    ap.add_argument("--quantile", type=float, default=0.9)
+    ap.add_argument("--slo-ttft-s", type=float, default=1.0)
+    ap.add_argument("--warmup-s", type=float, default=600.0)
+    ap.add_argument("--diurnal-rate", type=float, default=3.0)
+    ap.add_argument("--days", type=int, default=6)
+    ap.add_argument("--day-s", type=float, default=1800.0)
+    ap.add_argument(
+        "--diurnal-method", choices=("seasonal_naive", "ewma", "ridge", "gbr"), default="ridge"
+    )
+    ap.add_argument("--only", choices=("azure", "diurnal"), default=None)
+    args = ap.parse_args()
+    fleet = load_fleet(REPO / "sim" / "examples" / "fleet.yaml")
+    thaw = load_policy(REPO / "sim" / "examples" / "policy.yaml")
+
+    base = ForecastConfig(enabled=True, quantile=args.quantile, interval_s=10.0, min_history=30)
+    cases: list[tuple[str, Sequence[Request], float, ForecastConfig]] = []
+    if args.only in (None, "azure"):
+        azure = spread_zipf(load_trace(args.trace), args.models, args.zipf, 0)
+        cases.append(("azure", azure, args.warmup_s, base.model_copy(update={"season_s": 0.0})))
+    if args.only in (None, "diurnal"):
+        syn = diurnal(args.diurnal_rate, args.day_s, 1.0, args.days * args.day_s, seed=1)
+        fc = base.model_copy(update={"season_s": args.day_s, "method": args.diurnal_method})
+        cases.append(("diurnal", spread_zipf(syn, args.models, args.zipf, 0), 0.0, fc))
+
+    rows: list[tuple[str, str, dict[str, Any], float]] = []
+    total = sum(len(with_warmup(c[1], c[2])[0]) for c in cases) * len(POLICIES)
+    bar = tqdm(total=total, unit="req", leave=False)
+    for name, reqs, warmup_s, fc in cases:
+        for policy in POLICIES:
+            t0 = time.perf_counter()
+            (res,) = run_policies(
+                [policy], reqs, fleet, thaw, 0.0, bar.update, warmup_s=warmup_s,
+                tier=args.tier, forecast=fc,
+            )  # fmt: skip
+            rows.append((name, policy, summarize(res, fleet, args.slo_ttft_s), t0))
+            rows[-1] = (*rows[-1][:3], time.perf_counter() - t0)
+    bar.close()
+
+    print(
+        f"{args.models} models (Zipf {args.zipf:g}), example fleet, starts from {args.tier}, "
+        f"forecast q{args.quantile:g}, SLO TTFT <= {args.slo_ttft_s:g} s; ratios to reactive thaw"
+    )
+    for name, reqs, warmup_s, fc in cases:
+        span = reqs[-1].arrival_s if reqs else 0.0
+        extra = f", {warmup_s:g} s warm-up" if warmup_s else ""
+        print(
+            f"{name}: {len(reqs):,} requests over {span / 60:.0f} min{extra}; forecaster "
+            f"{fc.method} (season {fc.season_s:g} s)"
+        )
+    head = ("trace", "policy", "cold req", "x thaw", "TTFT p99", "SLO", "GPU-h", "x thaw", "cost $")
+    print(
+        f"{head[0]:8s} {head[1]:11s} {head[2]:>8s} {head[3]:>7s} {head[4]:>9s} {head[5]:>7s} "
+        f"{head[6]:>7s} {head[7]:>7s} {head[8]:>8s} {'x thaw':>7s} {'run s':>6s}"
+    )
+    for name, _, _, _ in cases:
+        mine = {p: s for n, p, s, _ in rows if n == name}
+        ref = mine["thaw"]
+        for n, policy, s, took in rows:
+            if n != name:
+                continue
+            cold = int(s["cold_start_requests"])
+            h = float(s["gpu_hours"])
+            cost = float(s["cost_usd"])
+            print(
+                f"{name:8s} {policy:11s} {cold:8d} {cold / max(int(ref['cold_start_requests']), 1):7.2f} "
+                f"{float(s['ttft_p99_s']):9.3f} {float(s['slo_attainment_ratio']):7.4f} "
+                f"{h:7.2f} {h / max(float(ref['gpu_hours']), 1e-9):7.3f} {cost:8.2f} "
+                f"{cost / max(float(ref['cost_usd']), 1e-9):7.3f} {took:6.1f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
