@@ -17,6 +17,8 @@ from typing import Any
 
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from knative_world import (
     DEPLOY,
     LEASES,
@@ -42,6 +44,7 @@ from autoscaler.knative.contract import MODEL_ANNOTATION
 
 PA_SCHEMA = crd_schema("podautoscaler.yaml")
 SKS_SCHEMA = crd_schema("serverlessservice.yaml")
+PA_VALIDATOR = jsonschema.Draft7Validator(PA_SCHEMA)
 
 
 @pytest.fixture(scope="module")
@@ -574,3 +577,50 @@ def test_status_before_the_sks_is_ready_is_valid_and_unknown() -> None:
     assert cond({"status": p.status}, "SKSReady")["message"] == "No Private Service Name"
     jsonschema.validate({**pa, "status": p.status}, PA_SCHEMA)
     jsonschema.validate(p.sks, SKS_SCHEMA)
+
+
+@settings(deadline=None, max_examples=50)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.integers(min_value=0, max_value=3),  # the decision
+            st.integers(min_value=0, max_value=3),  # ready pods
+            st.sampled_from(["Serve", "Proxy"]),  # the SKS mode seen
+            st.floats(min_value=0.0, max_value=20.0),  # seconds since the last step
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_plan_invariants(steps: list[tuple[int, int, str, float]]) -> None:
+    """Over any run: a scale to 0 happens only with the SKS in Proxy for the grace; while the
+    decision is above 0, Active never becomes False; the scale set is the decision."""
+    grace_s = 5.0
+    pa = podautoscaler("r")
+    pa["metadata"].update(uid="u1", generation=1)
+    sks = reconcile.desired_sks(pa, "Proxy", 2)
+    sks["status"] = {"serviceName": "r", "privateServiceName": "r-private",
+                     "conditions": [{"type": "Ready", "status": "True"}]}  # fmt: skip
+    now_s, spec_replicas, proxy_since = 0.0, 0, None
+    for want, ready, mode, dt in steps:
+        now_s += dt
+        ready = min(ready, spec_replicas)
+        sks["spec"]["mode"] = mode
+        if mode != "Proxy":
+            proxy_since = None
+        elif proxy_since is None:
+            proxy_since = now_s
+        was = cond(pa, "Active").get("status")
+        p = reconcile.plan(pa, reconcile.Observed(spec_replicas, ready, sks, proxy_since), want,
+                           grace_s, now_s, f"T{now_s}", min_scale=0, initial_scale=0)  # fmt: skip
+        active = cond({"status": p.status}, "Active")["status"]
+        if p.scale == 0:
+            assert mode == "Proxy" and proxy_since is not None and now_s - proxy_since >= grace_s
+        if p.scale is not None and p.scale > 0:
+            assert p.scale == want
+        if want > 0 and was != "False":
+            assert active != "False"
+        if p.scale is not None:
+            spec_replicas = p.scale
+        pa["status"] = p.status
+        PA_VALIDATOR.validate(pa)

@@ -501,6 +501,10 @@ def _active(
         _set(conditions, SCALE_TARGET_INITIALIZED, "True", "", "", now_iso)
     elif not initialized:
         _set(conditions, SCALE_TARGET_INITIALIZED, "Unknown", "", "", now_iso)
+    if want > 0:
+        # Thaw knows demand on the first pass (Knative's decider does not: its want is -1 then):
+        # with a scale-up asked for, activation waits for a ready pod, even at initial-scale 0.
+        min_ready = max(min_ready, 1)
     active = conditions.get(ACTIVE, {}).get("status", "Unknown")
     is_inactive = active == "False"
     is_activating = active == "Unknown" and ACTIVE in conditions
