@@ -322,6 +322,7 @@ async def controller(
     speed: float = 10.0,
     lease_duration_s: float = 15.0,
     reports: Reports | None = None,
+    release_on_stop: bool = True,
 ) -> AsyncIterator[Controller]:
     """A controller running against the harness (kubeconfig auth), stopped on exit."""
     cfg = KubeConfig.load(
@@ -335,6 +336,7 @@ async def controller(
         identity=identity,
         lease_duration_s=lease_duration_s,
         renew_every_s=lease_duration_s / 3,
+        release_on_stop=release_on_stop,
     )
     stop = asyncio.Event()
     async with (

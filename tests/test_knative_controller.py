@@ -300,7 +300,10 @@ async def test_only_the_lease_holder_acts_and_a_stale_lease_is_taken_over(
         world = asyncio.create_task(knative_and_kubelet(api, engine_port, stop))
         try:
             # speed 10: a 15 s lease is 1.5 s here.
-            async with controller(server, tmp_path, engine_port, act.url, identity="a"):
+            # a will stop as if it crashed: its lease is not released.
+            async with controller(
+                server, tmp_path, engine_port, act.url, identity="a", release_on_stop=False
+            ):
                 await eventually(
                     lambda: (
                         (api.get_object(*LEASES, "thaw-system", "thaw-controller") or {})
@@ -624,3 +627,34 @@ def test_plan_invariants(steps: list[tuple[int, int, str, float]]) -> None:
             spec_replicas = p.scale
         pa["status"] = p.status
         PA_VALIDATOR.validate(pa)
+
+
+async def test_a_clean_stop_releases_the_lease_and_the_standby_takes_over_at_once(
+    tmp_path: Path, engine_port: int
+) -> None:
+    async with kube_api() as (api, server), activator() as act:
+        # A lease of 10 minutes (a minute here): only a release lets b in within the test.
+        async with controller(server, tmp_path, engine_port, act.url, identity="a",
+                              lease_duration_s=600.0):  # fmt: skip
+            await eventually(
+                lambda: (
+                    (api.get_object(*LEASES, "thaw-system", "thaw-controller") or {})
+                    .get("spec", {})
+                    .get("holderIdentity")
+                    == "a"
+                ),
+                what="a holds the lease",
+            )
+        released = api.get_object(*LEASES, "thaw-system", "thaw-controller")
+        assert released is not None and released["spec"]["holderIdentity"] == ""
+        async with controller(server, tmp_path, engine_port, act.url, identity="b",
+                              lease_duration_s=600.0):  # fmt: skip
+            lease = await eventually(
+                lambda: (
+                    (le := api.get_object(*LEASES, "thaw-system", "thaw-controller"))
+                    and le["spec"]["holderIdentity"] == "b"
+                    and le
+                ),
+                what="b takes over",
+            )
+        assert lease["spec"]["leaseTransitions"] == 1

@@ -79,6 +79,8 @@ class ControllerSettings:
     lease_duration_s: float = 15.0
     renew_every_s: float = 5.0
     watch_timeout_s: float = 300.0
+    #: Give the Lease up when stopped cleanly, so a standby takes over at once.
+    release_on_stop: bool = True
 
 
 class Reports(Protocol):
@@ -434,3 +436,5 @@ class Controller:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self.settings.release_on_stop:
+                await self.elector.release()
