@@ -25,7 +25,9 @@ DEVELOPERS.md ("Kubernetes API harness"):
 - :attr:`KubeApi.log`: every request as ``(method, path, verb, group, resource, namespace,
   name, user_agent, body)``, ``resource`` with its subresource (``deployments/scale``): the
   RBAC terms;
-- :meth:`KubeApi.inject_conflicts`: the next N matching writes answer ``409 Conflict``.
+- :meth:`KubeApi.inject_conflicts`: the next N matching writes answer ``409 Conflict``;
+  :meth:`KubeApi.inject_errors`: the next N matching requests (any verb) answer an error status
+  (e.g. 500, 503, 429).
 
 Use::
 
@@ -137,6 +139,9 @@ class KubeApi(kmock.KubernetesScaffold):
         factory=list, init=False
     )
     _conflicts: list[tuple[str | None, str | None]] = attrs.field(factory=list, init=False)
+    _errors_left: list[tuple[int, str | None, str | None, str | None]] = attrs.field(
+        factory=list, init=False
+    )
     _history: list[tuple[int, str, str, Obj]] = attrs.field(factory=list, init=False)
 
     # -- test-side API --------------------------------------------------------------------
@@ -147,6 +152,23 @@ class KubeApi(kmock.KubernetesScaffold):
         """The next ``n`` writes (matching ``verb``/``resource`` when given; ``resource`` may
         carry a subresource, e.g. ``podautoscalers/status``) answer 409 Conflict."""
         self._conflicts.extend([(verb, resource)] * n)
+
+    def inject_errors(
+        self,
+        n: int,
+        status: int = 500,
+        verb: str | None = None,
+        resource: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        """The next ``n`` requests matching ``verb``/``resource``/``name`` (when given) answer
+        ``status`` with a Kubernetes ``Status`` body."""
+        self._errors_left.extend([(status, verb, resource, name)] * n)
+
+    def clear_injected(self) -> None:
+        """Forget injected conflicts and errors not yet served."""
+        self._conflicts.clear()
+        self._errors_left.clear()
 
     def put_object(self, group: str, plural: str, obj: Obj) -> Obj:
         """Create or replace an object as a test (not a client) does; returns the stored copy."""
@@ -244,6 +266,18 @@ class KubeApi(kmock.KubernetesScaffold):
                 body=request.data,
             )
         )
+        for i, (e_status, e_verb, e_res, e_name) in enumerate(self._errors_left):
+            if (
+                e_verb in (None, verb)
+                and e_res in (None, resource)
+                and e_name
+                in (
+                    None,
+                    request.name,
+                )
+            ):
+                del self._errors_left[i]
+                return _status(e_status, "InternalError", f"injected {e_status}: {verb} {resource}")
         if verb in ("create", "update", "patch", "delete"):
             for i, (c_verb, c_res) in enumerate(self._conflicts):
                 if c_verb in (None, verb) and c_res in (None, resource):

@@ -658,3 +658,44 @@ async def test_a_clean_stop_releases_the_lease_and_the_standby_takes_over_at_onc
                 what="b takes over",
             )
         assert lease["spec"]["leaseTransitions"] == 1
+
+
+async def test_api_errors_back_off_per_pa_and_recover(tmp_path: Path, engine_port: int) -> None:
+    """While the API answers 500 to every read of one PA's SKS, that PA is retried with growing
+    delays (not every tick) and the other PA is reconciled every tick; then it recovers."""
+    async with kube_api() as (api, server), activator() as act:
+        for name in ("tiny-00001", "tiny-00002"):
+            api.put_object(*DEPLOY, deployment(name))
+            api.put_object(*PA, podautoscaler(name))
+        stop = asyncio.Event()
+        world = asyncio.create_task(knative_and_kubelet(api, engine_port, stop))
+        try:
+            async with controller(server, tmp_path, engine_port, act.url):
+                await eventually(lambda: api.get_object(*SKS, NS, "tiny-00002"), what="SKS 2")
+                api.inject_errors(
+                    10_000, status=500, verb="get", resource="serverlessservices", name="tiny-00001"
+                )
+                start = len(api.log)
+                await asyncio.sleep(1.5)  # 30 ticks of 50 ms
+                window = api.log[start:]
+                api.clear_injected()
+                api.put_object(*PA, {**podautoscaler("tiny-00001"), "status": {}})
+                await eventually(
+                    lambda: (
+                        cond(api.get_object(*PA, NS, "tiny-00001"), "SKSReady").get("status")
+                        == "True"
+                    ),
+                    what="PA 1 reconciled again",
+                )
+        finally:
+            stop.set()
+            await world
+
+    def reads(name: str, resource: str) -> int:
+        return sum(r.resource == resource and r.verb == "get" and r.name == name for r in window)
+
+    # Backoff 0.5, 1, 2, 4, 8 s on the 10x clock: a handful of tries in 30 ticks.
+    assert 2 <= reads("tiny-00001", "serverlessservices") <= 7
+    assert reads("tiny-00001", "deployments/scale") == 0  # a failed read ends that PA's tick
+    # The other PA goes on every tick.
+    assert reads("tiny-00002", "deployments/scale") >= 10
