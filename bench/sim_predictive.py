@@ -112,14 +112,15 @@ def main() -> None:
     for name, _, _, _ in cases:
         mine = {p: s for n, p, s, _ in rows if n == name}
         ref = mine["thaw"]
-        for n, policy, s, took in rows:
+        for n, label, s, took in rows:
             if n != name:
                 continue
             cold = int(s["cold_start_requests"])
+            ref_cold = max(int(ref["cold_start_requests"]), 1)
             h = float(s["gpu_hours"])
             cost = float(s["cost_usd"])
             print(
-                f"{name:8s} {policy:11s} {cold:8d} {cold / max(int(ref['cold_start_requests']), 1):7.2f} "
+                f"{name:8s} {label:11s} {cold:8d} {cold / ref_cold:7.2f} "
                 f"{float(s['ttft_p99_s']):9.3f} {float(s['slo_attainment_ratio']):7.4f} "
                 f"{h:7.2f} {h / max(float(ref['gpu_hours']), 1e-9):7.3f} {cost:8.2f} "
                 f"{cost / max(float(ref['cost_usd']), 1e-9):7.3f} {took:6.1f}"
