@@ -41,17 +41,19 @@ from procs import REPO, child, free_port, thaw_argv
 
 from activator.types import ModelLimits, Replica
 from autoscaler.knative.contract import REVISION_LABEL
-from autoscaler.knative.demand import parse_buffered
+from autoscaler.knative.demand import Revision, ThawActivatorDemand, parse_buffered
 from autoscaler.knative.endpoints import (
     ACTIVATOR_RULES,
     PRIVATE,
     SERVICE_TYPE_LABEL,
+    KnativeEndpoints,
     activator_rule_set,
     changed_models,
     replicas_by_model,
 )
-from autoscaler.knative.kube import KubeConfig
-from thaw.cmd_knative_activator import serve_cluster
+from autoscaler.knative.kube import KubeClient, KubeConfig, KubeError
+from autoscaler.policy import PolicyWatcher, load_policy
+from thaw.cmd_knative_activator import model_limits, serve_cluster
 
 RBAC_YAML = REPO / "manifests" / "activator-rbac.yaml"
 REV = "tiny-00001"
@@ -271,6 +273,9 @@ async def run_scenario(api: KubeApi, url: str, engine_port: int) -> None:
         assert await poll("1 buffered", lambda: _equals(buffered(http, url), {MODEL: 1}))
         assert not first.done()
         assert await ready_count(http, url, MODEL) == 0
+        # ... exactly as the controller reads it each tick.
+        demand = ThawActivatorDemand(http, url)
+        assert await demand.buffered(Revision(NS, REV, MODEL)) == 1
         # The pod is ready: the buffered request is answered by the emulator.
         api.put_object(*SLICES, eps(f"{REV}-private", REV, engine_port))
         status, body = await asyncio.wait_for(first, timeout=20)
@@ -312,6 +317,69 @@ async def test_front_door_buffers_at_zero_then_routes_to_the_ready_pod(
     # Least privilege, the calls' side: exactly ACTIVATOR_RULES, every rule used.
     assert used == activator_rule_set()
     assert {q.namespace for q in api.log if q.user_agent == "thaw-activator"} == {NS}
+
+
+async def test_an_api_error_keeps_the_last_endpoints_and_changes_are_told(tmp_path: Path) -> None:
+    async with kube_api() as (api, server):
+        api.put_object(*PA, pa(REV))
+        api.put_object(*SLICES, eps(f"{REV}-private", REV, 8012, address="10.0.0.5"))
+        good = KubeConfig.load(str(write_kubeconfig(tmp_path / "good", server)), None, False)
+        dead = KubeConfig.load(
+            str(write_kubeconfig(tmp_path / "dead", f"http://127.0.0.1:{free_port()}")),
+            None,
+            False,
+        )
+        told: list[str] = []
+        async with KubeClient(good) as ok, KubeClient(dead) as down:
+            source = KnativeEndpoints(ok, NS, on_change=told.append)
+            assert await source.refresh() == {MODEL}
+            assert told == [MODEL]
+            (replica,) = source.ready_replicas(MODEL)
+            assert replica.base_url == "http://10.0.0.5:8012"
+            source.kube = down  # the API server is unreachable: the snapshot stays
+            with pytest.raises(KubeError):
+                await source.refresh()
+            assert source.ready_replicas(MODEL) == (replica,)
+            source.kube = ok
+            assert await source.refresh() == set()  # nothing changed: nobody is told
+            api.put_object(*SLICES, eps(f"{REV}-private", REV, 8012, ready=False))
+            assert await source.refresh() == {MODEL}
+            assert source.ready_replicas(MODEL) == ()
+            assert told == [MODEL, MODEL]
+
+
+async def test_a_changed_policy_file_is_served_without_a_restart(tmp_path: Path) -> None:
+    path = _policy(tmp_path / "policy.yaml")
+    config = load_policy(path)
+    async with kube_api() as (_, server):
+        cfg = KubeConfig.load(str(write_kubeconfig(tmp_path / "kc", server)), None, False)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        stop, started = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(
+            serve_cluster(
+                cfg, NS, model_limits(config), "127.0.0.1", port, stop,
+                refresh_s=0.05, watcher=PolicyWatcher(path, config), started=started,
+            )
+        )  # fmt: skip
+        try:
+            await asyncio.wait_for(started.wait(), timeout=20)
+            async with aiohttp.ClientSession() as http:
+
+                async def served() -> set[str]:
+                    async with http.get(url + "/v1/models") as resp:
+                        return {c["id"] for c in (await resp.json())["data"]}
+
+                assert await served() == {MODEL}
+                doc = yaml.safe_load(path.read_text())
+                doc["models"][0]["name"] = "other"
+                path.write_text(yaml.safe_dump(doc))
+                assert await poll("the new policy", lambda: _equals(served(), {"other"}))
+                status, body = await complete(http, url, MODEL)
+                assert status == 404 and body["error"]["code"] == "model_not_found"
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, timeout=20)
 
 
 # -- least privilege: the manifest ------------------------------------------------------------
