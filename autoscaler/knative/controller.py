@@ -5,8 +5,9 @@ replicas) and :func:`autoscaler.knative.reconcile.plan` (Knative's KPA steps: SK
 apply, PA status). Each tick, for every PodAutoscaler of class ``autoscaler.thaw.dev`` (others
 are never written, nor cached):
 
-1. read the SKS named after the PA, the scale subresource of its ``scaleTargetRef`` and the
-   revision's EndpointSlices (label ``serving.knative.dev/revision``);
+1. read the SKS named after the PA and the scale subresource of its ``scaleTargetRef``; the
+   revisions' EndpointSlices (label ``serving.knative.dev/revision``) are listed once per
+   namespace per tick;
 2. scrape each ready endpoint's engine ``/metrics`` directly (``engine_port``), and read the
    demand held in front of the revision (Thaw's activator, Knative activator via Prometheus);
 3. decide, plan, then write in Knative's order: the SKS (create, or PUT its spec: Proxy goes
@@ -247,8 +248,19 @@ class Controller:
             0.0,
         )
 
-    async def reconcile(self, pa: Obj) -> None:
-        """One tick for one PA: observe, decide, plan, write (SKS, then scale, then status)."""
+    async def _slices(self, ns: str) -> list[Obj]:
+        """The namespace's EndpointSlices of Knative revisions (one list for all its PAs)."""
+        listing = await self.kube.list_objects(
+            f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices",
+            label_selector=REVISION_LABEL,
+        )
+        return list(listing.get("items") or [])
+
+    async def reconcile(self, pa: Obj, slices: list[Obj] | None = None) -> None:
+        """One tick for one PA: observe, decide, plan, write (SKS, then scale, then status).
+
+        ``slices``: the namespace's revision EndpointSlices when the tick listed them already.
+        """
         v = view(pa)
         key = (v.namespace, v.name)
         st = self._states.setdefault(key, _PaState())
@@ -277,11 +289,14 @@ class Controller:
             scale_obj = None
         spec_replicas = int(((scale_obj or {}).get("spec") or {}).get("replicas") or 0)
         revision = v.labels.get(REVISION_LABEL, v.name)
-        slices = await self.kube.list_objects(
-            f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices",
-            label_selector=f"{REVISION_LABEL}={revision}",
-        )
-        ready, _ = ready_endpoint_addresses(slices.get("items") or [])
+        if slices is None:
+            slices = await self._slices(ns)
+        mine = [
+            s
+            for s in slices
+            if (s.get("metadata") or {}).get("labels", {}).get(REVISION_LABEL) == revision
+        ]
+        ready, _ = ready_endpoint_addresses(mine)
         replicas = list(await asyncio.gather(*(self._scrape(addr) for _, addr in ready)))
         starting = max(0, spec_replicas - len(ready))
         replicas += [
@@ -395,15 +410,23 @@ class Controller:
         """Reconcile every known PA once, concurrently (leader only); one PA's API error or slow
         scrape does not hold up the others."""
         self.demand.new_tick()
-        await asyncio.gather(*(self._tick_one(key, pa) for key, pa in list(self.pas.items())))
+        pas = list(self.pas.items())
+        slices: dict[str, list[Obj] | None] = {}
+        for ns in sorted({key[0] for key, _ in pas}):
+            try:
+                slices[ns] = await self._slices(ns)
+            except KubeError as e:
+                log.warning("EndpointSlices in %s: %s", ns, e)
+                slices[ns] = None  # each PA lists (and backs off) on its own
+        await asyncio.gather(*(self._tick_one(key, pa, slices[key[0]]) for key, pa in pas))
 
-    async def _tick_one(self, key: tuple[str, str], pa: Obj) -> None:
+    async def _tick_one(self, key: tuple[str, str], pa: Obj, slices: list[Obj] | None) -> None:
         st = self._states.setdefault(key, _PaState())
         now_s = self.clock.monotonic()
         if now_s < st.retry_at_s:
             return
         try:
-            await self.reconcile(pa)
+            await self.reconcile(pa, slices)
             st.backoff.succeeded()
         except PodAutoscalerError as e:
             log.warning("PA %s/%s: %s", key[0], key[1], e)
