@@ -111,3 +111,19 @@ def test_cli_start_tier_and_warmup(tmp_path: Path) -> None:
     bad = sim(tmp_path, "--out", str(tmp_path / "bad"), "--warmup-s", "-1")
     assert bad.returncode == 2
     assert "--warmup-s = -1.0: must be >= 0" in bad.stderr
+
+
+def test_cli_compares_the_predictive_policy(tmp_path: Path) -> None:
+    write_azure(tmp_path / "t.csv")
+    out = tmp_path / "out"
+    done = sim(tmp_path, "--out", str(out), "--models", "2", "--compare", "predictive,kpa")
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["policies"]) == {"thaw", "predictive", "kpa"}
+    assert report["policies"]["predictive"]["requests"] == report["policies"]["thaw"]["requests"]
+    assert (
+        "predictive"
+        in subprocess.run(
+            thaw_argv("sim", "--help"), capture_output=True, text=True, timeout=60
+        ).stdout
+    )

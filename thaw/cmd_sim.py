@@ -16,6 +16,9 @@ Each policy replays the whole trace:
               (100 x 0.7), stable window 60 s, panic window 6 s at 200 %, scale-to-zero grace 30 s;
               no warm pool
   always-on   a fixed replica count per model, sized for the trace's busiest minute, never scaled
+  predictive  thaw plus a demand forecaster per model (the policy file's autoscaling.forecast
+              block, enabled), fed the simulated arrivals; the decider keeps at least the
+              replicas the forecast demand one cold start ahead needs (bench/sim_predictive.py)
 
 Cold-start times are derived from the fleet file: a new engine loads from --start-tier
 (local_disk: engine_start_s + weights / local-disk bandwidth); a warm-pool sleeper wakes from host
@@ -96,7 +99,8 @@ def register(subparsers: Any) -> None:
         "--compare",
         default="",
         metavar="LIST",
-        help="baselines to run besides thaw, comma-separated, from: kpa, always-on (default: none)",
+        help="policies to run besides thaw, comma-separated, from: kpa, always-on, predictive "
+        "(default: none)",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the Zipf spread (default: %(default)s)"
@@ -239,12 +243,17 @@ def _run(args: argparse.Namespace) -> int:
     from sim.runner import run_policies
     from sim.traces import TraceError, clip, load_trace, spread_zipf
 
-    baselines: dict[str, PolicyName] = {"kpa": "kpa", "always-on": "always-on"}
+    baselines: dict[str, PolicyName] = {
+        "kpa": "kpa",
+        "always-on": "always-on",
+        "predictive": "predictive",
+    }
     policies: list[PolicyName] = ["thaw"]
     for name in (s.strip() for s in args.compare.split(",") if s.strip()):
         if name not in baselines:
             print(
-                f"thaw sim: --compare {name!r}: must be a comma-separated list of kpa, always-on",
+                f"thaw sim: --compare {name!r}: must be a comma-separated list of kpa, "
+                "always-on, predictive",
                 file=sys.stderr,
             )
             return 2
