@@ -7,14 +7,22 @@ actuator. Every decision that changes a replica count is logged with the decider
 
 Metrics (on the activator's ``/metrics``): ``thaw_model_replicas{model,state}``,
 ``thaw_autoscaler_desired_replicas{model}``, ``thaw_autoscaler_panic{model}``,
+``thaw_autoscaler_forecast_replicas{model}``,
 ``thaw_cold_starts_total{model,tier}``, ``thaw_scale_from_zero_seconds{model}`` (first buffered
 request to first ready replica).
+
+With ``autoscaling.forecast.enabled``, each tick also feeds the model's
+:class:`~autoscaler.forecast.ReplicaForecaster` the arrivals since the last tick (requests the
+activator answered + the change in requests inside it) and the requests inside it, and passes its
+``forecast_replicas`` (None while it is not trusted) to the decider; the horizon is the policy's
+``forecast.horizon_s``, else the model's last measured start (30 s before the first).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping
@@ -26,8 +34,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from activator.core import Activator
 from activator.types import ModelLimits
-from autoscaler.decider import DeciderState, Decision, decide
+from autoscaler.decider import DeciderState, Decision, ModelObservation, decide
 from autoscaler.engine_process import EngineSpec, emulator_spec, vllm_spec
+from autoscaler.forecast import ReplicaForecaster
 from autoscaler.knative.events import EventSink, emitter_from_env
 from autoscaler.local_actuator import LocalActuator
 from autoscaler.policy import ModelConfig, PolicyWatcher, ThawConfig
@@ -71,6 +80,13 @@ class StackMetrics:
             ["model"],
             registry=registry,
         )
+        self.forecast = Gauge(
+            "thaw_autoscaler_forecast_replicas",
+            "Replicas the demand forecast one cold start ahead asks for (autoscaling.forecast); "
+            "NaN while the forecaster is off, has too little history or too low a confidence.",
+            ["model"],
+            registry=registry,
+        )
         self.panic = Gauge(
             "thaw_autoscaler_panic",
             "1 while the decider is in panic mode for a model.",
@@ -100,6 +116,10 @@ class _ModelRun:
     state: DeciderState
     last_decision: Decision | None = None
     zero_since_s: float | None = None  # first request buffered while at zero
+    forecaster: ReplicaForecaster | None = None
+    answered: float = 0.0  # requests the activator had answered at the last tick
+    in_flight: int = 0  # requests inside the activator at the last tick
+    last_start_s: float | None = None  # the last measured replica start (forecast horizon)
 
 
 class LocalStack:
@@ -248,6 +268,8 @@ class LocalStack:
         self.metrics.cold_starts.labels(model, tier).inc()
         self.events.cold_start(model, tier, startup_s)
         run = self._runs.get(model)
+        if run is not None:
+            run.last_start_s = startup_s
         if run is not None and run.zero_since_s is not None:
             waited_s = self.clock.monotonic() - run.zero_since_s
             self.metrics.scale_from_zero.labels(model).observe(waited_s)
@@ -275,6 +297,7 @@ class LocalStack:
             if buffered and run.zero_since_s is None and not self.actuator.ready_replicas(name):
                 run.zero_since_s = now_s
             obs = self.actuator.observe(name, buffered, now_s, self.activator.outstanding)
+            obs = self._with_forecast(name, run, obs, now_s)
             decision, run.state = decide(obs, run.config.autoscaling, run.state, now_s)
             run.last_decision = decision
             decisions.append(decision)
@@ -306,6 +329,41 @@ class LocalStack:
                 self.actuator.apply(name, actions)
             self._export(name, decision)
         return decisions
+
+    def _with_forecast(
+        self, name: str, run: _ModelRun, obs: ModelObservation, now_s: float
+    ) -> ModelObservation:
+        """Feed the model's forecaster this tick's arrivals; the observation with its floor."""
+        fc_cfg = run.config.autoscaling.forecast
+        if not fc_cfg.enabled:
+            if run.forecaster is not None:
+                run.forecaster = None
+                self.metrics.forecast.labels(name).set(float("nan"))
+            return obs
+        answered = 0.0
+        for metric in self.activator.metrics.requests.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total") and sample.labels.get("model") == name:
+                    answered += sample.value
+        in_flight = self.activator.in_flight(name)
+        if run.forecaster is None or run.forecaster.config != fc_cfg:
+            run.forecaster = ReplicaForecaster(fc_cfg)
+            run.forecaster.observe(now_s, 0.0)  # the series starts now, quiet or not
+        else:
+            arrivals = answered - run.answered + in_flight - run.in_flight
+            if arrivals > 0:
+                run.forecaster.observe(now_s, arrivals)
+        run.answered, run.in_flight = answered, in_flight
+        run.forecaster.observe_concurrency(now_s, float(in_flight))
+        horizon_s = fc_cfg.horizon_s
+        if horizon_s is None:
+            horizon_s = run.last_start_s if run.last_start_s is not None else 30.0
+        target = run.config.autoscaling.target_concurrency_per_replica
+        out = run.forecaster.replicas(now_s, horizon_s, target)
+        self.metrics.forecast.labels(name).set(
+            out.replicas if out.replicas is not None else float("nan")
+        )
+        return dataclasses.replace(obs, forecast_replicas=out.replicas)
 
     def _export(self, model: str, decision: Decision) -> None:
         for state in REPLICA_STATES:
