@@ -133,10 +133,11 @@ class Forecaster:
         self._conf_stale = False
         self._scored: deque[tuple[float, float]] = deque(maxlen=ACCURACY_WINDOW)
         self._pending: dict[int, float] = {}  # target interval -> forecast value
-        self._last_origin = -1
-        self._cache: tuple[int, int, Forecast | None] | None = None
+        self._cache: tuple[int, int, Forecast] | None = None
         # (method, steps ahead) -> (model, quantile offset, intervals seen when fitted)
         self._fits: dict[tuple[str, int], tuple[GradientBoostingRegressor | Ridge, float, int]] = {}
+        #: Intervals kept: what the learned methods and the residual quantiles look back over.
+        self.keep = _GBR_MAX_ROWS + _GBR_LAGS + 2 * self.season + _RESIDUAL_WINDOW + 64
 
     @classmethod
     def from_config(cls, cfg: ForecastConfig) -> Forecaster:
@@ -181,6 +182,15 @@ class Forecaster:
                 self._scored.append((f, self._y[self._done]))
                 self._conf_stale = True
             self._done += 1
+        if n > 2 * self.keep:  # forget the oldest intervals (bounded memory and work)
+            drop = n - self.keep
+            del self._y[:drop]
+            self._first += drop
+            self._done -= drop
+            self._pending = {i - drop: v for i, v in self._pending.items() if i >= drop}
+            self._fits.clear()
+            self._cache = None
+            n -= drop
         return n
 
     # -- forecasts -------------------------------------------------------------------------
@@ -220,8 +230,6 @@ class Forecaster:
         k = max(1, target - (n - 1))
         if self._cache is not None and self._cache[:2] == (n, k):
             cached = self._cache[2]
-            if cached is None:
-                return None
             return Forecast(
                 cached.value,
                 cached.quantile,

@@ -236,3 +236,16 @@ def test_forecast_of_zero_under_a_burst_still_scales_up() -> None:
     )
     d, _ = decide(burst, POLICY, DeciderState.initial(), 0.0)
     assert d.desired_replicas == 13  # (60 + 40 + 30) / 10
+
+
+def test_memory_is_bounded_and_forecasts_go_on() -> None:
+    f = Forecaster(interval_s=IV, min_history=5, method="ewma", season_s=0)
+    for i in range(2 * f.keep + 50):
+        f.observe(i * IV + 1.0, 3.0)
+        if i % 500 == 0:
+            f.forecast(i * IV + IV, 1.0)
+    now = (2 * f.keep + 50) * IV
+    fc = f.forecast(now, 25.0)
+    assert len(f.history(now)) <= 2 * f.keep
+    assert fc is not None and fc.value == pytest.approx(3.0)
+    assert fc.target_start_s == now + 20.0
