@@ -31,15 +31,17 @@ from autoscaler.knative.contract import (
     INITIAL_SCALE_ANNOTATION,
     MIN_SCALE_ANNOTATION,
     MODEL_ANNOTATION,
+    PRIVATE,
     REVISION_LABEL,
     SERVICE_LABEL,
+    SERVICE_TYPE_LABEL,
 )
 from autoscaler.knative.controller import Controller, ControllerSettings, Reports
 from autoscaler.knative.demand import CombinedDemand, ThawActivatorDemand
 from autoscaler.knative.kube import KubeClient, KubeConfig
 from autoscaler.policy import ThawConfig
 
-KNATIVE = Path(__file__).resolve().parents[2] / "shared" / "knative"
+KNATIVE = Path(__file__).resolve().parent / "data" / "knative"  # copied from knative/serving
 MODEL = "tiny"
 NS = "llm"
 PA = ("autoscaling.internal.knative.dev", "podautoscalers")
@@ -65,7 +67,7 @@ class FastClock:
 
 
 def crd_schema(name: str) -> dict[str, Any]:
-    """The openAPIV3Schema of a CRD in ../shared/knative/, made strict: objects with declared
+    """The openAPIV3Schema of a CRD in tests/data/knative/, made strict: objects with declared
     properties reject unknown ones (the API server would prune them silently: a typo in a field
     name is a bug the test must catch)."""
     docs = [d for d in yaml.safe_load_all((KNATIVE / name).read_text()) if d]
@@ -290,19 +292,33 @@ async def knative_and_kubelet(
         await asyncio.sleep(0.02)
 
 
-def endpoint_slice(name: str, ns: str, revision: str, port: int) -> dict[str, Any]:
+def endpoint_slice(
+    name: str,
+    ns: str,
+    revision: str,
+    port: int,
+    *,
+    service_type: str = PRIVATE,
+    address: str = "127.0.0.1",
+) -> dict[str, Any]:
     return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
         "metadata": {
             "name": name,
             "namespace": ns,
-            "labels": {REVISION_LABEL: revision, "kubernetes.io/service-name": revision},
+            "labels": {
+                REVISION_LABEL: revision,
+                SERVICE_TYPE_LABEL: service_type,
+                "kubernetes.io/service-name": f"{revision}-private"
+                if service_type == PRIVATE
+                else revision,
+            },
         },
         "addressType": "IPv4",
         "endpoints": [
             {
-                "addresses": ["127.0.0.1"],
+                "addresses": [address],
                 "conditions": {"ready": True, "serving": True, "terminating": False},
                 "targetRef": {"kind": "Pod", "name": f"{revision}-pod", "namespace": ns},
             }

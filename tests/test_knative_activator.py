@@ -40,12 +40,10 @@ from kube_api import KubeApi
 from procs import REPO, child, free_port, thaw_argv
 
 from activator.types import ModelLimits, Replica
-from autoscaler.knative.contract import REVISION_LABEL
+from autoscaler.knative.contract import PRIVATE, REVISION_LABEL, SERVICE_TYPE_LABEL
 from autoscaler.knative.demand import Revision, ThawActivatorDemand, parse_buffered
 from autoscaler.knative.endpoints import (
     ACTIVATOR_RULES,
-    PRIVATE,
-    SERVICE_TYPE_LABEL,
     KnativeEndpoints,
     activator_rule_set,
     changed_models,

@@ -3,7 +3,7 @@
 The pod behind the revision is a real ``thaw emulator``; Thaw's activator is a small HTTP server
 with the buffered-requests gauge; Knative's networking controller and the kubelet are the
 stand-ins of :func:`knative_world.knative_and_kubelet`. Objects are validated against Knative's
-CRD schemas from ../shared/knative/.
+CRD schemas from tests/data/knative/ (copied from knative/serving).
 """
 
 from __future__ import annotations
@@ -26,12 +26,14 @@ from knative_world import (
     NS,
     PA,
     SKS,
+    SLICES,
     Recorder,
     activator,
     controller,
     crd_schema,
     deployment,
     emulator,
+    endpoint_slice,
     eventually,
     knative_and_kubelet,
     kube_api,
@@ -75,6 +77,18 @@ async def test_pa_of_our_class_gets_sks_status_and_scales_0_1_0_with_proxy_first
     async with kube_api() as (api, server), activator() as act:
         api.put_object(*DEPLOY, deployment("tiny-00001"))
         api.put_object(*PA, podautoscaler("tiny-00001"))
+        # The SKS's public Service lists Knative's activator in Proxy mode: never a pod.
+        api.put_object(
+            *SLICES,
+            endpoint_slice(
+                "tiny-00001-public",
+                NS,
+                "tiny-00001",
+                8012,
+                service_type="Public",
+                address="127.0.0.2",
+            ),
+        )
         stop = asyncio.Event()
         world = asyncio.create_task(knative_and_kubelet(api, engine_port, stop, pod_delay_s=0.5))
         try:

@@ -24,7 +24,7 @@ from autoscaler.policy import parse_policy
 from thaw.cli import build_parser
 
 MANIFESTS = REPO / "manifests"
-KNATIVE = REPO.parent / "shared" / "knative"
+KNATIVE = REPO / "tests" / "data" / "knative"  # copied from knative/serving
 K8S_VERSION = "1.30"
 #: API groups served by Kubernetes itself (kubernetes-validate knows their schemas).
 BUILTIN_GROUPS = {"", "apps", "rbac.authorization.k8s.io", "batch", "policy", "networking.k8s.io"}

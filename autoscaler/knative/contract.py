@@ -22,5 +22,9 @@ MAX_SCALE_ANNOTATION = "autoscaling.knative.dev/max-scale"
 INITIAL_SCALE_ANNOTATION = "autoscaling.knative.dev/initial-scale"
 REVISION_LABEL = "serving.knative.dev/revision"
 SERVICE_LABEL = "serving.knative.dev/service"
+#: Knative's label on the two Services of a revision (and so on their EndpointSlices): ``Public``
+#: (the SKS's, which lists Knative's activator in Proxy mode) and ``Private`` (the revision's pods).
+SERVICE_TYPE_LABEL = "networking.internal.knative.dev/serviceType"
+PRIVATE = "Private"
 
 assert not AUTOSCALER_CLASS.endswith(".knative.dev")

@@ -31,7 +31,7 @@ import aiohttp
 
 from autoscaler.decider import DeciderState, ModelObservation, ReplicaObservation, decide
 from autoscaler.engine_metrics import MetricsParseError, parse_engine_metrics
-from autoscaler.knative.contract import REVISION_LABEL
+from autoscaler.knative.contract import PRIVATE, REVISION_LABEL, SERVICE_TYPE_LABEL
 from autoscaler.knative.demand import DemandSource, Revision
 from autoscaler.knative.kube import (
     Backoff,
@@ -249,10 +249,14 @@ class Controller:
         )
 
     async def _slices(self, ns: str) -> list[Obj]:
-        """The namespace's EndpointSlices of Knative revisions (one list for all its PAs)."""
+        """The namespace's EndpointSlices of revisions' private Services (one list for all PAs).
+
+        Only the private Service's slices list the revision's pods: the public one (the SKS's)
+        lists Knative's activator while the SKS is in Proxy mode.
+        """
         listing = await self.kube.list_objects(
             f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices",
-            label_selector=REVISION_LABEL,
+            label_selector=f"{REVISION_LABEL},{SERVICE_TYPE_LABEL}={PRIVATE}",
         )
         return list(listing.get("items") or [])
 

@@ -35,7 +35,9 @@ from autoscaler.knative.contract import (
     AUTOSCALER_CLASS,
     CLASS_ANNOTATION,
     MODEL_ANNOTATION,
+    PRIVATE,
     REVISION_LABEL,
+    SERVICE_TYPE_LABEL,
 )
 from autoscaler.knative.kube import Backoff, KubeClient, KubeError
 from autoscaler.knative.rbac import Rule
@@ -44,10 +46,6 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 
-#: Knative's label on the two Services of a revision: ``Public`` (the SKS's, which points at
-#: Knative's activator in Proxy mode) and ``Private`` (selects the revision's pods).
-SERVICE_TYPE_LABEL = "networking.internal.knative.dev/serviceType"
-PRIVATE = "Private"
 #: The private Service's port to the queue-proxy for HTTP/1 revisions (target port 8012).
 QUEUE_PORT_NAME = "http"
 
