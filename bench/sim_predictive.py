@@ -21,10 +21,14 @@ time, min_confidence 0.3).
 
 Printed per trace and policy: requests, cold-start requests (requests that waited on a start or
 a wake) and their ratio to reactive thaw's, p99 TTFT, SLO attainment (TTFT <= ``--slo-ttft-s``),
-GPU-hours and cost with their ratios to reactive thaw's, and the seconds each run took.
+GPU-hours and cost with their ratios to reactive thaw's, and the seconds each run took. Then
+where the cold-start requests fall: the 4 most popular models vs the tail, the first season
+(no history yet) vs later. ``--also-quantiles`` adds predictive runs at other quantiles (the
+cost of provisioning for a busier interval).
 
   .venv/bin/python bench/sim_predictive.py
   .venv/bin/python bench/sim_predictive.py --tier remote --quantile 0.95
+  .venv/bin/python bench/sim_predictive.py --also-quantiles 0.5,0.99
 """
 
 from __future__ import annotations
@@ -42,11 +46,12 @@ from sim.core import PolicyName
 from sim.fleet import load_fleet
 from sim.report import summarize
 from sim.runner import run_policies, with_warmup
-from sim.traces import Request, diurnal, load_trace, spread_zipf
+from sim.traces import Request, diurnal, load_trace, model_names, spread_zipf
 
 REPO = Path(__file__).resolve().parent.parent
 AZURE = REPO.parent / "shared" / "traces" / "AzureLLMInferenceTrace_conv.csv"
 POLICIES: tuple[PolicyName, ...] = ("kpa", "thaw", "predictive")
+HEAD = 4  # the most popular models; the rest are the tail
 
 
 def main() -> None:
@@ -65,6 +70,11 @@ def main() -> None:
         "--diurnal-method", choices=("seasonal_naive", "ewma", "ridge", "gbr"), default="ridge"
     )
     ap.add_argument("--only", choices=("azure", "diurnal"), default=None)
+    ap.add_argument(
+        "--also-quantiles",
+        default="",
+        help="comma-separated: also run predictive at these quantiles (e.g. 0.5,0.99)",
+    )
     args = ap.parse_args()
     fleet = load_fleet(REPO / "sim" / "examples" / "fleet.yaml")
     thaw = load_policy(REPO / "sim" / "examples" / "policy.yaml")
@@ -79,18 +89,35 @@ def main() -> None:
         fc = base.model_copy(update={"season_s": args.day_s, "method": args.diurnal_method})
         cases.append(("diurnal", spread_zipf(syn, args.models, args.zipf, 0), 0.0, fc))
 
+    runs: list[tuple[str, PolicyName, float]] = [(p, p, args.quantile) for p in POLICIES]
+    for q in (float(x) for x in args.also_quantiles.split(",") if x.strip()):
+        runs.append((f"pred q{q:g}", "predictive", q))
+    head_models = set(model_names(args.models)[:HEAD])
     rows: list[tuple[str, str, dict[str, Any], float]] = []
-    total = sum(len(with_warmup(c[1], c[2])[0]) for c in cases) * len(POLICIES)
+    where: list[tuple[str, str, int, int, int, int]] = []
+    total = sum(len(with_warmup(c[1], c[2])[0]) for c in cases) * len(runs)
     bar = tqdm(total=total, unit="req", leave=False)
     for name, reqs, warmup_s, fc in cases:
-        for policy in POLICIES:
+        first_season = fc.season_s or 600.0
+        for label, policy, q in runs:
             t0 = time.perf_counter()
             (res,) = run_policies(
                 [policy], reqs, fleet, thaw, 0.0, bar.update, warmup_s=warmup_s,
-                tier=args.tier, forecast=fc,
+                tier=args.tier, forecast=fc.model_copy(update={"quantile": q}),
             )  # fmt: skip
-            rows.append((name, policy, summarize(res, fleet, args.slo_ttft_s), t0))
-            rows[-1] = (*rows[-1][:3], time.perf_counter() - t0)
+            took = time.perf_counter() - t0
+            rows.append((name, label, summarize(res, fleet, args.slo_ttft_s), took))
+            colds = [r for r in res.records if r.cold_start]
+            where.append(
+                (
+                    name,
+                    label,
+                    sum(1 for r in colds if r.model in head_models),
+                    sum(1 for r in colds if r.model not in head_models),
+                    sum(1 for r in colds if r.arrival_s < first_season),
+                    sum(1 for r in colds if r.arrival_s >= first_season),
+                )
+            )
     bar.close()
 
     print(
@@ -125,6 +152,15 @@ def main() -> None:
                 f"{h:7.2f} {h / max(float(ref['gpu_hours']), 1e-9):7.3f} {cost:8.2f} "
                 f"{cost / max(float(ref['cost_usd']), 1e-9):7.3f} {took:6.1f}"
             )
+
+    print(
+        f"where the cold-start requests are: the {HEAD} most popular models vs the other "
+        f"{args.models - HEAD}; the first season (diurnal: day 1, no history to learn from; "
+        "azure: first 600 s) vs later"
+    )
+    print(f"{'trace':8s} {'policy':11s} {'head':>6s} {'tail':>6s} {'first':>6s} {'later':>6s}")
+    for name, label, n_head, n_tail, first, later in where:
+        print(f"{name:8s} {label:11s} {n_head:6d} {n_tail:6d} {first:6d} {later:6d}")
 
 
 if __name__ == "__main__":
