@@ -93,9 +93,12 @@ class EnginePerf(BaseModel):
         return self.wake_level1_s if level == 1 else self.wake_level2_s
 
 
-@dataclass
+@dataclass(eq=False, slots=True)
 class Sequence:
-    """One request inside the engine. Mutable: the core advances it step by step."""
+    """One request inside the engine. Mutable: the core advances it step by step.
+
+    Compared by identity (two requests of the same sizes are still two sequences).
+    """
 
     request_id: str
     prompt_tokens: int
@@ -104,6 +107,7 @@ class Sequence:
     generated_tokens: int = 0
     first_token_s: float | None = None
     finished_s: float | None = None
+    cancelled: bool = False
 
     @property
     def kv_tokens(self) -> int:
@@ -114,7 +118,7 @@ class Sequence:
         return self.prompt_tokens + self.max_tokens
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StepPlan:
     """What one engine step does: which sequences it admits (and prefills) and how long it takes."""
 
@@ -128,7 +132,7 @@ class StepPlan:
         return self.start_s + self.duration_s
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StepResult:
     """What one finished step produced: a token for each sequence of the batch."""
 
@@ -158,6 +162,8 @@ class EngineCore:
     running: list[Sequence] = field(default_factory=list)
     sleep_level: int = 0
     _reserved_tokens: int = 0
+    _kv_tokens: int = 0
+    """Sum of ``kv_tokens`` over ``running``, kept as sequences are admitted, advance and leave."""
 
     def check(self, prompt_tokens: int, max_tokens: int) -> None:
         """Raise :class:`AdmissionError` when a request of this size can never run."""
@@ -182,7 +188,9 @@ class EngineCore:
         for seq in self.running:
             if seq.request_id == request_id:
                 self.running.remove(seq)
+                seq.cancelled = True
                 self._reserved_tokens -= seq.reserved_kv_tokens
+                self._kv_tokens -= seq.kv_tokens
                 return True
         return False
 
@@ -199,10 +207,24 @@ class EngineCore:
         return len(self.running)
 
     @property
+    def kv_tokens(self) -> int:
+        """Tokens the running sequences hold in the KV cache (prompts and generated tokens)."""
+        return self._kv_tokens
+
+    @property
     def kv_usage_ratio(self) -> float:
         """Share of the KV cache that running sequences hold (what vLLM reports, 0..1)."""
-        used = sum(s.kv_tokens for s in self.running)
-        return min(used / self.perf.kv_capacity_tokens, 1.0)
+        return min(self._kv_tokens / self.perf.kv_capacity_tokens, 1.0)
+
+    def advance(self, steps: int) -> None:
+        """Run ``steps`` plain decode steps at once: one token per running sequence per step.
+
+        For a caller that fast-forwards identical steps (the simulator): no sequence may get its
+        first token or finish within them, and nothing is admitted.
+        """
+        for s in self.running:
+            s.generated_tokens += steps
+        self._kv_tokens += steps * len(self.running)
 
     def plan_step(self, now_s: float) -> StepPlan | None:
         """Admit what fits and plan the next step; ``None`` when there is nothing to run."""
@@ -216,6 +238,7 @@ class EngineCore:
             self.waiting.popleft()
             self.running.append(head)
             self._reserved_tokens += head.reserved_kv_tokens
+            self._kv_tokens += head.kv_tokens
             admitted.append(head)
         if not self.running:
             return None
@@ -236,7 +259,7 @@ class EngineCore:
         tokens: list[Sequence] = []
         finished: list[Sequence] = []
         for seq in plan.batch:
-            if seq not in self.running:  # cancelled during the step
+            if seq.cancelled:  # cancelled during the step
                 continue
             seq.generated_tokens += 1
             tokens.append(seq)
@@ -246,9 +269,12 @@ class EngineCore:
             if seq.generated_tokens >= seq.max_tokens:
                 seq.finished_s = end
                 finished.append(seq)
-        for seq in finished:
-            self.running.remove(seq)
-            self._reserved_tokens -= seq.reserved_kv_tokens
+        self._kv_tokens += len(tokens)
+        if finished:
+            self.running[:] = [s for s in self.running if s.finished_s is None]
+            for seq in finished:
+                self._reserved_tokens -= seq.reserved_kv_tokens
+                self._kv_tokens -= seq.kv_tokens
         return StepResult(
             end_s=end, first_tokens=tuple(first), tokens=tuple(tokens), finished=tuple(finished)
         )
