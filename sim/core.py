@@ -15,7 +15,8 @@ else stop). As the local actuator does: a stopped replica that still has request
 Replica life and costs:
 
 - a new replica takes a GPU at once and is ready after the fleet's derived cold-start time for
-  the run's start tier (``local_disk`` or ``remote``);
+  the run's start tier (``local_disk`` or ``remote``); its engine runs at its pool's speed
+  (:meth:`~sim.fleet.Fleet.engine_perf`: prefill rate, decode step, KV capacity);
 - a sleeper holds no GPU: level 1 holds its weights in the pool's host RAM (falls back to level 2
   when the RAM is taken), level 2 holds nothing; going to sleep at level 1 keeps the GPU for the
   copy-out time. Waking needs a free GPU in the sleeper's pool (else a cold start elsewhere) and
@@ -49,7 +50,7 @@ from typing import Literal
 from autoscaler.decider import DeciderState, ModelObservation, ReplicaObservation, decide
 from autoscaler.policy import AutoscalingPolicy, WarmPoolConfig
 from autoscaler.warm_pool import PoolReplica, plan_actions
-from sim.engine_model import EngineCore, StepPlan
+from sim.engine_model import EngineCore, EnginePerf, StepPlan
 from sim.engine_model import Sequence as EngineSeq
 from sim.fleet import TIERS, Fleet, FleetModel, Tier, cold_start_s, sleep_s, wake_tier
 from sim.predictive import ForecastPlan, PoolChooser, SimForecaster
@@ -244,6 +245,7 @@ class _Run:
             if plan is not None:
                 self.models[name].forecaster = plan.start()
         self.chooser = PoolChooser(fleet)
+        self.perfs: dict[tuple[str, str], EnginePerf] = {}
         self.first_token: list[float] = [math.nan] * len(requests)
         self.finished: list[float] = [math.nan] * len(requests)
         self.cold: list[bool] = [False] * len(requests)
@@ -254,6 +256,14 @@ class _Run:
         self.samples_d: list[int] = []
         self.decisions = 0
         self.tick_k = -1
+
+    def engine_perf(self, spec: FleetModel, pool: str) -> EnginePerf:
+        """The model's engine on ``pool`` (the pool's GPU speed), computed once per pair."""
+        key = (spec.name, pool)
+        perf = self.perfs.get(key)
+        if perf is None:
+            perf = self.perfs[key] = self.fleet.engine_perf(spec, pool)
+        return perf
 
     # events
     def push(self, t: float, kind: int, payload: _Payload | None) -> None:
@@ -287,7 +297,8 @@ class _Run:
         pool_name = self.chooser.pick(m.spec, self.free_gpus)
         if pool_name is not None:
             m.next_id += 1
-            rep = _Replica(f"{m.name}-{m.next_id}", pool_name, EngineCore(m.spec.perf), now)
+            core = EngineCore(self.engine_perf(m.spec, pool_name))
+            rep = _Replica(f"{m.name}-{m.next_id}", pool_name, core, now)
             self.take_gpu(rep, now)
             m.replicas.append(rep)
             if ready_now:

@@ -18,6 +18,13 @@ Going to sleep at level 1 copies the weights out (weights / host_to_gpu_bytes_pe
 discards them (no time). The engine model's own ``sleep_*`` / ``wake_*`` fields are the
 emulator's typed-in figures and are not used here.
 
+Engine speed per pool (:meth:`Fleet.engine_perf`): a model's ``perf`` figures were measured on the
+GPU type of its ``perf_pool`` (default: its first pool). Each pool's :class:`GpuSpeed` indexes its
+GPU type: on a pool, prefill runs ``speed.prefill_ratio / perf_pool's`` times as fast and a decode
+step takes ``perf_pool's speed.decode_ratio / this pool's`` times as long; with
+``speed.memory_utilization_ratio`` set, the KV capacity is derived from the pool's GPU memory:
+``(gpu_memory_bytes x memory_utilization_ratio - weights_bytes) / kv_bytes_per_token``.
+
 :func:`parse_fleet` is pure (text in); :func:`load_fleet` is the file adapter.
 """
 
@@ -52,6 +59,33 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class GpuSpeed(_Frozen):
+    """How fast a GPU type runs an engine, as indexes against the other pools' GPU types."""
+
+    prefill_ratio: float = Field(
+        1.0,
+        gt=0,
+        description="Prefill speed index (compute-bound: e.g. relative dense bf16 throughput). "
+        "A model's prefill_tokens_per_s on this pool = its perf figure x this / the same index "
+        "of its perf_pool.",
+    )
+    decode_ratio: float = Field(
+        1.0,
+        gt=0,
+        description="Decode speed index (memory-bound: e.g. relative memory bandwidth). A "
+        "model's decode_base_s and decode_per_seq_s on this pool = its perf figures x the same "
+        "index of its perf_pool / this.",
+    )
+    memory_utilization_ratio: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Share of GPU memory an engine takes (vLLM's gpu_memory_utilization). Set: "
+        "a model's KV capacity on this pool is derived, (gpu_memory_bytes x this - "
+        "weights_bytes) / kv_bytes_per_token tokens; unset: its perf.kv_capacity_tokens.",
+    )
+
+
 class Pool(_Frozen):
     """One pool of identical GPUs (one replica uses ``gpus_per_replica`` of them)."""
 
@@ -81,6 +115,11 @@ class Pool(_Frozen):
     host_to_gpu_bytes_per_s: float = Field(
         ..., gt=0, description="Host RAM to GPU copy bandwidth (wake from sleep level 1), bytes/s."
     )
+    speed: GpuSpeed = Field(
+        default_factory=GpuSpeed,
+        description="Engine speed of this GPU type against the others (default: the same as "
+        "every model's perf_pool) and how much of its memory the engine takes.",
+    )
 
 
 class FleetModel(_Frozen):
@@ -91,7 +130,14 @@ class FleetModel(_Frozen):
     kv_bytes_per_token: int = Field(..., gt=0, description="KV-cache bytes per token.")
     perf: EnginePerf = Field(
         default_factory=EnginePerf,
-        description="Engine performance model (the same one `thaw emulator` runs).",
+        description="Engine performance model (the same one `thaw emulator` runs), as measured "
+        "on the GPU type of perf_pool; other pools scale it by their speed.",
+    )
+    perf_pool: str | None = Field(
+        None,
+        min_length=1,
+        description="The pool whose GPU type perf was measured on (default: the model's first "
+        "pool).",
     )
     pools: tuple[str, ...] = Field(
         ...,
@@ -128,6 +174,10 @@ class Fleet(_Frozen):
             if n in mnames[:i]:
                 problems.append(f"models[{i}].name {n!r} repeats an earlier model")
         for i, m in enumerate(self.models):
+            if m.perf_pool is not None and m.perf_pool not in names:
+                problems.append(
+                    f"models[{i}].perf_pool = {m.perf_pool!r}: must be one of {', '.join(names)}"
+                )
             for j, p in enumerate(m.pools):
                 if p not in names:
                     problems.append(
@@ -138,6 +188,18 @@ class Fleet(_Frozen):
                         f"models[{i}].pools[{j}] = {p!r}: weights_bytes {m.weights_bytes} do not "
                         f"fit in gpu_memory_bytes {self.pool(p).gpu_memory_bytes}"
                     )
+                else:
+                    pool = self.pool(p)
+                    kv = derived_kv_tokens(m, pool)
+                    if kv is not None and kv < m.perf.max_model_len_tokens:
+                        problems.append(
+                            f"models[{i}].pools[{j}] = {p!r}: KV capacity {kv} tokens = "
+                            f"(gpu_memory_bytes {pool.gpu_memory_bytes} x "
+                            f"speed.memory_utilization_ratio "
+                            f"{pool.speed.memory_utilization_ratio:g} - weights_bytes "
+                            f"{m.weights_bytes}) / kv_bytes_per_token {m.kv_bytes_per_token}, "
+                            f"must be >= perf.max_model_len_tokens ({m.perf.max_model_len_tokens})"
+                        )
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -158,6 +220,36 @@ class Fleet(_Frozen):
             if m.name == name:
                 return m
         raise KeyError(name)
+
+    def engine_perf(self, model: FleetModel, pool_name: str) -> EnginePerf:
+        """``model``'s engine on pool ``pool_name``: its perf scaled by the pool's GPU speed
+        against its perf_pool's, with the KV capacity the pool's memory leaves (see the module
+        doc). Unchanged figures stay bit for bit what the fleet file says."""
+        pool = self.pool(pool_name)
+        ref = self.pool(model.perf_pool or model.pools[0]).speed
+        speed, perf = pool.speed, model.perf
+        update: dict[str, float | int] = {}
+        if speed.prefill_ratio != ref.prefill_ratio:
+            update["prefill_tokens_per_s"] = (
+                perf.prefill_tokens_per_s * speed.prefill_ratio / ref.prefill_ratio
+            )
+        if speed.decode_ratio != ref.decode_ratio:
+            slower = ref.decode_ratio / speed.decode_ratio
+            update["decode_base_s"] = perf.decode_base_s * slower
+            update["decode_per_seq_s"] = perf.decode_per_seq_s * slower
+        kv = derived_kv_tokens(model, pool)
+        if kv is not None and kv != perf.kv_capacity_tokens:
+            update["kv_capacity_tokens"] = kv
+        return perf.model_copy(update=update) if update else perf
+
+
+def derived_kv_tokens(model: FleetModel, pool: Pool) -> int | None:
+    """KV tokens ``model`` gets on ``pool`` when its speed sets a memory share; else None."""
+    share = pool.speed.memory_utilization_ratio
+    if share is None:
+        return None
+    free = int(pool.gpu_memory_bytes * share) - model.weights_bytes
+    return max(free, 0) // model.kv_bytes_per_token
 
 
 def cold_start_s(model: FleetModel, pool: Pool, tier: Tier) -> float:
