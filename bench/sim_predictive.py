@@ -15,9 +15,11 @@ about 1 s):
   makes this run take many minutes). No warm-up (the forecaster needs the days to learn).
 
 Policies, each replaying the same trace on the same fleet: ``kpa`` (Knative's defaults, no warm
-pool), ``thaw`` (reactive: the example policy and its level-1 warm pool), ``predictive`` (``thaw``
-plus the forecaster, quantile ``--quantile``, interval 10 s, horizon the model's cold-start
-time, min_confidence 0.3).
+pool), ``thaw`` (reactive: the example policy and its level-1 warm pool, 30 s scale-to-zero
+grace), ``predictive`` (``thaw`` plus the forecaster, quantile ``--quantile``, interval 10 s,
+horizon the model's cold-start time, min_confidence 0.3), and ``thaw 120s`` / ``thaw 300s``
+(``--grace-s``): reactive thaw holding idle replicas longer, the cheap alternative a forecast
+has to beat at equal GPU-hours.
 
 Printed per trace and policy: requests, cold-start requests (requests that waited on a start or
 a wake) and their ratio to reactive thaw's, p99 TTFT, SLO attainment (TTFT <= ``--slo-ttft-s``),
@@ -41,7 +43,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from autoscaler.policy import ForecastConfig, load_policy
+from autoscaler.policy import ForecastConfig, ThawConfig, load_policy
 from sim.core import PolicyName
 from sim.fleet import load_fleet
 from sim.report import summarize
@@ -52,6 +54,19 @@ REPO = Path(__file__).resolve().parent.parent
 AZURE = REPO.parent / "shared" / "traces" / "AzureLLMInferenceTrace_conv.csv"
 POLICIES: tuple[PolicyName, ...] = ("kpa", "thaw", "predictive")
 HEAD = 4  # the most popular models; the rest are the tail
+
+
+def with_grace(base: ThawConfig, grace_s: float) -> ThawConfig:
+    """``base`` with every model's scale-to-zero grace set to ``grace_s``."""
+    models = tuple(
+        m.model_copy(
+            update={
+                "autoscaling": m.autoscaling.model_copy(update={"scale_to_zero_grace_s": grace_s})
+            }
+        )
+        for m in base.models
+    )
+    return base.model_copy(update={"models": models})
 
 
 def main() -> None:
@@ -71,6 +86,12 @@ def main() -> None:
     )
     ap.add_argument("--only", choices=("azure", "diurnal"), default=None)
     ap.add_argument(
+        "--grace-s",
+        default="120,300",
+        help="comma-separated: also run reactive thaw with these scale-to-zero graces (the "
+        "cheap alternative to a forecast: hold replicas longer); empty: none",
+    )
+    ap.add_argument(
         "--also-quantiles",
         default="",
         help="comma-separated: also run predictive at these quantiles (e.g. 0.5,0.99)",
@@ -89,9 +110,13 @@ def main() -> None:
         fc = base.model_copy(update={"season_s": args.day_s, "method": args.diurnal_method})
         cases.append(("diurnal", spread_zipf(syn, args.models, args.zipf, 0), 0.0, fc))
 
-    runs: list[tuple[str, PolicyName, float]] = [(p, p, args.quantile) for p in POLICIES]
+    runs: list[tuple[str, PolicyName, float, ThawConfig]] = [
+        (p, p, args.quantile, thaw) for p in POLICIES
+    ]
     for q in (float(x) for x in args.also_quantiles.split(",") if x.strip()):
-        runs.append((f"pred q{q:g}", "predictive", q))
+        runs.append((f"pred q{q:g}", "predictive", q, thaw))
+    for g in (float(x) for x in args.grace_s.split(",") if x.strip()):
+        runs.append((f"thaw {g:g}s", "thaw", args.quantile, with_grace(thaw, g)))
     head_models = set(model_names(args.models)[:HEAD])
     rows: list[tuple[str, str, dict[str, Any], float]] = []
     where: list[tuple[str, str, int, int, int, int]] = []
@@ -99,10 +124,10 @@ def main() -> None:
     bar = tqdm(total=total, unit="req", leave=False)
     for name, reqs, warmup_s, fc in cases:
         first_season = fc.season_s or 600.0
-        for label, policy, q in runs:
+        for label, policy, q, cfg in runs:
             t0 = time.perf_counter()
             (res,) = run_policies(
-                [policy], reqs, fleet, thaw, 0.0, bar.update, warmup_s=warmup_s,
+                [policy], reqs, fleet, cfg, 0.0, bar.update, warmup_s=warmup_s,
                 tier=args.tier, forecast=fc.model_copy(update={"quantile": q}),
             )  # fmt: skip
             took = time.perf_counter() - t0
