@@ -159,7 +159,7 @@ class SimResult:
 # -- mutable simulation state (private to one run) -------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class _Replica:
     rid: str
     pool: str
@@ -191,7 +191,7 @@ class _Replica:
         return self.core.num_running + self.core.num_waiting
 
 
-@dataclass
+@dataclass(slots=True)
 class _Model:
     name: str
     spec: FleetModel
@@ -610,12 +610,15 @@ class _Run:
         next_sample = cfg.measure_from_s
         horizon = max(cfg.horizon_s, reqs[-1].arrival_s if n else 0.0)
         heap = self.heap
+        heappop = heapq.heappop
+        models = self.models
+        first_token, finished = self.first_token, self.finished
         popped = 0
         while True:
             if i < n and (not heap or reqs[i].arrival_s <= heap[0][0]):
                 req = reqs[i]
                 now = req.arrival_s
-                m = self.models[req.model]
+                m = models[req.model]
                 if req.prompt_tokens + req.output_tokens > m.spec.perf.max_model_len_tokens:
                     if i >= cfg.first_measured:
                         self.rejected += 1  # the engine would refuse it (AdmissionError)
@@ -637,7 +640,7 @@ class _Run:
             if not heap:
                 break
             popped += 1
-            now, _, kind, payload = heapq.heappop(heap)
+            now, _, kind, payload = heappop(heap)
             if kind == _TICK:
                 if now >= next_sample:
                     self.sample(now)
@@ -680,10 +683,11 @@ class _Run:
                     plan = rep.plan
                 res = rep.core.finish_step(plan)
                 for s in res.first_tokens:
-                    self.first_token[int(s.request_id)] = res.end_s
-                for s in res.finished:
-                    self.finished[int(s.request_id)] = res.end_s
-                    self.outstanding -= 1
+                    first_token[int(s.request_id)] = res.end_s
+                if res.finished:
+                    for s in res.finished:
+                        finished[int(s.request_id)] = res.end_s
+                    self.outstanding -= len(res.finished)
                 self.plan(m, rep, now)
         if progress is not None and n % 4096:
             progress(n % 4096)
