@@ -11,7 +11,11 @@ run on the same machine:
 - the floor of any heap-based event loop in Python: as many ``heappush`` + ``heappop`` of the same
   tuples as the simulation processed events, doing nothing else;
 - the decider alone: the mean cost of one :func:`autoscaler.decider.decide` call (timed over
-  20,000 calls on a warmed-up window), times the run's decider calls, as a share of the wall time.
+  20,000 calls on a warmed-up window), times the run's decider calls, as a share of the wall time,
+  and the ceiling that puts on the simulator (requests / decider seconds: the requests/s it would
+  reach if everything but the real decider took no time). Every model that is not at rest decides
+  once per tick (1 s), so on this trace the decider calls per request are fixed by the trace, not
+  by the simulator.
 
 Then the work (events, decider calls) and the wall time per request at the larger size over the
 smaller one (1.0 = linear in requests), and the issue's goal (200,000 requests/s). On a shared
@@ -26,9 +30,12 @@ from __future__ import annotations
 import argparse
 import heapq
 import math
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+
+from tqdm import tqdm
 
 from autoscaler.decider import DeciderState, ModelObservation, ReplicaObservation, decide
 from autoscaler.policy import AutoscalingPolicy, load_policy
@@ -98,27 +105,36 @@ def main() -> None:
     policy: PolicyName = args.policy
     per_request: list[float] = []
     work: list[tuple[float, float]] = []
+    lines: list[str] = []
+    bar = tqdm(total=sum(sizes), unit="req", desc="simulating", file=sys.stderr, leave=False)
     for size in sizes:
+        t0 = time.perf_counter()
         reqs = spread_zipf(tiled(base, size), args.models, args.zipf, args.seed)
         cfg = sim_config(policy, reqs, fleet, thaw, 0.0)
+        build = time.perf_counter() - t0
         t0 = time.perf_counter()
-        res = simulate(reqs, fleet, cfg)
+        res = simulate(reqs, fleet, cfg, bar.update)
         wall = time.perf_counter() - t0
         floor = heap_floor(res.events)
         per_call = decide_cost_s()  # right after the run: the box's load then
         per_request.append(wall / size)
         work.append((res.events / size, res.decisions / size))
-        print(
+        lines.append(
             f"{size:>9,} requests, {args.models} models, {res.end_s / 3600:.1f} h simulated "
-            f"({policy}): {wall:.1f} s wall, {size / wall:,.0f} requests/s, "
-            f"{res.events / wall:,.0f} events/s ({res.events:,} events)"
+            f"({policy}): {wall:.1f} s wall (+{build:.1f} s building the trace), "
+            f"{size / wall:,.0f} requests/s, {res.events / wall:,.0f} events/s "
+            f"({res.events:,} events)"
         )
-        print(
+        lines.append(
             f"           heap-loop floor {res.events / floor:,.0f} events/s: the simulator is "
-            f"{floor / wall:.3f}x the floor; {res.decisions:,} decider calls = "
+            f"{floor / wall:.3f}x the floor; {res.decisions:,} decider calls "
+            f"({res.decisions / size:.2f} per request) = "
             f"{res.decisions * per_call / wall:.0%} of the wall time "
-            f"(decider alone {per_call * 1e6:.1f} us per call)"
+            f"(decider alone {per_call * 1e6:.1f} us per call; its ceiling "
+            f"{size / (res.decisions * per_call):,.0f} requests/s)"
         )
+    bar.close()
+    print("\n".join(lines))
     ratio = per_request[-1] / per_request[0]
     print(
         f"work per request at {sizes[-1]:,} / at {sizes[0]:,}: events "
