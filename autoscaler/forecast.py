@@ -27,9 +27,11 @@ Methods (all give the value at the policy's quantile ``q``):
   otherwise (:data:`AUTO_METHOD`).
 
 Confidence (0..1) gates the forecast: ``1 - L / L0`` over the last 30 forecasts whose target has
-passed, where ``L`` is their pinball loss at ``q`` and ``L0`` that of forecasting zero ("nothing
-comes"). A forecast no better than saying nothing comes has confidence 0. With fewer than
-:data:`MIN_SCORED` scored forecasts, or less than ``min_history`` intervals, there is no forecast.
+passed (the last season's worth when ``season_s`` is set: over a quiet stretch alone, "nothing
+comes" is perfect and any forecast of the next burst scores 0), where ``L`` is their pinball loss
+at ``q`` and ``L0`` that of forecasting zero. A forecast no better than saying nothing comes has
+confidence 0. With fewer than :data:`MIN_SCORED` scored forecasts, or less than ``min_history``
+intervals, there is no forecast.
 """
 
 from __future__ import annotations
@@ -131,7 +133,9 @@ class Forecaster:
         self._done = 0  # complete intervals whose forecasts are scored
         self._conf: float | None = None
         self._conf_stale = False
-        self._scored: deque[tuple[float, float]] = deque(maxlen=ACCURACY_WINDOW)
+        # a whole season when there is one: a quiet stretch alone would make any forecast of
+        # the coming burst look worse than "nothing comes"
+        self._scored: deque[tuple[float, float]] = deque(maxlen=max(ACCURACY_WINDOW, self.season))
         self._pending: dict[int, float] = {}  # target interval -> forecast value
         self._cache: tuple[int, int, Forecast] | None = None
         # (method, steps ahead) -> (model, quantile offset, intervals seen when fitted)

@@ -1,6 +1,6 @@
 """Predictive vs reactive Thaw vs kpa, same fleet: does forecasting one cold start ahead pay?
 
-Two traces, each spread over ``--models`` models (Zipf ``--zipf``, seed 0) on the example fleet
+Three traces, each spread over ``--models`` models (Zipf ``--zipf``, seed 0) on the example fleet
 (sim/examples/fleet.yaml) with the example policy (sim/examples/policy.yaml), new replicas from
 ``--tier`` (local disk: 33 s for the 8B model on A100, 23 s for the 1.5B on L4; sleepers wake in
 about 1 s):
@@ -13,6 +13,9 @@ about 1 s):
   ``season_s`` = the day and ``--diurnal-method`` (ridge by default: quantile gbr is a little
   more accurate on this trace in bench/forecast_accuracy.py but costs ~20x per refit, which
   makes this run take many minutes). No warm-up (the forecaster needs the days to learn).
+- ``periodic``: scheduled bursts (sim.traces.bursty: 10 req/s for 60 s every 600 s, 3 hours),
+  as a batch job or a cron-driven client makes; ``season_s`` 600 and the same method. Every
+  policy meets the first burst cold (no warm-up, nothing to learn from yet).
 
 Policies, each replaying the same trace on the same fleet: ``kpa`` (Knative's defaults, no warm
 pool), ``thaw`` (reactive: the example policy and its level-1 warm pool, 30 s scale-to-zero
@@ -48,7 +51,7 @@ from sim.core import PolicyName
 from sim.fleet import load_fleet
 from sim.report import summarize
 from sim.runner import run_policies, with_warmup
-from sim.traces import Request, diurnal, load_trace, model_names, spread_zipf
+from sim.traces import Request, bursty, diurnal, load_trace, model_names, spread_zipf
 
 REPO = Path(__file__).resolve().parent.parent
 AZURE = REPO.parent / "shared" / "traces" / "AzureLLMInferenceTrace_conv.csv"
@@ -84,7 +87,7 @@ def main() -> None:
     ap.add_argument(
         "--diurnal-method", choices=("seasonal_naive", "ewma", "ridge", "gbr"), default="ridge"
     )
-    ap.add_argument("--only", choices=("azure", "diurnal"), default=None)
+    ap.add_argument("--only", choices=("azure", "diurnal", "periodic"), default=None)
     ap.add_argument(
         "--grace-s",
         default="120,300",
@@ -109,6 +112,10 @@ def main() -> None:
         syn = diurnal(args.diurnal_rate, args.day_s, 1.0, args.days * args.day_s, seed=1)
         fc = base.model_copy(update={"season_s": args.day_s, "method": args.diurnal_method})
         cases.append(("diurnal", spread_zipf(syn, args.models, args.zipf, 0), 0.0, fc))
+    if args.only in (None, "periodic"):
+        burst = bursty(10.0, 60.0, 540.0, 3 * 3600.0, seed=3)
+        fc = base.model_copy(update={"season_s": 600.0, "method": args.diurnal_method})
+        cases.append(("periodic", spread_zipf(burst, args.models, args.zipf, 0), 0.0, fc))
 
     runs: list[tuple[str, PolicyName, float, ThawConfig]] = [
         (p, p, args.quantile, thaw) for p in POLICIES
@@ -123,7 +130,7 @@ def main() -> None:
     total = sum(len(with_warmup(c[1], c[2])[0]) for c in cases) * len(runs)
     bar = tqdm(total=total, unit="req", leave=False)
     for name, reqs, warmup_s, fc in cases:
-        first_season = fc.season_s or 600.0
+        first_season = fc.season_s or 600.0  # azure: no season, its first 600 s
         for label, policy, q, cfg in runs:
             t0 = time.perf_counter()
             (res,) = run_policies(
