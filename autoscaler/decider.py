@@ -42,7 +42,7 @@ import math
 from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from autoscaler.policy import AutoscalingPolicy
 
@@ -102,6 +102,46 @@ class Decision:
     def changes(self) -> bool:
         """True when the decision asks for a different replica count."""
         return self.desired_replicas != self.current_replicas
+
+    if not TYPE_CHECKING:  # for mypy, ``reason`` and ``signals`` stay plain fields
+
+        def __getattr__(self, name: str) -> object:
+            # Reached only for an attribute the instance lacks. :func:`decide` leaves ``reason``
+            # and ``signals`` unset and keeps their parts in ``_parts`` (see ``_deferred``):
+            # formatting them costs more than the rest of a decision, and most decisions are
+            # never logged. Both are built on first read and kept, so every reader (logs, eq,
+            # repr, ``dataclasses.replace``) sees the same str and dict as before.
+            parts = self.__dict__.get("_parts")
+            if parts is None or name not in ("reason", "signals"):
+                raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}")
+            self.__dict__["reason"] = _reason_of(parts)
+            self.__dict__["signals"] = _signals_of(parts)
+            return self.__dict__[name]
+
+    @classmethod
+    def _deferred(
+        cls,
+        model: str,
+        desired_replicas: int,
+        current_replicas: int,
+        panic: bool,
+        cold_start: bool,
+        parts: _Parts,
+    ) -> Decision:
+        """A non-stale decision whose ``reason`` and ``signals`` are built from ``parts`` when
+        first read. Skips ``__init__`` (a frozen dataclass sets each field through
+        ``object.__setattr__``), exactly as that ``__init__`` does, field by field."""
+        d = object.__new__(cls)
+        d.__dict__.update(
+            model=model,
+            desired_replicas=desired_replicas,
+            current_replicas=current_replicas,
+            panic=panic,
+            stale_metrics=False,
+            cold_start=cold_start,
+            _parts=parts,
+        )
+        return d
 
 
 #: One sample of the observed totals: (time_s, waiting, concurrency, kv_usage_sum).
@@ -180,8 +220,82 @@ def _signal_counts(
     return out
 
 
+#: A disabled signal's count in :func:`_counts`: below every real count, so ``max`` skips it
+#: (the policy enables at least one target).
+_OFF = -1
+
+
+def _counts(
+    policy: AutoscalingPolicy, waiting: float, concurrency: float, kv_sum: float
+) -> tuple[int, int, int]:
+    """:func:`_signal_counts` as a (waiting, concurrency, kv_cache) tuple, ``_OFF`` when off."""
+    ceil = math.ceil
+    target = policy.target_waiting_per_replica
+    w = _OFF if target is None else max(0, ceil(waiting / target - _EPS))
+    target = policy.target_concurrency_per_replica
+    c = _OFF if target is None else max(0, ceil(concurrency / target - _EPS))
+    target = policy.target_kv_cache_usage_ratio
+    k = _OFF if target is None else max(0, ceil(kv_sum / target - _EPS))
+    return w, c, k
+
+
+def _as_dict(counts: tuple[int, int, int]) -> dict[str, int]:
+    """A :func:`_counts` tuple as :func:`_signal_counts` gives it: enabled signals, in order."""
+    return {
+        name: n
+        for name, n in zip(("waiting", "concurrency", "kv_cache"), counts, strict=True)
+        if n != _OFF
+    }
+
+
 def _clamp(value: int, low: int, high: int) -> int:
     return max(low, min(value, high))
+
+
+#: A note on the reason: a ``str.format`` template and its values, formatted only when the
+#: reason is read (``"{:g}".format(x)`` is ``f"{x:g}"``).
+Note = tuple[str, tuple[object, ...]]
+
+
+def _notes(notes: list[Note]) -> str:
+    return "".join("; " + template.format(*values) for template, values in notes)
+
+
+class _Parts(NamedTuple):
+    """What a non-stale decision's ``reason`` and ``signals`` are built from, on first read."""
+
+    policy: AutoscalingPolicy
+    current: int
+    desired: int
+    stable_counts: tuple[int, int, int]
+    dspc_raw: int
+    dppc_raw: int
+    averages: tuple[float, float, float]
+    buffered: int
+    forecast: float | None
+    cold_reason: str | None
+    notes: list[Note]
+
+
+def _reason_of(p: _Parts) -> str:
+    head = (
+        f"stable {p.policy.stable_window_s:g} s wants {p.dspc_raw} ("
+        + _describe(_as_dict(p.stable_counts), p.policy, *p.averages)
+        + ")"
+    )
+    if p.cold_reason is not None:
+        head = f"{p.cold_reason}; {head}"
+    return _verb(p.current, p.desired) + head + _notes(p.notes)
+
+
+def _signals_of(p: _Parts) -> dict[str, float]:
+    signals: dict[str, float] = {k: float(v) for k, v in _as_dict(p.stable_counts).items()}
+    signals["stable"] = float(p.dspc_raw)
+    signals["panic"] = float(p.dppc_raw)
+    signals["buffered"] = float(p.buffered)
+    if p.forecast is not None:
+        signals["forecast"] = float(p.forecast)
+    return signals
 
 
 def _describe(
@@ -325,24 +439,28 @@ def decide(
         pw, pc, pk = sum(ws[j:]) / m, sum(cs[j:]) / m, sum(ks[j:]) / m
     else:
         pw, pc, pk = sw, sc, sk
-    stable_counts = _signal_counts(policy, sw, sc, sk)
-    panic_counts = _signal_counts(policy, pw, pc, pk)
-    dspc_raw = max(stable_counts.values())
-    dppc_raw = max(panic_counts.values())
+    stable_counts = _counts(policy, sw, sc, sk)
+    dspc_raw = max(stable_counts)
+    dppc_raw = max(_counts(policy, pw, pc, pk)) if j else dspc_raw
 
     # 2. Rates.
     dspc = _clamp(dspc_raw, max_down, max_up)
     dppc = _clamp(dppc_raw, max_down, max_up)
-    notes: list[str] = []
+    notes: list[Note] = []
     if dspc != dspc_raw:
         if dspc > dspc_raw:
             notes.append(
-                f"scale-down limited to floor({n_ready} ready / "
-                f"{policy.max_scale_down_rate:g}) = {max_down}"
+                (
+                    "scale-down limited to floor({} ready / {:g}) = {}",
+                    (n_ready, policy.max_scale_down_rate, max_down),
+                )
             )
         else:
             notes.append(
-                f"scale-up limited to ceil({policy.max_scale_up_rate:g} x {ready_base}) = {max_up}"
+                (
+                    "scale-up limited to ceil({:g} x {}) = {}",
+                    (policy.max_scale_up_rate, ready_base, max_up),
+                )
             )
 
     # 3. Panic.
@@ -358,20 +476,37 @@ def decide(
     if panic_since_s is not None:
         floor_ = max(dspc, dppc, max_panic, current)
         max_panic = max(max_panic, dspc, dppc)
-        if floor_ > dspc:
+        if floor_ <= dspc:
             notes.append(
-                f"panic (panic window {policy.panic_window_s:g} s wants {dppc_raw}"
-                + (f", >= {policy.panic_threshold_pct:g} % of {ready_base} ready" if over else "")
-                + f"): no scale-down below {floor_}"
+                ("panic (panic window {:g} s wants {})", (policy.panic_window_s, dppc_raw))
+            )
+        elif over:
+            notes.append(
+                (
+                    "panic (panic window {:g} s wants {}, >= {:g} % of {} ready): "
+                    "no scale-down below {}",
+                    (
+                        policy.panic_window_s,
+                        dppc_raw,
+                        policy.panic_threshold_pct,
+                        ready_base,
+                        floor_,
+                    ),
+                )
             )
         else:
-            notes.append(f"panic (panic window {policy.panic_window_s:g} s wants {dppc_raw})")
+            notes.append(
+                (
+                    "panic (panic window {:g} s wants {}): no scale-down below {}",
+                    (policy.panic_window_s, dppc_raw, floor_),
+                )
+            )
         desired = floor_
 
     # 4. Activation scale, delay, forecast, initial.
     if 0 < desired < policy.activation_scale:
         desired = policy.activation_scale
-        notes.append(f"activation scale {policy.activation_scale}")
+        notes.append(("activation scale {}", (policy.activation_scale,)))
     delay_times, delay_desired = state.delay_times_s, state.delay_desired
     if policy.scale_down_delay_s > 0:
         if delay_times and now_s < delay_times[-1]:
@@ -382,17 +517,20 @@ def decide(
         delay_desired = (*delay_desired[k:], desired)
         delayed = max(delay_desired)
         if delayed > desired:
-            notes.append(f"scale-down delay {policy.scale_down_delay_s:g} s keeps {delayed}")
+            notes.append(("scale-down delay {:g} s keeps {}", (policy.scale_down_delay_s, delayed)))
             desired = delayed
     elif delay_times:
         delay_times, delay_desired = (), ()
-    if obs.forecast_replicas is not None:
-        wanted = _ceil(obs.forecast_replicas)
+    forecast = obs.forecast_replicas
+    if forecast is not None:
+        wanted = _ceil(forecast)
         if wanted > desired:
-            notes.append(f"forecast wants {wanted}")
+            notes.append(("forecast wants {}", (wanted,)))
             desired = wanted
     if policy.initial_replicas > desired and now_s - started_s < policy.stable_window_s:
-        notes.append(f"initial_replicas {policy.initial_replicas} during the first stable window")
+        notes.append(
+            ("initial_replicas {} during the first stable window", (policy.initial_replicas,))
+        )
         desired = policy.initial_replicas
 
     # 5. Scale-to-zero grace.
@@ -401,10 +539,13 @@ def decide(
         if idle_since_s is None or idle_s < policy.scale_to_zero_grace_s:
             desired = 1
             notes.append(
-                f"scale-to-zero grace: idle {idle_s:.1f} s of {policy.scale_to_zero_grace_s:g} s"
+                (
+                    "scale-to-zero grace: idle {:.1f} s of {:g} s",
+                    (idle_s, policy.scale_to_zero_grace_s),
+                )
             )
         else:
-            notes.append(f"idle {idle_s:.1f} s >= grace {policy.scale_to_zero_grace_s:g} s")
+            notes.append(("idle {:.1f} s >= grace {:g} s", (idle_s, policy.scale_to_zero_grace_s)))
 
     # 6. Cold start.
     if cold is not None and cold.desired_replicas > desired:
@@ -413,29 +554,17 @@ def decide(
     # 7. Bounds.
     desired = _bound(desired, policy, notes)
 
-    signals: dict[str, float] = {k: float(v) for k, v in stable_counts.items()}
-    signals["stable"] = float(dspc_raw)
-    signals["panic"] = float(dppc_raw)
-    signals["buffered"] = float(buffered)
-    if obs.forecast_replicas is not None:
-        signals["forecast"] = float(obs.forecast_replicas)
-    head = (
-        f"stable {policy.stable_window_s:g} s wants {dspc_raw} ("
-        + _describe(stable_counts, policy, sw, sc, sk)
-        + ")"
-    )
-    if cold is not None:
-        head = f"{cold.reason}; {head}"
-    decision = Decision(
-        model=obs.model,
-        desired_replicas=desired,
-        current_replicas=current,
-        reason=_verb(current, desired) + head + "".join(f"; {n}" for n in notes),
-        panic=panic_since_s is not None,
-        stale_metrics=False,
-        cold_start=current == 0 and desired > 0,
-        signals=signals,
-    )
+    decision = Decision._deferred(
+        obs.model,
+        desired,
+        current,
+        panic_since_s is not None,
+        current == 0 and desired > 0,
+        _Parts(
+            policy, current, desired, stable_counts, dspc_raw, dppc_raw, (sw, sc, sk), buffered,
+            forecast, None if cold is None else cold.reason, notes,
+        ),
+    )  # fmt: skip
     new_state = DeciderState(
         sample_times_s=times,
         waiting_samples=ws,
@@ -451,12 +580,12 @@ def decide(
     return decision, new_state
 
 
-def _bound(desired: int, policy: AutoscalingPolicy, notes: list[str]) -> int:
+def _bound(desired: int, policy: AutoscalingPolicy, notes: list[Note]) -> int:
     if desired < policy.min_replicas:
-        notes.append(f"min_replicas {policy.min_replicas}")
+        notes.append(("min_replicas {}", (policy.min_replicas,)))
         return policy.min_replicas
     if desired > policy.max_replicas:
-        notes.append(f"max_replicas {policy.max_replicas} (wanted {desired})")
+        notes.append(("max_replicas {} (wanted {})", (policy.max_replicas, desired)))
         return policy.max_replicas
     return desired
 
@@ -488,21 +617,23 @@ def _decide_stale(
     """
     seen = max(counts.values()) if counts else 0
     up = min(seen, max_up)
-    notes: list[str] = []
+    notes: list[Note] = []
     desired = current
     if up > current:
         desired = up
-        notes.append(f"visible demand wants {up}")
+        notes.append(("visible demand wants {}", (up,)))
     if state.panicking and state.max_panic_replicas > desired:
         desired = state.max_panic_replicas
-        notes.append(f"panic keeps {desired}")
+        notes.append(("panic keeps {}", (desired,)))
     if obs.forecast_replicas is not None:
         wanted = _ceil(obs.forecast_replicas)
         if wanted > desired:
-            notes.append(f"forecast wants {wanted}")
+            notes.append(("forecast wants {}", (wanted,)))
             desired = wanted
     if policy.initial_replicas > desired and now_s - started_s < policy.stable_window_s:
-        notes.append(f"initial_replicas {policy.initial_replicas} during the first stable window")
+        notes.append(
+            ("initial_replicas {} during the first stable window", (policy.initial_replicas,))
+        )
         desired = policy.initial_replicas
     if cold is not None and cold.desired_replicas > desired:
         desired = cold.desired_replicas
@@ -517,7 +648,7 @@ def _decide_stale(
         current_replicas=current,
         reason=_verb(current, desired)
         + f"metrics stale: {why}; never scaling down on missing metrics"
-        + "".join(f"; {n}" for n in notes),
+        + _notes(notes),
         panic=state.panicking,
         stale_metrics=True,
         cold_start=False,
