@@ -142,7 +142,7 @@ class ForecastConfig(_Frozen):
         description="Forecasting method: 'seasonal_naive' (the value a season ago), 'ewma' "
         "(exponentially weighted mean), 'ridge' (ridge regression over lag features), 'gbr' "
         "(quantile gradient boosting over the same features), 'auto' (what "
-        "bench/forecast_accuracy.py found best on held-back data: gbr with a season, ewma "
+        "bench/forecast_accuracy.py found best on held-back data: ridge with a season, ewma "
         "without). Each adds the quantile of its own past errors (gbr learns the quantile).",
     )
     interval_s: float = Field(

@@ -7,7 +7,9 @@ Series (arrivals per ``--interval-s``):
 - ``azure 20 models``: the same trace spread over 20 models (Zipf 1.0, seed 0), as the simulator
   runs it; the per-model losses are summed;
 - ``diurnal``: a synthetic diurnal trace (sim.traces.diurnal: 2 req/s mean, amplitude 0.9, a
-  "day" of 3600 s, 4 days), with ``season_s`` = the period.
+  "day" of 3600 s, 4 days), with ``season_s`` = the period;
+- ``periodic``: scheduled bursts (sim.traces.bursty: 2 req/s for 60 s every 600 s, 4 hours), with
+  ``season_s`` 600.
 
 Held back: the last ``--held-back`` share of each series. Every forecast is rolling-origin: made
 at an interval boundary from the intervals before it (the learned model refits on those only),
@@ -45,7 +47,7 @@ from autoscaler.forecast import (
     Method,
     pinball_loss,
 )
-from sim.traces import Request, diurnal, load_trace, spread_zipf
+from sim.traces import Request, bursty, diurnal, load_trace, spread_zipf
 
 REPO = Path(__file__).resolve().parent.parent
 AZURE = REPO.parent / "shared" / "traces" / "AzureLLMInferenceTrace_conv.csv"
@@ -118,6 +120,7 @@ def main() -> None:
     azure = load_trace(args.trace)
     day = 3600.0
     syn = diurnal(2.0, day, 0.9, 4 * day, seed=1)
+    burst = bursty(2.0, 60.0, 540.0, 4 * 3600.0, seed=3)
     cases: list[tuple[str, list[np.ndarray], float, float]] = [
         ("azure total", [np.array([r.arrival_s for r in azure])], 0.0, azure[-1].arrival_s),
         (
@@ -127,6 +130,7 @@ def main() -> None:
             azure[-1].arrival_s,
         ),
         ("diurnal", [np.array([r.arrival_s for r in syn])], day, 4 * day),
+        ("periodic", [np.array([r.arrival_s for r in burst])], 600.0, 4 * 3600.0),
     ]
     print(
         f"interval {args.interval_s:g} s, horizon {args.horizon_s:g} s, quantile "

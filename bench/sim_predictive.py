@@ -10,9 +10,10 @@ about 1 s):
   forecaster runs ``ewma`` (``method: auto`` without a season).
 - ``diurnal``: a synthetic diurnal trace (sim.traces.diurnal: ``--diurnal-rate`` req/s mean,
   amplitude 1.0 so the trough is silent, a "day" of 1800 s, ``--days`` days). The forecaster has
-  ``season_s`` = the day and ``--diurnal-method`` (ridge by default: quantile gbr is a little
-  more accurate on this trace in bench/forecast_accuracy.py but costs ~20x per refit, which
-  makes this run take many minutes). No warm-up (the forecaster needs the days to learn).
+  ``season_s`` = the day and ``--diurnal-method`` (ridge by default, what ``method: auto`` runs
+  with a season; quantile gbr is a little more accurate on a diurnal trace in
+  bench/forecast_accuracy.py but fails on scheduled bursts and costs ~20x per refit). No
+  warm-up (the forecaster needs the days to learn).
 - ``periodic``: scheduled bursts (sim.traces.bursty: 10 req/s for 60 s every 600 s, 3 hours),
   as a batch job or a cron-driven client makes; ``season_s`` 600 and the same method. Every
   policy meets the first burst cold (no warm-up, nothing to learn from yet).

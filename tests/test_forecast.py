@@ -78,7 +78,7 @@ def test_auto_picks_by_season() -> None:
     assert Forecaster(season_s=0, method="auto").method_for(10_000) == "ewma"
     seasonal = Forecaster(interval_s=IV, season_s=600, method="auto")
     assert seasonal.method_for(30) == "ewma"  # less than a season seen
-    assert seasonal.method_for(60 + 12) == "gbr"
+    assert seasonal.method_for(60 + 12) == "ridge"
     assert Forecaster(interval_s=IV, season_s=600, method="ridge").method_for(30) == "ridge"
 
 
