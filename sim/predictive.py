@@ -9,8 +9,9 @@ the pool a new replica takes when a model fits several. Pure: no I/O, no clock.
   it learns from the requests in the system at each decision).
 - :class:`PoolChooser` picks the pool of a new replica: the model's only pool with a free GPU
   when it lists one (as before), else :func:`autoscaler.placement.place` over the pools it lists
-  (fit: weights + KV for one full-length sequence; capacity: free GPUs; then the lowest cost per
-  replica, all replicas of a model serving the same on every pool in this engine model).
+  (fit: weights + KV for one full-length sequence within the pool's memory share; capacity: free
+  GPUs; then the lowest cost per unit served, a replica's rate on a pool being its decode tokens
+  per second at a full batch with the pool's engine speed, :meth:`~sim.fleet.Fleet.engine_perf`).
 """
 
 from __future__ import annotations
@@ -68,24 +69,38 @@ class PoolChooser:
 
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
-        self._models: dict[str, PlacementModel] = {}
+        self._models: dict[str, tuple[PlacementModel, dict[str, float]]] = {}
 
     def pick(self, spec: FleetModel, free_gpus: Mapping[str, int]) -> str | None:
         """The pool for one more replica of ``spec``; None when none of its pools has room."""
         if len(spec.pools) == 1:
             only = spec.pools[0]
             return only if free_gpus[only] >= 1 else None
-        model = self._models.get(spec.name)
-        if model is None:
-            model = PlacementModel(spec.name, spec.weights_bytes, min_kv_bytes(spec))
-            self._models[spec.name] = model
+        known = self._models.get(spec.name)
+        if known is None:
+            rates = {}
+            for name in spec.pools:
+                perf = self.fleet.engine_perf(spec, name)
+                rates[name] = perf.max_num_seqs / perf.decode_step_s(perf.max_num_seqs)
+            known = (PlacementModel(spec.name, spec.weights_bytes, min_kv_bytes(spec)), rates)
+            self._models[spec.name] = known
+        model, rates = known
         pools = []
         used: dict[str, int] = {}
         for name in spec.pools:
             p = self.fleet.pool(name)
-            pools.append(PlacementPool(name, p.gpu_memory_bytes, p.cost_per_hour_usd, p.count))
+            share = p.speed.memory_utilization_ratio
+            pools.append(
+                PlacementPool(
+                    name,
+                    p.gpu_memory_bytes,
+                    p.cost_per_hour_usd,
+                    p.count,
+                    usable_memory_ratio=share if share is not None else 1.0,
+                )
+            )
             used[name] = p.count - free_gpus[name]
-        chosen = place(model, pools, used)
+        chosen = place(model, pools, used, serve_rate=rates)
         return chosen.pool if chosen is not None else None
 
 

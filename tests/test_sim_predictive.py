@@ -20,10 +20,11 @@ PERF = (
 )
 
 
-def fleet_text(pools: str, dear_count: int = 8, cheap_count: int = 8) -> str:
+def fleet_text(pools: str, dear_count: int = 8, cheap_count: int = 8, dear_speed: float = 1) -> str:
     return f"""
 pools:
-  - {{name: dear, gpu_type: H100, count: {dear_count}, cost_per_hour_usd: 10, {POOL}}}
+  - {{name: dear, gpu_type: H100, count: {dear_count}, cost_per_hour_usd: 10, {POOL},
+     speed: {{decode_ratio: {dear_speed}}}}}
   - {{name: cheap, gpu_type: A100, count: {cheap_count}, cost_per_hour_usd: 4, {POOL}}}
 models:
   - name: m
@@ -57,9 +58,9 @@ def run(
     *,
     pools: str = "[dear]",
     forecast: ForecastConfig | None = None,
-    **fleet_kw: int,
+    **fleet_kw: float,
 ) -> list[SimResult]:
-    fleet = parse_fleet(fleet_text(pools, **fleet_kw))
+    fleet = parse_fleet(fleet_text(pools, **fleet_kw))  # type: ignore[arg-type]
     return run_policies(
         policies,  # type: ignore[arg-type]
         reqs,
@@ -133,3 +134,12 @@ def test_one_pool_keeps_the_listed_pool() -> None:
     (res,) = run(bursts()[:50], ["thaw"], pools="[dear]")
     assert res.gpu_seconds_by_pool["dear"] > 0
     assert res.gpu_seconds_by_pool["cheap"] == 0
+
+
+def test_a_dearer_pool_wins_when_it_serves_enough_more() -> None:
+    # 10 $/h at 3x the decode speed is 3.3 $/h per unit served, below the cheap pool's 4
+    (res,) = run(bursts()[:50], ["thaw"], pools="[cheap, dear]", dear_speed=3.0)
+    assert res.gpu_seconds_by_pool["dear"] > 0
+    assert res.gpu_seconds_by_pool["cheap"] == 0
+    (res,) = run(bursts()[:50], ["thaw"], pools="[cheap, dear]", dear_speed=2.0)  # 5 $/h: no
+    assert res.gpu_seconds_by_pool["dear"] == 0
