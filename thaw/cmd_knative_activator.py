@@ -19,8 +19,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from autoscaler.knative.contract import AUTOSCALER_CLASS, MODEL_ANNOTATION, REVISION_LABEL
-from autoscaler.knative.endpoints import PRIVATE, QUEUE_PORT_NAME, SERVICE_TYPE_LABEL
+from autoscaler.knative.contract import (
+    AUTOSCALER_CLASS,
+    MODEL_ANNOTATION,
+    PRIVATE,
+    REVISION_LABEL,
+    SERVICE_TYPE_LABEL,
+)
+from autoscaler.knative.endpoints import QUEUE_PORT_NAME
 
 if TYPE_CHECKING:  # the heavy imports wait for run(): `thaw --help` stays quick
     from activator.core import Activator
