@@ -110,10 +110,10 @@ class SimConfig:
     fast_forward: bool = True
     """Run identical decode steps as one event (same results; off: one event per step)."""
     skip_idle: bool = True
-    forecasts: Mapping[str, ForecastPlan] = field(default_factory=dict)
-    """Per trace model, its demand forecaster (``predictive``); absent: no forecast."""
     """Skip the ticks of models at rest and replay the last stable window's worth of them when
     the model is next needed (same results; off: every model decides every tick)."""
+    forecasts: Mapping[str, ForecastPlan] = field(default_factory=dict)
+    """Per trace model, its demand forecaster (``predictive``); absent: no forecast."""
 
 
 @dataclass(frozen=True)
@@ -204,11 +204,11 @@ class _Model:
     rest_tick: int | None = None
     """At rest since this tick (see ``_Run.at_rest``): its ticks are skipped, then replayed."""
     rest_until_tick: int | None = None
+    """The tick where a sleeper's time-to-live ends, which ends the rest; None: no such tick."""
     forecaster: SimForecaster | None = None
     """Fed each arrival; gives the decider ``forecast_replicas`` (``predictive``)."""
     obs: ModelObservation | None = None
     """The last observation the decider got (reused while nothing changes)."""
-    """The tick where a sleeper's time-to-live ends, which ends the rest; None: no such tick."""
 
     def find(self, rid: str) -> _Replica | None:
         for r in self.replicas:
