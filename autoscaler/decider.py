@@ -86,7 +86,9 @@ class Decision:
     ``current_replicas`` is ready + starting (sleeping and draining replicas are not capacity).
     ``signals`` holds, for logs and metrics, each enabled signal's desired count over the stable
     window (``waiting``, ``concurrency``, ``kv_cache``), the window results (``stable``,
-    ``panic``), ``buffered`` and, when given, ``forecast``.
+    ``panic``), ``buffered`` and, when given, ``forecast``. For decisions :func:`decide` makes,
+    ``reason`` and ``signals`` are built on first read (then kept): a plain str and dict to every
+    reader, paid for only by those that read them.
     """
 
     model: str
@@ -129,8 +131,8 @@ class Decision:
         parts: _Parts,
     ) -> Decision:
         """A non-stale decision whose ``reason`` and ``signals`` are built from ``parts`` when
-        first read. Skips ``__init__`` (a frozen dataclass sets each field through
-        ``object.__setattr__``), exactly as that ``__init__`` does, field by field."""
+        first read. Fills ``__dict__`` in one update instead of calling the frozen dataclass's
+        ``__init__`` (one ``object.__setattr__`` a field); keep the fields in step with it."""
         d = object.__new__(cls)
         d.__dict__.update(
             model=model,
