@@ -111,14 +111,14 @@ class Decision:
             # Reached only for an attribute the instance lacks. :func:`decide` leaves ``reason``
             # and ``signals`` unset and keeps their parts in ``_parts`` (see ``_deferred``):
             # formatting them costs more than the rest of a decision, and most decisions are
-            # never logged. Both are built on first read and kept, so every reader (logs, eq,
+            # never logged. Each is built on first read and kept, so every reader (logs, eq,
             # repr, ``dataclasses.replace``) sees the same str and dict as before.
             parts = self.__dict__.get("_parts")
             if parts is None or name not in ("reason", "signals"):
                 raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}")
-            self.__dict__["reason"] = _reason_of(parts)
-            self.__dict__["signals"] = _signals_of(parts)
-            return self.__dict__[name]
+            value = _reason_of(parts) if name == "reason" else _signals_of(parts)
+            self.__dict__[name] = value
+            return value
 
     @classmethod
     def _deferred(
@@ -282,15 +282,6 @@ def _counts(
     return w, c, k
 
 
-def _as_dict(counts: tuple[int, int, int]) -> dict[str, int]:
-    """A :func:`_counts` tuple as :func:`_signal_counts` gives it: enabled signals, in order."""
-    return {
-        name: n
-        for name, n in zip(("waiting", "concurrency", "kv_cache"), counts, strict=True)
-        if n != _OFF
-    }
-
-
 def _clamp(value: int, low: int, high: int) -> int:
     return max(low, min(value, high))
 
@@ -323,7 +314,7 @@ class _Parts(NamedTuple):
 def _reason_of(p: _Parts) -> str:
     head = (
         f"stable {p.policy.stable_window_s:g} s wants {p.dspc_raw} ("
-        + _describe(_as_dict(p.stable_counts), p.policy, *p.averages)
+        + _describe(p.stable_counts, p.policy, *p.averages)
         + ")"
     )
     if p.cold_reason is not None:
@@ -332,7 +323,14 @@ def _reason_of(p: _Parts) -> str:
 
 
 def _signals_of(p: _Parts) -> dict[str, float]:
-    signals: dict[str, float] = {k: float(v) for k, v in _as_dict(p.stable_counts).items()}
+    signals: dict[str, float] = {}
+    cw, cc, ck = p.stable_counts
+    if cw != _OFF:
+        signals["waiting"] = float(cw)
+    if cc != _OFF:
+        signals["concurrency"] = float(cc)
+    if ck != _OFF:
+        signals["kv_cache"] = float(ck)
     signals["stable"] = float(p.dspc_raw)
     signals["panic"] = float(p.dppc_raw)
     signals["buffered"] = float(p.buffered)
@@ -342,27 +340,24 @@ def _signals_of(p: _Parts) -> dict[str, float]:
 
 
 def _describe(
-    counts: Mapping[str, int],
+    counts: tuple[int, int, int],
     policy: AutoscalingPolicy,
     waiting: float,
     concurrency: float,
     kv_sum: float,
 ) -> str:
-    """``waiting 5/2 -> 3, concurrency 12/10 -> 2``: each signal's total, target and count."""
+    """``waiting 5/2 -> 3, concurrency 12/10 -> 2``: each enabled signal's total, target and
+    count (``counts`` from :func:`_counts`)."""
+    cw, cc, ck = counts
     parts = []
-    if "waiting" in counts:
+    if cw != _OFF:
+        parts.append(f"waiting {waiting:.4g}/{policy.target_waiting_per_replica:g} -> {cw}")
+    if cc != _OFF:
         parts.append(
-            f"waiting {waiting:.4g}/{policy.target_waiting_per_replica:g} -> {counts['waiting']}"
+            f"concurrency {concurrency:.4g}/{policy.target_concurrency_per_replica:g} -> {cc}"
         )
-    if "concurrency" in counts:
-        parts.append(
-            f"concurrency {concurrency:.4g}/{policy.target_concurrency_per_replica:g} -> "
-            f"{counts['concurrency']}"
-        )
-    if "kv_cache" in counts:
-        parts.append(
-            f"kv_cache {kv_sum:.4g}/{policy.target_kv_cache_usage_ratio:g} -> {counts['kv_cache']}"
-        )
+    if ck != _OFF:
+        parts.append(f"kv_cache {kv_sum:.4g}/{policy.target_kv_cache_usage_ratio:g} -> {ck}")
     return ", ".join(parts)
 
 
