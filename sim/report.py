@@ -1,13 +1,14 @@
 """The simulator's report: figures per policy (pure) and the files ``thaw sim`` writes (adapter).
 
 :func:`summarize` turns a :class:`~sim.core.SimResult` into the ``report.json`` entry of one
-policy: ``requests``, ``ttft_p50_s``, ``ttft_p99_s``, ``e2e_p99_s``, ``slo_attainment_ratio``
-(TTFT within the SLO), ``cold_start_requests`` (requests that waited on a replica start or
-wake), ``cold_starts_by_tier``, ``gpu_hours_by_pool``, ``cost_usd``; and, to read them by:
-``rejected_requests`` / ``unserved_requests`` (never served), the TTFT of cold-start requests,
-``gpu_hours`` in all and ``busy_gpu_hours_floor`` (:func:`busy_gpu_hours`), ``capacity_refusals``
-(starts refused for want of a free GPU). Floats are rounded so that the same seed gives the same
-file, byte for byte. :func:`write_report` writes ``report.json`` and the PNG
+policy: ``requests`` (measured arrivals), ``ttft_p50_s``, ``ttft_p99_s``, ``e2e_p99_s`` (over the
+served ones), ``slo_attainment_ratio`` (TTFT within the SLO, over every arrival: a request
+rejected or never served missed it), ``cold_start_requests`` (requests that waited on a replica
+start or wake), ``cold_starts_by_tier``, ``gpu_hours_by_pool``, ``cost_usd``; and, to read them
+by: ``served_requests``, ``rejected_requests`` / ``unserved_requests`` (never served), the TTFT of
+cold-start requests, ``gpu_hours`` in all and ``busy_gpu_hours_floor`` (:func:`busy_gpu_hours`),
+``capacity_refusals`` (starts refused for want of a free GPU). Floats are rounded so that the same
+seed gives the same file, byte for byte. :func:`write_report` writes ``report.json`` and the PNG
 plots (matplotlib, Agg backend): replicas over time against demand, the TTFT CDF per policy, cold
 starts by tier, cost against SLO attainment.
 """
@@ -65,19 +66,22 @@ def summarize(result: SimResult, fleet: Fleet, slo_ttft_s: float) -> dict[str, A
     cold_ttft = sorted(r.ttft_s for r in result.records if r.cold_start)
     e2e = sorted(r.e2e_s for r in result.records)
     n = len(result.records)
+    # Every measured arrival counts: a request rejected or never served missed its SLO.
+    arrived = n + result.rejected_requests + result.unserved_requests
     within = sum(1 for t in ttft if t <= slo_ttft_s)
     hours = {p: _r(s / 3600.0) for p, s in sorted(result.gpu_seconds_by_pool.items())}
     cost = sum(
         result.gpu_seconds_by_pool[p.name] / 3600.0 * p.cost_per_hour_usd for p in fleet.pools
     )
     return {
-        "requests": n,
+        "requests": arrived,
+        "served_requests": n,
         "rejected_requests": result.rejected_requests,
         "unserved_requests": result.unserved_requests,
         "ttft_p50_s": _r(percentile(ttft, 0.50)) if n else None,
         "ttft_p99_s": _r(percentile(ttft, 0.99)) if n else None,
         "e2e_p99_s": _r(percentile(e2e, 0.99)) if n else None,
-        "slo_attainment_ratio": _r(within / n) if n else None,
+        "slo_attainment_ratio": _r(within / arrived) if arrived else None,
         "cold_start_requests": len(cold_ttft),
         "cold_start_ttft_p50_s": _r(percentile(cold_ttft, 0.5)) if cold_ttft else None,
         "cold_start_ttft_max_s": _r(cold_ttft[-1]) if cold_ttft else None,

@@ -147,3 +147,18 @@ def test_fast_forward_gives_the_same_results_as_stepping_token_by_token() -> Non
             assert x.cold_start == y.cold_start
         assert a.cold_starts_by_tier == b.cold_starts_by_tier
         assert a.sample_replicas == b.sample_replicas
+
+
+def test_requests_left_unserved_for_want_of_gpus_miss_the_slo() -> None:
+    # 12 models on 8 GPUs, always-on: 4 models never get a replica; their requests are never
+    # served and count as SLO misses, not as absent.
+    fleet = parse_fleet(FLEET)
+    reqs = spread_zipf(poisson(4.0, 120.0, 3, 200, 16), 12, 0.0, 3)
+    models_seen = {r.model for r in reqs}
+    assert len(models_seen) == 12
+    (res,) = run(reqs, ["always-on"])
+    s = summarize(res, fleet, 1.0)
+    assert s["unserved_requests"] > 0
+    assert s["requests"] == len(reqs)
+    assert s["served_requests"] == len(reqs) - s["unserved_requests"] - s["rejected_requests"]
+    assert s["slo_attainment_ratio"] <= s["served_requests"] / s["requests"] + 1e-6  # rounded
