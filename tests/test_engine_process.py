@@ -17,11 +17,11 @@ import subprocess
 import textwrap
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
-from procs import PYTHON, REPO, free_port
+from procs import PYTHON, REPO, alive, free_port, kill_all, wait_all_gone
 
 from autoscaler.engine_process import (
     VLLM_DEFAULT_ENV,
@@ -49,33 +49,6 @@ def helper_spec(
         startup_timeout_s=startup_timeout_s,
         log_path=log_path,
     )
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` is a live (non-zombie) process, from /proc."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2] != "Z"
-
-
-def wait_all_gone(pids: Iterable[int], timeout_s: float = 10.0) -> list[int]:
-    """Poll until none of ``pids`` is alive; return those still alive at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    left = list(pids)
-    while left and time.monotonic() < deadline:
-        left = [p for p in left if alive(p)]
-        time.sleep(0.05)
-    return left
-
-
-def kill_all(pids: Iterable[int]) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def get_json(url: str) -> dict[str, object]:

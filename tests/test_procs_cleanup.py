@@ -9,20 +9,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from procs import PYTHON, REPO
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purpose.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False
+from procs import PYTHON, REPO, alive, wait_all_gone
 
 
 def test_sigterm_to_pytest_kills_children(tmp_path: Path) -> None:
@@ -58,13 +45,10 @@ def test_sigterm_to_pytest_kills_children(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "the inner test never started its child"
             time.sleep(0.1)
         pid = int(pidfile.read_text())
-        assert _alive(pid)
+        assert alive(pid)
         run.send_signal(signal.SIGTERM)
         run.wait(timeout=60)
-        deadline = time.monotonic() + 20
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _alive(pid), "the test's child outlived the SIGTERMed pytest"
+        assert wait_all_gone([pid], 20.0) == [], "the test's child outlived the SIGTERMed pytest"
     finally:
         try:
             os.killpg(run.pid, signal.SIGKILL)

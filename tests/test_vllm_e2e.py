@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 from openai import OpenAI
-from procs import free_port, thaw_argv
+from procs import alive, free_port, kill_all, thaw_argv, wait_all_gone
 
 from autoscaler.engine_metrics import KV_USAGE, WAITING, parse_engine_metrics
 from autoscaler.engine_process import EngineProcess, vllm_spec
@@ -48,11 +48,6 @@ def stat_fields(pid: int) -> list[str] | None:
     except OSError:
         return None
     return stat[stat.rfind(")") + 2 :].split()
-
-
-def alive(pid: int) -> bool:
-    fields = stat_fields(pid)
-    return fields is not None and fields[0] != "Z"
 
 
 def group_members(pgid: int) -> list[int]:
@@ -86,23 +81,6 @@ def memory_mb(pids: list[int]) -> tuple[float, float]:
         except OSError:
             continue
     return rss_kb / 1024, pss_kb / 1024
-
-
-def wait_all_gone(pids: list[int], timeout_s: float) -> list[int]:
-    deadline = time.monotonic() + timeout_s
-    left = pids
-    while left and time.monotonic() < deadline:
-        left = [p for p in left if alive(p)]
-        time.sleep(0.1)
-    return left
-
-
-def kill_all(pids: list[int]) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 # -- 1. `thaw engine`, then SIGKILL it: vLLM's whole group goes ----------------------------
