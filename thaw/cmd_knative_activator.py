@@ -27,6 +27,7 @@ from autoscaler.knative.contract import (
     SERVICE_TYPE_LABEL,
 )
 from autoscaler.knative.endpoints import QUEUE_PORT_NAME
+from thaw.kube_args import add_kube_api_args
 
 if TYPE_CHECKING:  # the heavy imports wait for run(): `thaw --help` stays quick
     from activator.core import Activator
@@ -72,24 +73,8 @@ examples:
 def register_args(c: argparse.ArgumentParser) -> None:
     c.description = DESCRIPTION
     c.formatter_class = argparse.RawDescriptionHelpFormatter
-    api = c.add_argument_group("Kubernetes API")
-    api.add_argument(
-        "--in-cluster", action="store_true", help="use the pod's service account (in a cluster)"
-    )
-    api.add_argument(
-        "--kubeconfig",
-        metavar="FILE",
-        default=None,
-        help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)",
-    )
-    api.add_argument(
-        "--context", metavar="NAME", default=None, help="kubeconfig context (default: current)"
-    )
-    api.add_argument(
-        "--namespace",
-        metavar="NS",
-        default=None,
-        help="namespace of the models' Knative Services (default: cluster.namespace of --config)",
+    api = add_kube_api_args(
+        c, "namespace of the models' Knative Services (default: cluster.namespace of --config)"
     )
     api.add_argument(
         "--refresh-s",

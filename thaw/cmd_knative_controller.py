@@ -24,6 +24,7 @@ from autoscaler.knative.events import emitter_from_env
 from autoscaler.knative.kube import KubeClient, KubeConfig
 from autoscaler.policy import default_config_path, load_policy
 from thaw.clock import SystemClock
+from thaw.kube_args import add_kube_api_args
 
 DESCRIPTION = f"""\
 Reconcile Knative PodAutoscalers of class {AUTOSCALER_CLASS} with Thaw's decider.
@@ -60,28 +61,7 @@ examples:
 def register_args(c: argparse.ArgumentParser) -> None:
     c.description = DESCRIPTION
     c.formatter_class = argparse.RawDescriptionHelpFormatter
-    api = c.add_argument_group("Kubernetes API")
-    api.add_argument(
-        "--in-cluster", action="store_true", help="use the pod's service account (in a cluster)"
-    )
-    api.add_argument(
-        "--kubeconfig",
-        metavar="FILE",
-        default=None,
-        help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)",
-    )
-    api.add_argument(
-        "--context",
-        metavar="NAME",
-        default=None,
-        help="kubeconfig context (default: the current one)",
-    )
-    api.add_argument(
-        "--namespace",
-        metavar="NS",
-        default=None,
-        help="watch PodAutoscalers in this namespace only (default: all)",
-    )
+    add_kube_api_args(c, "watch PodAutoscalers in this namespace only (default: all)")
     pol = c.add_argument_group("policy and signals")
     pol.add_argument(
         "--config",
