@@ -25,7 +25,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,6 +61,19 @@ def _cpu_sleep_note(config: ThawConfig) -> str:
             "skips the process start and model load)"
         )
     return ""
+
+
+def model_limits(config: ThawConfig) -> dict[str, ModelLimits]:
+    """The activator's limits per model, from the policy's ``models[].activator`` (the local
+    stack's activator and the cluster's, ``thaw knative activator``)."""
+    return {
+        m.name: ModelLimits(
+            buffer_size=m.activator.buffer_size,
+            wait_timeout_s=m.activator.wait_timeout_s,
+            max_body_bytes=m.activator.max_body_bytes,
+        )
+        for m in config.models
+    }
 
 
 class StackMetrics:
@@ -156,7 +168,7 @@ class LocalStack:
             cpu_note=_cpu_sleep_note(config),
         )
         self.activator = Activator(
-            models=self._limits(config),
+            models=model_limits(config),
             endpoints=self.actuator,
             demand=self,
             clock=clock,
@@ -166,17 +178,6 @@ class LocalStack:
         self._cache: ModelCache | None = None
 
     # -- wiring ------------------------------------------------------------------------------
-
-    @staticmethod
-    def _limits(config: ThawConfig) -> Mapping[str, ModelLimits]:
-        return {
-            m.name: ModelLimits(
-                buffer_size=m.activator.buffer_size,
-                wait_timeout_s=m.activator.wait_timeout_s,
-                max_body_bytes=m.activator.max_body_bytes,
-            )
-            for m in config.models
-        }
 
     async def _spec_for(self, model: str, port: int, replica_id: str) -> tuple[EngineSpec, str]:
         """The launch of one replica, and the tier its weights load from."""
@@ -387,7 +388,7 @@ class LocalStack:
             self.actuator.scale(gone, 0)
             del self._runs[gone]
         self.config = new
-        self.activator.set_models(self._limits(new))
+        self.activator.set_models(model_limits(new))
         log.info("policy reloaded: %d models", len(new.models))
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -50,8 +50,9 @@ from autoscaler.knative.endpoints import (
     replicas_by_model,
 )
 from autoscaler.knative.kube import KubeClient, KubeConfig, KubeError
+from autoscaler.local_stack import model_limits
 from autoscaler.policy import PolicyWatcher, load_policy
-from thaw.cmd_knative_activator import model_limits, serve_cluster
+from thaw.cmd_knative_activator import serve_cluster
 
 RBAC_YAML = REPO / "manifests" / "activator-rbac.yaml"
 REV = "tiny-00001"

@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # the heavy imports wait for run(): `thaw --help` stays quick
     from activator.core import Activator
     from activator.types import ModelLimits
     from autoscaler.knative.kube import KubeConfig
-    from autoscaler.policy import PolicyWatcher, ThawConfig
+    from autoscaler.policy import PolicyWatcher
 
 log = logging.getLogger("thaw.knative.activator")
 
@@ -112,20 +112,6 @@ def register_args(c: argparse.ArgumentParser) -> None:
     )
 
 
-def model_limits(config: ThawConfig) -> dict[str, ModelLimits]:
-    """The activator's limits per model, from the policy's ``models[].activator``."""
-    from activator.types import ModelLimits
-
-    return {
-        m.name: ModelLimits(
-            buffer_size=m.activator.buffer_size,
-            wait_timeout_s=m.activator.wait_timeout_s,
-            max_body_bytes=m.activator.max_body_bytes,
-        )
-        for m in config.models
-    }
-
-
 async def serve_cluster(
     kube_config: KubeConfig,
     namespace: str,
@@ -166,6 +152,8 @@ async def serve_cluster(
 async def _reload(
     watcher: PolicyWatcher | None, activator: Activator, stop: asyncio.Event, every_s: float
 ) -> None:
+    from autoscaler.local_stack import model_limits
+
     while watcher is not None and not stop.is_set():
         new = watcher.poll()
         if new is not None:
@@ -177,6 +165,7 @@ async def _reload(
 
 def run(args: argparse.Namespace) -> int:
     from autoscaler.knative.kube import KubeConfig
+    from autoscaler.local_stack import model_limits
     from autoscaler.policy import PolicyError, PolicyWatcher, default_config_path, load_policy
     from thaw.cmd_up import api_keys
     from thaw.errors import ThawError
