@@ -57,8 +57,26 @@ def test_bad_kubeconfig_is_named(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
     )
-    assert r.returncode != 0
+    assert r.returncode == 2
     assert "kubeconfig" in r.stderr and str(missing) in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_policy_and_tick_are_named(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("models:\n  - name: m\n    autoscaling: {max_replicas: -3}\n")
+    r = subprocess.run(
+        thaw_argv("knative", "controller", "--config", str(policy)),
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2, r.stderr
+    assert "models[0].autoscaling.max_replicas" in r.stderr and "-3" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = subprocess.run(
+        thaw_argv("knative", "controller", "--tick-s", "0"), capture_output=True, text=True
+    )
+    assert r.returncode == 2 and "--tick-s = 0.0, must be > 0" in r.stderr
 
 
 @pytest.mark.slow  # two processes start (the emulator and the controller): ~5 s each here

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import signal
 import socket
+import sys
 
 import aiohttp
 
@@ -22,8 +22,9 @@ from autoscaler.knative.demand import (
 )
 from autoscaler.knative.events import emitter_from_env
 from autoscaler.knative.kube import KubeClient, KubeConfig
-from autoscaler.policy import default_config_path, load_policy
+from autoscaler.policy import PolicyError, default_config_path, load_policy
 from thaw.clock import SystemClock
+from thaw.errors import ThawError
 from thaw.kube_args import add_kube_api_args
 
 DESCRIPTION = f"""\
@@ -134,13 +135,20 @@ def register_args(c: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    config = load_policy(args.config or default_config_path())
-    kube_config = KubeConfig.load(args.kubeconfig, args.context, args.in_cluster)
+    prog = "thaw knative controller"
     if args.tick_s is not None and args.tick_s <= 0:
-        raise SystemExit(f"--tick-s = {args.tick_s}: must be > 0")
+        print(f"{prog}: --tick-s = {args.tick_s}, must be > 0", file=sys.stderr)
+        return 2
+    path = args.config or default_config_path()
+    try:
+        config = load_policy(path)
+        kube_config = KubeConfig.load(args.kubeconfig, args.context, args.in_cluster)
+    except PolicyError as e:
+        print(f"{prog}: {path}: invalid policy\n{e}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, ThawError) as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
     settings = ControllerSettings(
         namespace=args.namespace,
         tick_s=args.tick_s if args.tick_s is not None else config.tick_s,
