@@ -61,3 +61,20 @@ def test_missing_attributes_still_raise() -> None:
         d.nonexistent  # type: ignore[attr-defined]  # noqa: B018
     with pytest.raises(AttributeError):
         d.reason = "x"  # type: ignore[misc]
+
+
+def test_the_fast_constructors_fill_every_field() -> None:
+    # Decision._deferred and DeciderState._of fill __dict__ directly instead of calling the
+    # dataclass __init__; a field added to the dataclass and not to them would be missing.
+    state_fields = {f.name for f in fields(DeciderState)}
+    assert set(DeciderState._of.__code__.co_varnames[1 : 1 + len(state_fields)]) == state_fields
+    d = panicking_decision()
+    _, state = decide(
+        ModelObservation("m", (ReplicaObservation("a", "ready", 0.0, 1.0, 0.1, 0.1),), 0),
+        AutoscalingPolicy(max_replicas=2),
+        DeciderState.initial(),
+        0.0,
+    )
+    for f in fields(Decision):
+        getattr(d, f.name)  # every field reads (AttributeError if one is missing)
+    assert state_fields <= set(vars(state))
