@@ -9,11 +9,17 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY thaw ./thaw
+COPY kernel ./kernel
 COPY autoscaler ./autoscaler
+COPY engine ./engine
 COPY activator ./activator
 COPY model_cache ./model_cache
+COPY events ./events
+COPY policy_file ./policy_file
+COPY local_stack ./local_stack
+COPY knative ./knative
 COPY sim ./sim
+COPY thaw ./thaw
 RUN pip install . && rm -rf /src
 
 # Non-root, as the manifests' securityContext expects.

@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from activator.rest import build_rest_app
 from activator.routing import choose_replica
 from activator.types import DemandSink, EndpointSource, ModelLimits, Replica
-from thaw.clock import Clock
+from kernel.clock import Clock
 
 log = logging.getLogger(__name__)
 

@@ -4,17 +4,27 @@ requests are served by the hot path in :mod:`activator.core`, never by these han
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from fastapi import FastAPI
 from fastapi.requests import Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-if TYPE_CHECKING:
-    from activator.core import Activator
+
+class ActivatorView(Protocol):
+    """What the REST handlers read of the activator (:class:`activator.core.Activator`)."""
+
+    registry: CollectorRegistry
+
+    def models(self) -> Iterable[str]: ...
+
+    def ready_count(self, model: str) -> int: ...
+
+    def buffered(self, model: str) -> int: ...
 
 
 class ChatRequest(BaseModel):
@@ -62,7 +72,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     )
 
 
-def build_rest_app(activator: Activator) -> FastAPI:
+def build_rest_app(activator: ActivatorView) -> FastAPI:
     """The FastAPI app mounted behind the activator's hot path."""
     app = FastAPI(
         title="Thaw activator",

@@ -37,7 +37,7 @@ from procs import child, free_port, thaw_argv, wait_http_ok
 from activator.core import Activator
 from activator.server import serve
 from activator.types import ModelLimits, Replica
-from thaw.clock import SystemClock
+from kernel.clock import SystemClock
 
 MODEL = "bench"
 

@@ -32,12 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from cache_servers import seaweed_server
 
+from kernel.clock import SystemClock
 from model_cache.cache import ModelCache
 from model_cache.puller import PullConfig
 from model_cache.push import push
 from model_cache.s3 import S3Location
 from model_cache.store import Store
-from thaw.clock import SystemClock
 
 MiB = 1024 * 1024
 

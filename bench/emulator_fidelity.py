@@ -5,7 +5,7 @@ Starts the emulator as a child process, then
   1. idle: sequential streaming completions (one request at a time);
   2. load: a closed loop of ``--concurrency`` clients streaming completions for ``--duration-s``.
 For every request it records when it was sent and when each token chunk arrived (client side).
-The prediction replays the same send times through :class:`sim.engine_model.EngineCore` in
+The prediction replays the same send times through :class:`engine.perf_model.EngineCore` in
 virtual time (no I/O, no clock), so it is the model's answer for exactly the load that was sent.
 It prints, per scenario, the measured and predicted TTFT (median) and inter-token latency (mean),
 and the ratio measured/predicted (goal: within 10 % idle). The emulator's own histograms
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from sim.engine_model import EngineCore, EnginePerf, Sequence
+from engine.perf_model import EngineCore, EnginePerf, Sequence
 
 MODEL = "bench"
 

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import aiohttp
 
-from autoscaler.engine_process import emulator_spec, vllm_spec
-from autoscaler.policy import load_policy
+from engine.process import emulator_spec, vllm_spec
+from policy_file.load import load_policy
 from sim.core import simulate
 from sim.fleet import parse_fleet
 from sim.runner import sim_config

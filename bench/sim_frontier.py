@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from autoscaler.policy import ThawConfig, load_policy
+from policy_file.load import load_policy
+from policy_file.schema import ThawConfig
 from sim.core import PolicyName, SimResult
 from sim.fleet import load_fleet
 from sim.report import summarize

@@ -47,7 +47,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from autoscaler.policy import ForecastConfig, ThawConfig, load_policy
+from autoscaler.policy import ForecastConfig
+from policy_file.load import load_policy
+from policy_file.schema import ThawConfig
 from sim.core import PolicyName
 from sim.fleet import load_fleet
 from sim.report import summarize

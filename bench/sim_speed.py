@@ -38,7 +38,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from autoscaler.decider import DeciderState, ModelObservation, ReplicaObservation, decide
-from autoscaler.policy import AutoscalingPolicy, load_policy
+from autoscaler.policy import AutoscalingPolicy
+from policy_file.load import load_policy
 from sim.core import PolicyName, simulate
 from sim.fleet import load_fleet
 from sim.runner import sim_config

@@ -37,13 +37,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from kernel.clock import Clock
 from model_cache.cache import ModelCache
 from model_cache.errors import CacheError, NotCachedError
 from model_cache.puller import PullConfig
 from model_cache.s3 import S3Client, S3Settings, parse_s3_uri
 from model_cache.store import Store
 from model_cache.types import cached_model_to_json, ensure_result_to_json
-from thaw.clock import Clock
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from kernel.clock import Clock
 from model_cache.errors import (
     CacheError,
     NotCachedError,
@@ -41,7 +42,6 @@ from model_cache.puller import Progress, PullConfig, Puller, PullStoppedError
 from model_cache.s3 import S3Client, S3Location, parse_s3_uri
 from model_cache.store import Store
 from model_cache.types import CachedModel, EnsureResult, State
-from thaw.clock import Clock
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ Third-party errors (botocore, OS errors) are wrapped with ``raise ... from e``.
 
 from __future__ import annotations
 
-from thaw.errors import ThawError
+from kernel.errors import ThawError
 
 
 class CacheError(ThawError):

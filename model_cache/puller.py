@@ -27,11 +27,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kernel.clock import Clock
 from model_cache.errors import CacheError, ChecksumError, S3Error
 from model_cache.manifest import FileEntry, Manifest
 from model_cache.s3 import S3Client, S3Location
 from model_cache.store import Store, fsync_dir
-from thaw.clock import Clock
 
 log = logging.getLogger(__name__)
 

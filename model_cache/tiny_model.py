@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from thaw.errors import ThawError
+from kernel.errors import ThawError
 
 BOS = "<|begin_of_text|>"
 EOS = "<|end_of_text|>"

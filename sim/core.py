@@ -3,7 +3,7 @@
 Owns virtual time: a heap of events (replica ready, engine step end, replica asleep, autoscaler
 tick) merged with the sorted arrivals of a trace. Per model it keeps a simulated activator buffer
 (requests that arrive while no replica is ready wait there: they *waited on a cold start*) and
-replicas, each an :class:`~sim.engine_model.EngineCore` (the same continuous-batching scheduler
+replicas, each an :class:`~engine.perf_model.EngineCore` (the same continuous-batching scheduler
 as ``thaw emulator``). Every ``tick_s`` — and at once when a request is buffered at zero, as the
 activator pokes the autoscaler — it builds a :class:`~autoscaler.decider.ModelObservation` from
 the simulated replicas, calls the real :func:`autoscaler.decider.decide`, and turns the desired
@@ -50,8 +50,8 @@ from typing import Literal
 from autoscaler.decider import DeciderState, ModelObservation, ReplicaObservation, decide
 from autoscaler.policy import AutoscalingPolicy, WarmPoolConfig
 from autoscaler.warm_pool import PoolReplica, plan_actions
-from sim.engine_model import EngineCore, EnginePerf, StepPlan
-from sim.engine_model import Sequence as EngineSeq
+from engine.perf_model import EngineCore, EnginePerf, StepPlan
+from engine.perf_model import Sequence as EngineSeq
 from sim.fleet import TIERS, Fleet, FleetModel, Tier, cold_start_s, sleep_s, wake_tier
 from sim.predictive import ForecastPlan, PoolChooser, SimForecaster
 from sim.traces import Request

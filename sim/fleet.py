@@ -2,7 +2,7 @@
 
 Owns the fleet file (YAML, pydantic v2, ``extra="forbid"``): GPU pools (GPU type and memory,
 count, GPUs and host RAM per node, price, local-disk / S3 / host-to-GPU bandwidths) and models
-(weights, KV bytes per token, the shared :class:`~sim.engine_model.EnginePerf`, the pools they
+(weights, KV bytes per token, the shared :class:`~engine.perf_model.EnginePerf`, the pools they
 fit, engine start and wake overheads). Cold-start seconds by load tier are derived here, never
 typed in:
 
@@ -37,8 +37,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sim.engine_model import EnginePerf
-from thaw.errors import ConfigError
+from engine.perf_model import EnginePerf
+from kernel.errors import ConfigError
 
 Tier = Literal["wake_level1", "wake_level2", "local_disk", "remote"]
 TIERS: tuple[Tier, ...] = ("wake_level1", "wake_level2", "local_disk", "remote")

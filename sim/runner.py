@@ -20,7 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from autoscaler.policy import ForecastConfig, ThawConfig, WarmPoolConfig
+from autoscaler.policy import ForecastConfig, WarmPoolConfig
+from policy_file.schema import ThawConfig
 from sim.core import PolicyName, SimConfig, SimResult, kpa_policy, peak_replicas, simulate
 from sim.fleet import Fleet, FleetModel, Tier, cold_start_s
 from sim.predictive import ForecastPlan

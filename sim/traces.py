@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 
-from thaw.errors import ThawError
+from kernel.errors import ThawError
 
 TraceFormat = Literal["azure", "mooncake"]
 DEFAULT_MODEL = "model"

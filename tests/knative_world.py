@@ -25,7 +25,7 @@ import yaml
 from kube_api import KubeApi
 from procs import child, free_port, thaw_argv, wait_http_ok
 
-from autoscaler.knative.contract import (
+from knative.contract import (
     AUTOSCALER_CLASS,
     CLASS_ANNOTATION,
     INITIAL_SCALE_ANNOTATION,
@@ -36,10 +36,10 @@ from autoscaler.knative.contract import (
     SERVICE_LABEL,
     SERVICE_TYPE_LABEL,
 )
-from autoscaler.knative.controller import Controller, ControllerSettings, Reports
-from autoscaler.knative.demand import CombinedDemand, ThawActivatorDemand
-from autoscaler.knative.kube import KubeClient, KubeConfig
-from autoscaler.policy import ThawConfig
+from knative.controller import Controller, ControllerSettings, Reports
+from knative.demand import CombinedDemand, ThawActivatorDemand
+from knative.kube import KubeClient, KubeConfig
+from policy_file.schema import ThawConfig
 
 KNATIVE = Path(__file__).resolve().parent / "data" / "knative"  # copied from knative/serving
 MODEL = "tiny"

@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from activator.core import Activator
 from activator.server import serve
 from activator.types import ModelLimits, Replica
-from thaw.clock import SystemClock
+from kernel.clock import SystemClock
 
 MODEL = "tiny"
 ERROR_KEYS = {"message", "type", "param", "code"}

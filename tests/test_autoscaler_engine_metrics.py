@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from autoscaler.engine_metrics import EngineMetrics, MetricsParseError, parse_engine_metrics
+from engine.metrics import EngineMetrics, MetricsParseError, parse_engine_metrics
 
 V1 = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.

@@ -18,18 +18,17 @@ from hypothesis import strategies as st
 from procs import REPO, thaw_argv
 from pydantic import BaseModel, ValidationError
 
-from autoscaler.policy import (
-    AutoscalingPolicy,
-    ModelConfig,
+from autoscaler.policy import AutoscalingPolicy
+from engine.perf_model import EnginePerf
+from policy_file.load import (
     PolicyError,
-    PolicyWatcher,
-    ThawConfig,
     default_config_path,
     load_policy,
     parse_policy,
     policy_json_schema,
 )
-from sim.engine_model import EnginePerf
+from policy_file.schema import ModelConfig, ThawConfig
+from policy_file.watch import PolicyWatcher
 
 MINIMAL = "models:\n  - name: m\n"
 
@@ -100,10 +99,16 @@ def _models(model: type[BaseModel], seen: set[type[BaseModel]]) -> None:
 def test_every_field_is_described_forbids_extras_and_is_frozen() -> None:
     seen: set[type[BaseModel]] = set()
     _models(ThawConfig, seen)
-    for name in ("ListenConfig", "EngineConfig", "ForecastConfig", "ActivatorConfig"):
-        import autoscaler.policy as pol
+    import autoscaler.policy as core
+    import policy_file.schema as schema
 
-        _models(getattr(pol, name), seen)
+    for mod, name in (
+        (schema, "ListenConfig"),
+        (schema, "EngineConfig"),
+        (core, "ForecastConfig"),
+        (schema, "ActivatorConfig"),
+    ):
+        _models(getattr(mod, name), seen)
     for model in seen:
         assert model.model_config.get("extra") == "forbid", model.__name__
         assert model.model_config.get("frozen") is True, model.__name__
@@ -346,7 +351,7 @@ def test_watcher_poll_reloads_a_real_file(tmp_path: Path, caplog: pytest.LogCapt
     new = w.poll()
     assert new is not None and new.models[0].autoscaling.max_replicas == 3
     assert w.poll() is None
-    with caplog.at_level(logging.WARNING, logger="autoscaler.policy"):
+    with caplog.at_level(logging.WARNING, logger="policy_file.watch"):
         rewrite(_cfg(0), 2)
         assert w.poll() is None
         rewrite(_cfg(0), 3)  # touched again, same bad content: not logged twice

@@ -14,6 +14,7 @@ from cache_servers import moto_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kernel.clock import ManualClock
 from model_cache.cache import ModelCache
 from model_cache.errors import BudgetError, NotCachedError, PinError
 from model_cache.manifest import MANIFEST_NAME
@@ -21,7 +22,6 @@ from model_cache.puller import PullConfig
 from model_cache.push import push
 from model_cache.s3 import S3Client, S3Location
 from model_cache.store import Store
-from thaw.clock import ManualClock
 
 BUDGET_BYTES = 100_000
 #: model name -> file sizes; the biggest alone fits, any three of the larger ones do not

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from cache_servers import S3Server, moto_server
 
+from kernel.clock import ManualClock
 from model_cache.cache import ModelCache
 from model_cache.errors import (
     BudgetError,
@@ -30,7 +31,6 @@ from model_cache.puller import PullConfig
 from model_cache.push import push
 from model_cache.s3 import S3Client, S3Location, S3Settings, parse_s3_uri
 from model_cache.store import Store
-from thaw.clock import ManualClock
 
 MiB = 1024 * 1024
 SMALL_PULL = PullConfig(chunk_bytes=256 * 1024, concurrency=4, sync_every_bytes=256 * 1024)

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from sim.emulator.app import build_app
-from sim.emulator.config import EmulatorConfig
-from thaw.clock import SystemClock
+from engine.emulator.app import build_app
+from engine.emulator.config import EmulatorConfig
+from kernel.clock import SystemClock
 
 FAST = {
     "load_time_s": 0.0,

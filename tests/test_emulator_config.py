@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from procs import thaw_argv
 
-from sim.emulator.config import EmulatorConfig, EmulatorConfigError, load_config
-from sim.engine_model import EnginePerf
+from engine.emulator.config import EmulatorConfig, EmulatorConfigError, load_config
+from engine.perf_model import EnginePerf
 from thaw.cmd_emulator import OPTIONS
 
 

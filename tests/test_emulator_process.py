@@ -24,8 +24,8 @@ import pytest
 from procs import child, free_port, thaw_argv, wait_http_ok
 from prometheus_client.parser import text_string_to_metric_families
 
-from autoscaler.engine_metrics import parse_engine_metrics
-from sim.engine_model import EnginePerf
+from engine.metrics import parse_engine_metrics
+from engine.perf_model import EnginePerf
 
 MODEL = "tiny"
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from procs import PYTHON, REPO, alive, free_port, kill_all, wait_all_gone
 
-from autoscaler.engine_process import (
+from engine.process import (
     VLLM_DEFAULT_ENV,
     EngineProcess,
     EngineSpec,
@@ -319,7 +319,7 @@ async def test_engine_killed_alone_leaves_no_orphans(engines: list[EngineProcess
 DRIVER = textwrap.dedent(
     """
     import asyncio, json, sys
-    from autoscaler.engine_process import EngineProcess, EngineSpec
+    from engine.process import EngineProcess, EngineSpec
 
     async def main() -> None:
         spec = EngineSpec(argv=tuple(sys.argv[1:]), env={}, host="127.0.0.1",

@@ -18,7 +18,8 @@ from autoscaler.forecast import (
     pinball_loss,
     replicas_for,
 )
-from autoscaler.policy import AutoscalingPolicy, ForecastConfig, PolicyError, parse_policy
+from autoscaler.policy import AutoscalingPolicy, ForecastConfig
+from policy_file.load import PolicyError, parse_policy
 
 IV = 10.0  # interval_s
 

@@ -40,18 +40,19 @@ from kube_api import KubeApi
 from procs import REPO, child, free_port, thaw_argv
 
 from activator.types import ModelLimits, Replica
-from autoscaler.knative.contract import PRIVATE, REVISION_LABEL, SERVICE_TYPE_LABEL
-from autoscaler.knative.demand import Revision, ThawActivatorDemand, parse_buffered
-from autoscaler.knative.endpoints import (
+from knative.contract import PRIVATE, REVISION_LABEL, SERVICE_TYPE_LABEL
+from knative.demand import Revision, ThawActivatorDemand, parse_buffered
+from knative.endpoints import (
     ACTIVATOR_RULES,
     KnativeEndpoints,
     activator_rule_set,
     changed_models,
     replicas_by_model,
 )
-from autoscaler.knative.kube import KubeClient, KubeConfig, KubeError
-from autoscaler.local_stack import model_limits
-from autoscaler.policy import PolicyWatcher, load_policy
+from knative.kube import KubeClient, KubeConfig, KubeError
+from policy_file.load import load_policy
+from policy_file.schema import model_limits
+from policy_file.watch import PolicyWatcher
 from thaw.cmd_knative_activator import serve_cluster
 
 RBAC_YAML = REPO / "manifests" / "activator-rbac.yaml"

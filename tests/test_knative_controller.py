@@ -41,8 +41,8 @@ from knative_world import (
 )
 from kube_api import KubeApi
 
-from autoscaler.knative import leader, reconcile
-from autoscaler.knative.contract import MODEL_ANNOTATION
+from knative import leader, reconcile
+from knative.contract import MODEL_ANNOTATION
 
 PA_SCHEMA = crd_schema("podautoscaler.yaml")
 SKS_SCHEMA = crd_schema("serverlessservice.yaml")
@@ -418,13 +418,9 @@ def test_reconcile_core_does_no_io() -> None:
     """The reconcile core and the RBAC table import no I/O library, no adapter, no clock."""
     from test_sim_layering import FORBIDDEN_LIBS, closure
 
-    reached = closure(("autoscaler.knative.reconcile", "autoscaler.knative.rbac"))
+    reached = closure(("knative.reconcile", "knative.rbac"))
     assert not {m for m in reached if m.split(".")[0] in FORBIDDEN_LIBS or m in FORBIDDEN_LIBS}
-    assert not {
-        m
-        for m in reached
-        if m.startswith("autoscaler.knative.") and m not in ("autoscaler.knative.contract",)
-    }
+    assert not {m for m in reached if m.startswith("knative.") and m not in ("knative.contract",)}
 
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)

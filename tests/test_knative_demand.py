@@ -15,7 +15,7 @@ import yaml
 from knative_world import activator
 from procs import child, free_port, wait_http_ok
 
-from autoscaler.knative.demand import (
+from knative.demand import (
     CombinedDemand,
     DemandError,
     KnativeActivatorDemand,

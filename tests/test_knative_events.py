@@ -19,7 +19,7 @@ from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.bindings.http import HTTPMessage, from_http_event
 from procs import child, free_port, thaw_argv, wait_http_ok
 
-from autoscaler.knative.events import (
+from events.sink import (
     COLD_START_TYPE,
     DECISION_TYPE,
     CloudEventEmitter,
@@ -27,8 +27,8 @@ from autoscaler.knative.events import (
     emitter_from_env,
     parse_overrides,
 )
-from thaw.clock import ManualClock
-from thaw.errors import ConfigError
+from kernel.clock import ManualClock
+from kernel.errors import ConfigError
 
 
 @dataclass

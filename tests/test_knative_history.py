@@ -14,7 +14,7 @@ import pytest
 from procs import child, free_port, thaw_argv, wait_http_ok
 from prom import prometheus, wait_scraped
 
-from autoscaler.knative.history import (
+from knative.history import (
     BUFFERED,
     GENERATION_TOKENS,
     REQUESTS,

@@ -21,7 +21,7 @@ IO_LIBS = (
     "subprocess",
     "uvicorn",
     "fastapi",
-    "thaw.clock",
+    "kernel.clock",
 )
 
 
@@ -34,7 +34,7 @@ def loaded_after(code: str) -> set[str]:
     return set(json.loads(done.stdout.splitlines()[-1]))
 
 
-@pytest.mark.parametrize("module", ["autoscaler.knative.render", "autoscaler.knative.history"])
+@pytest.mark.parametrize("module", ["knative.render", "knative.history"])
 def test_pure_modules_load_no_io_library(module: str) -> None:
     loaded = loaded_after(f"import {module}")
     assert module in loaded
@@ -43,8 +43,7 @@ def test_pure_modules_load_no_io_library(module: str) -> None:
 
 def test_the_probe_sees_an_adapter_load_its_libraries() -> None:
     loaded = loaded_after(
-        "from autoscaler.knative.history import PrometheusHistory\n"
-        "PrometheusHistory('http://127.0.0.1:9')"
+        "from knative.history import PrometheusHistory\nPrometheusHistory('http://127.0.0.1:9')"
     )
     assert "prometheus_api_client" in loaded and "requests" in loaded
-    assert "aiohttp" in loaded_after("import autoscaler.knative.events")
+    assert "aiohttp" in loaded_after("import events.sink")

@@ -1,5 +1,5 @@
 """Least privilege, both ways: every Kubernetes API call the controller makes is in
-:data:`autoscaler.knative.rbac.REQUIRED_RULES`, every rule there is used, and
+:data:`knative.rbac.REQUIRED_RULES`, every rule there is used, and
 ``manifests/rbac.yaml``'s ClusterRole ``thaw-controller`` grants exactly those rules."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from knative_world import (
     podautoscaler,
 )
 
-from autoscaler.knative.rbac import REQUIRED_RULES, rule_set
+from knative.rbac import REQUIRED_RULES, rule_set
 
 REPO = Path(__file__).resolve().parent.parent
 RBAC_YAML = REPO / "manifests" / "rbac.yaml"

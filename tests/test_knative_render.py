@@ -19,14 +19,9 @@ import yaml
 from aiohttp import web
 from procs import REPO, thaw_argv
 
-from autoscaler.knative import render
-from autoscaler.knative.contract import (
-    AUTOSCALER_CLASS,
-    CLASS_ANNOTATION,
-    MODEL_ANNOTATION,
-    POOL_ANNOTATION,
-)
-from autoscaler.knative.render import (
+from knative import render
+from knative.contract import AUTOSCALER_CLASS, CLASS_ANNOTATION, MODEL_ANNOTATION, POOL_ANNOTATION
+from knative.render import (
     MAX_SERVICE_NAME,
     RenderError,
     dns_label,
@@ -34,7 +29,9 @@ from autoscaler.knative.render import (
     service_name,
     to_yaml,
 )
-from autoscaler.policy import PolicyError, ThawConfig, parse_policy, summarize
+from policy_file.load import PolicyError, parse_policy
+from policy_file.schema import ThawConfig
+from policy_file.summary import summarize
 
 GIB = 2**30
 MINIMAL = "models:\n  - name: m\n"

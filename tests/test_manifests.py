@@ -18,9 +18,9 @@ import pytest
 import yaml
 from procs import REPO
 
-from autoscaler.knative.rbac import REQUIRED_RULES, rule_set
-from autoscaler.knative.render import REQUIRED_FEATURES, render_services
-from autoscaler.policy import parse_policy
+from knative.rbac import REQUIRED_RULES, rule_set
+from knative.render import REQUIRED_FEATURES, render_services
+from policy_file.load import parse_policy
 from thaw.cli import build_parser
 
 MANIFESTS = REPO / "manifests"
@@ -285,7 +285,7 @@ def test_controller_flags_match_the_other_manifests() -> None:
     )
     assert args["--config"] == "/etc/thaw/policy.yaml"
     assert args["--lease-namespace"] == "thaw-system"
-    from autoscaler.knative.render import ENGINE_PORT
+    from knative.render import ENGINE_PORT
 
     assert args["--engine-port"] == str(ENGINE_PORT)
 

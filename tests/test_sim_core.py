@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from autoscaler.policy import AutoscalingPolicy, ThawConfig
+from autoscaler.policy import AutoscalingPolicy
+from policy_file.schema import ThawConfig
 from sim.core import PolicyName, SimResult
 from sim.fleet import FleetError, cold_start_s, parse_fleet
 from sim.report import report_json, summarize

@@ -9,7 +9,7 @@ from pathlib import Path
 from procs import REPO
 
 #: Modules of the simulator (the loaders in sim.traces / sim.fleet read files with pathlib only).
-SIM = ("sim.core", "sim.runner", "sim.traces", "sim.fleet", "sim.engine_model", "sim.predictive")
+SIM = ("sim.core", "sim.runner", "sim.traces", "sim.fleet", "engine.perf_model", "sim.predictive")
 AUTOSCALER_CORE = {
     "autoscaler.decider",
     "autoscaler.policy",
@@ -31,7 +31,7 @@ FORBIDDEN_LIBS = {
     "threading",
     "time",
     "os",
-    "thaw.clock",
+    "kernel.clock",
     "matplotlib",
     "tqdm",
 }

@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 
-from autoscaler.policy import ThawConfig
+from policy_file.schema import ThawConfig
 from sim.core import SimResult
 from sim.fleet import FleetError, example_fleet_path, load_fleet, parse_fleet
 from sim.runner import run_policies

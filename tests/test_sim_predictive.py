@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from autoscaler.policy import ForecastConfig, ThawConfig
+from autoscaler.policy import ForecastConfig
+from policy_file.schema import ThawConfig
 from sim.core import SimResult
 from sim.fleet import parse_fleet
 from sim.runner import run_policies

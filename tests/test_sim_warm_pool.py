@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import pytest
 from test_sim_core import FLEET
 
-from autoscaler.policy import ThawConfig
+from policy_file.schema import ThawConfig
 from sim.core import SimResult, simulate
 from sim.fleet import cold_start_s, parse_fleet
 from sim.report import summarize

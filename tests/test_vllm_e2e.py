@@ -26,8 +26,8 @@ import pytest
 from openai import OpenAI
 from procs import alive, free_port, kill_all, thaw_argv, wait_all_gone
 
-from autoscaler.engine_metrics import KV_USAGE, WAITING, parse_engine_metrics
-from autoscaler.engine_process import EngineProcess, vllm_spec
+from engine.metrics import KV_USAGE, WAITING, parse_engine_metrics
+from engine.process import EngineProcess, vllm_spec
 from model_cache.tiny_model import build_tiny_llama
 
 pytestmark = [

@@ -303,12 +303,12 @@ def run_pull(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
     from tqdm import tqdm
 
+    from kernel.clock import SystemClock
     from model_cache.cache import ModelCache
     from model_cache.errors import CacheError
     from model_cache.manifest import MANIFEST_NAME, parse_manifest
     from model_cache.s3 import S3Client, parse_s3_uri
     from model_cache.store import Store
-    from thaw.clock import SystemClock
 
     try:
         source = parse_s3_uri(args.source, "s3://BUCKET/PREFIX")
@@ -390,9 +390,9 @@ def run_ls(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from kernel.clock import SystemClock
     from model_cache.agent import AgentSettings, serve
     from model_cache.errors import CacheError
-    from thaw.clock import SystemClock
 
     try:
         settings = AgentSettings(

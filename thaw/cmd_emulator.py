@@ -94,7 +94,7 @@ def register(sub: Any) -> None:
         "(default: thaw-emulator)",
     )
     server = p.add_argument_group("server")
-    perf = p.add_argument_group("engine model (sim.engine_model.EnginePerf)")
+    perf = p.add_argument_group("engine model (engine.perf_model.EnginePerf)")
     for group, options in ((server, _SERVER_OPTIONS), (perf, _PERF_OPTIONS)):
         for name, kind, text in options:
             flags = [f"--{name.replace('_', '-')}"]
@@ -115,15 +115,15 @@ def _metavar(name: str, kind: type) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from thaw.clock import SystemClock
+    from kernel.clock import SystemClock
 
     clock = SystemClock()
     started_s = clock.monotonic()
 
     import sys
 
-    from sim.emulator.config import EmulatorConfigError, load_config
-    from sim.emulator.server import serve
+    from engine.emulator.config import EmulatorConfigError, load_config
+    from engine.emulator.server import serve
 
     overrides = {name: getattr(args, name) for name, _, _ in OPTIONS}
     overrides["served_model_name"] = args.served_model_name

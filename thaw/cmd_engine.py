@@ -1,6 +1,6 @@
 """``thaw engine``: one real vLLM OpenAI server on this machine, until Ctrl-C.
 
-Wires :mod:`model_cache.tiny_model` (the default model) to :mod:`autoscaler.engine_process` (the
+Wires :mod:`model_cache.tiny_model` (the default model) to :mod:`engine.process` (the
 launcher): start, print how to query it, wait for Ctrl-C or SIGTERM, stop the whole engine.
 """
 
@@ -119,7 +119,7 @@ def usage_text(base_url: str, name: str) -> str:
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from autoscaler.engine_process import EngineProcess, EngineStartError, vllm_spec
+    from engine.process import EngineProcess, EngineStartError, vllm_spec
 
     extra = list(args.vllm_args)
     if extra[:1] == ["--"]:

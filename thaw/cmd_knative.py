@@ -113,9 +113,9 @@ def _register_render(sub: Any) -> None:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from autoscaler.knative.render import render_services, to_yaml
-    from autoscaler.policy import load_policy
-    from thaw.errors import ConfigError
+    from kernel.errors import ConfigError
+    from knative.render import render_services, to_yaml
+    from policy_file.load import load_policy
 
     try:
         services = render_services(load_policy(args.config))

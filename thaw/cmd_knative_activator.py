@@ -1,7 +1,7 @@
 """``thaw knative activator``: flags and wiring of Thaw's activator as the cluster front door.
 
 The activator is :mod:`activator` unchanged; only its endpoint source differs from ``thaw up``:
-:class:`autoscaler.knative.endpoints.KnativeEndpoints` (the ready pods of each model's
+:class:`knative.endpoints.KnativeEndpoints` (the ready pods of each model's
 revisions, from the Kubernetes API). :func:`serve_cluster` is the whole wiring, used by
 :func:`run` and by the tests in-process.
 """
@@ -19,21 +19,21 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from autoscaler.knative.contract import (
+from knative.contract import (
     AUTOSCALER_CLASS,
     MODEL_ANNOTATION,
     PRIVATE,
     REVISION_LABEL,
     SERVICE_TYPE_LABEL,
 )
-from autoscaler.knative.endpoints import QUEUE_PORT_NAME
+from knative.endpoints import QUEUE_PORT_NAME
 from thaw.kube_args import add_kube_api_args
 
 if TYPE_CHECKING:  # the heavy imports wait for run(): `thaw --help` stays quick
     from activator.core import Activator
     from activator.types import ModelLimits
-    from autoscaler.knative.kube import KubeConfig
-    from autoscaler.policy import PolicyWatcher
+    from knative.kube import KubeConfig
+    from policy_file.watch import PolicyWatcher
 
 log = logging.getLogger("thaw.knative.activator")
 
@@ -128,9 +128,9 @@ async def serve_cluster(
     """Serve the activator on ``host:port`` with endpoints from the API server until ``stop``."""
     from activator.core import Activator
     from activator.server import serve
-    from autoscaler.knative.endpoints import KnativeEndpoints, ScrapedDemand
-    from autoscaler.knative.kube import KubeClient
-    from thaw.clock import SystemClock
+    from kernel.clock import SystemClock
+    from knative.endpoints import KnativeEndpoints, ScrapedDemand
+    from knative.kube import KubeClient
 
     async with KubeClient(kube_config, user_agent="thaw-activator") as kube:
         endpoints = KnativeEndpoints(kube, namespace)
@@ -152,7 +152,7 @@ async def serve_cluster(
 async def _reload(
     watcher: PolicyWatcher | None, activator: Activator, stop: asyncio.Event, every_s: float
 ) -> None:
-    from autoscaler.local_stack import model_limits
+    from policy_file.schema import model_limits
 
     while watcher is not None and not stop.is_set():
         new = watcher.poll()
@@ -164,11 +164,12 @@ async def _reload(
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoscaler.knative.kube import KubeConfig
-    from autoscaler.local_stack import model_limits
-    from autoscaler.policy import PolicyError, PolicyWatcher, default_config_path, load_policy
-    from thaw.cmd_up import api_keys
-    from thaw.errors import ThawError
+    from kernel.errors import ThawError
+    from knative.kube import KubeConfig
+    from policy_file.load import PolicyError, default_config_path, load_policy
+    from policy_file.schema import model_limits
+    from policy_file.watch import PolicyWatcher
+    from thaw.api_keys import api_keys
 
     prog = "thaw knative activator"
     if args.refresh_s <= 0:

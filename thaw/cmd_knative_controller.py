@@ -11,20 +11,20 @@ import sys
 
 import aiohttp
 
-from autoscaler.knative.contract import AUTOSCALER_CLASS
-from autoscaler.knative.controller import Controller, ControllerSettings
-from autoscaler.knative.demand import (
+from events.sink import emitter_from_env
+from kernel.clock import SystemClock
+from kernel.errors import ThawError
+from knative.contract import AUTOSCALER_CLASS
+from knative.controller import Controller, ControllerSettings
+from knative.demand import (
     DEFAULT_KNATIVE_QUERY,
     CombinedDemand,
     DemandSource,
     KnativeActivatorDemand,
     ThawActivatorDemand,
 )
-from autoscaler.knative.events import emitter_from_env
-from autoscaler.knative.kube import KubeClient, KubeConfig
-from autoscaler.policy import PolicyError, default_config_path, load_policy
-from thaw.clock import SystemClock
-from thaw.errors import ThawError
+from knative.kube import KubeClient, KubeConfig
+from policy_file.load import PolicyError, default_config_path, load_policy
 from thaw.kube_args import add_kube_api_args
 
 DESCRIPTION = f"""\

@@ -68,8 +68,8 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 def _build_tiny(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from kernel.clock import SystemClock
     from model_cache.tiny_model import TinyModelError, build_tiny_llama
-    from thaw.clock import SystemClock
 
     clock = SystemClock()
     started_s = clock.monotonic()

@@ -84,7 +84,8 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from autoscaler.policy import PolicyError, load_policy, summarize
+    from policy_file.load import PolicyError, load_policy
+    from policy_file.summary import summarize
 
     try:
         config = load_policy(args.file)
@@ -100,14 +101,14 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from autoscaler.policy import policy_json_schema
+    from policy_file.load import policy_json_schema
 
     print(json.dumps(policy_json_schema(), indent=args.indent))
     return 0
 
 
 def _show_default(args: argparse.Namespace) -> int:
-    from autoscaler.policy import default_config_path
+    from policy_file.load import default_config_path
 
     sys.stdout.write(default_config_path().read_text(encoding="utf-8"))
     return 0

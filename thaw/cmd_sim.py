@@ -185,8 +185,8 @@ def register(subparsers: Any) -> None:
 def _calibrate(args: argparse.Namespace) -> int:
     import asyncio
 
-    from autoscaler.engine_process import emulator_spec, vllm_spec
-    from autoscaler.local_actuator import free_port
+    from engine.process import emulator_spec, vllm_spec
+    from local_stack.actuator import free_port
     from thaw.sim_calibrate import CalibrationError, fleet_fragment, measure
 
     if args.repeats < 1:
@@ -236,7 +236,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 2
 
-    from autoscaler.policy import PolicyError, load_policy
+    from policy_file.load import PolicyError, load_policy
     from sim.core import PolicyName
     from sim.fleet import FleetError, load_fleet
     from sim.report import write_report

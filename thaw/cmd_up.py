@@ -65,19 +65,6 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def api_keys(path: Path | None, env_value: str | None) -> frozenset[str] | None:
-    """Keys from the file (one per line, # comments) or the environment; None: open access."""
-    if path is not None:
-        lines = path.read_text(encoding="utf-8").splitlines()
-        keys = {ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")}
-        if not keys:
-            raise ValueError(f"--api-key-file {path}: no key in it (one key per line)")
-        return frozenset(keys)
-    if env_value:
-        return frozenset(k.strip() for k in env_value.split(",") if k.strip()) or None
-    return None
-
-
 def run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
@@ -85,9 +72,10 @@ def run(args: argparse.Namespace) -> int:
     import signal
     import sys
 
-    from autoscaler.local_stack import LocalStack
-    from autoscaler.policy import PolicyError, default_config_path, load_policy
-    from thaw.clock import SystemClock
+    from kernel.clock import SystemClock
+    from local_stack.stack import LocalStack
+    from policy_file.load import PolicyError, default_config_path, load_policy
+    from thaw.api_keys import api_keys
 
     try:
         keys = api_keys(args.api_key_file, os.environ.get("THAW_API_KEYS"))

@@ -1,7 +1,7 @@
 """``thaw sim calibrate``: measure one engine on this machine and write the figures a fleet uses.
 
 An adapter (processes, HTTP, the clock): it starts one engine — ``thaw emulator`` or real vLLM
-(the tiny Llama unless ``--model``) — through :class:`autoscaler.engine_process.EngineProcess`,
+(the tiny Llama unless ``--model``) — through :class:`engine.process.EngineProcess`,
 and measures, as medians over ``repeats``:
 
 - cold start: process start to ``/health`` 200 (one sample: there is one start);
@@ -22,9 +22,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from autoscaler.engine_process import EngineProcess, EngineSpec
-from thaw.clock import Clock, SystemClock
-from thaw.errors import ThawError
+from engine.process import EngineProcess, EngineSpec
+from kernel.clock import Clock, SystemClock
+from kernel.errors import ThawError
 
 SHORT_PROMPT = "Hello"
 LONG_PROMPT = " ".join(["the quick brown fox jumps over the lazy dog"] * 60)

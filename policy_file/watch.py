@@ -1,0 +1,94 @@
+"""Reload the policy file on change: a bad new file keeps the old policy and says why."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from policy_file.load import PolicyError, parse_policy
+from policy_file.schema import ThawConfig
+
+log = logging.getLogger(__name__)
+
+
+# -- reload on change -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    """What one look at the policy file found."""
+
+    config: ThawConfig
+    changed: bool
+    reason: str
+
+
+class PolicyWatcher:
+    """Reload-on-change for one policy file.
+
+    :meth:`consider` is the decision (no I/O): given the file's modification time and text, it
+    returns the config to use — the new one when the text changed and is valid, else the old one
+    with the reason. :meth:`poll` is the thin adapter: it stats and reads the file, calls
+    :meth:`consider`, logs a rejected file once per distinct content, and returns the new config
+    or None. The caller decides how often to poll (the local stack: once per tick).
+    """
+
+    def __init__(self, path: str | Path, current: ThawConfig) -> None:
+        self.path = Path(path)
+        self._config = current
+        self._mtime_ns: int | None = None
+        self._digest: str | None = None
+        self._rejected: str | None = None
+
+    @property
+    def config(self) -> ThawConfig:
+        """The policy in force."""
+        return self._config
+
+    def consider(self, mtime_ns: int | None, text: str | None) -> ReloadOutcome:
+        """Decide on the file as it is now; ``text`` None means it could not be read."""
+        if text is None:
+            return ReloadOutcome(self._config, False, f"{self.path}: unreadable; keeping the old")
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        self._mtime_ns = mtime_ns
+        if digest == self._digest:
+            return ReloadOutcome(self._config, False, "unchanged")
+        self._digest = digest
+        try:
+            new = parse_policy(text, str(self.path))
+        except PolicyError as e:
+            return ReloadOutcome(self._config, False, f"{e}\nkeeping the policy in force")
+        if new == self._config:
+            return ReloadOutcome(self._config, False, "unchanged")
+        self._config = new
+        return ReloadOutcome(new, True, f"{self.path}: reloaded ({len(new.models)} models)")
+
+    def poll(self) -> ThawConfig | None:
+        """Stat the file; if it changed, read and consider it. The new config, or None."""
+        try:
+            mtime_ns = self.path.stat().st_mtime_ns
+        except OSError as e:
+            self._log_rejected(f"{self.path}: cannot stat ({e}); keeping the policy in force")
+            return None
+        if mtime_ns == self._mtime_ns:
+            return None
+        try:
+            text: str | None = self.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            self._log_rejected(f"{self.path}: cannot read ({e}); keeping the policy in force")
+            return None
+        outcome = self.consider(mtime_ns, text)
+        if outcome.changed:
+            self._rejected = None
+            log.info("%s", outcome.reason)
+            return outcome.config
+        if outcome.reason != "unchanged":
+            self._log_rejected(outcome.reason)
+        return None
+
+    def _log_rejected(self, reason: str) -> None:
+        if reason != self._rejected:
+            log.warning("policy file rejected: %s", reason)
+            self._rejected = reason
