@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from pydantic import BaseModel, ConfigDict, Field
+
 
 @dataclass(frozen=True)
 class Replica:
@@ -22,22 +24,37 @@ class Replica:
     num_requests_waiting: float | None = None
 
 
-@dataclass(frozen=True)
-class ModelLimits:
+class ModelLimits(BaseModel):
     """Per-model limits of the front door: requests held at zero replicas (more get 503 with
-    ``Retry-After``), how long one waits (then 504), and the largest body (else 413)."""
+    ``Retry-After``), how long one waits (then 504), and the largest body (else 413).
 
-    buffer_size: int = 100
-    wait_timeout_s: float = 300.0
-    max_body_bytes: int = 1_048_576
+    The policy file's ``models[].activator`` block is this type (one definition, one set of
+    ranges); pydantic v2, ``extra="forbid"``, frozen.
+    """
 
-    def __post_init__(self) -> None:
-        if self.buffer_size < 1:  # the first buffered request is what pokes the autoscaler
-            raise ValueError(f"buffer_size = {self.buffer_size}, must be >= 1")
-        if self.wait_timeout_s <= 0:
-            raise ValueError(f"wait_timeout_s = {self.wait_timeout_s}, must be > 0")
-        if self.max_body_bytes <= 0:
-            raise ValueError(f"max_body_bytes = {self.max_body_bytes}, must be > 0")
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    buffer_size: int = Field(
+        100,
+        strict=True,
+        ge=1,  # the first buffered request is what pokes the autoscaler
+        le=1_000_000,
+        description="Requests held while the model scales from zero; more are refused with 503 "
+        "and Retry-After.",
+    )
+    wait_timeout_s: float = Field(
+        300.0,
+        strict=True,
+        gt=0,
+        le=3600,
+        description="How long a buffered request waits for a ready replica before a 504.",
+    )
+    max_body_bytes: int = Field(
+        1_048_576,
+        strict=True,
+        ge=1024,
+        description="Largest request body accepted (bytes); larger ones get a 413.",
+    )
 
 
 class EndpointSource(Protocol):

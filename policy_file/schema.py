@@ -74,32 +74,6 @@ class EngineConfig(_Frozen):
         return self
 
 
-class ActivatorConfig(_Frozen):
-    """The activator's per-model limits while the model has no ready replica."""
-
-    buffer_size: int = Field(
-        100,
-        strict=True,
-        ge=1,
-        le=1_000_000,
-        description="Requests held while the model scales from zero; more are refused with 503 "
-        "and Retry-After.",
-    )
-    wait_timeout_s: float = Field(
-        300.0,
-        strict=True,
-        gt=0,
-        le=3600,
-        description="How long a buffered request waits for a ready replica before a 503.",
-    )
-    max_body_bytes: int = Field(
-        1_048_576,
-        strict=True,
-        ge=1024,
-        description="Largest request body accepted (bytes); larger ones get a 413.",
-    )
-
-
 class CacheConfig(_Frozen):
     """The node-local model cache the local stack pulls s3:// models through.
 
@@ -282,8 +256,8 @@ class ModelConfig(_Frozen):
         default_factory=AutoscalingPolicy,
         description="How the model scales.",
     )
-    activator: ActivatorConfig = Field(
-        default_factory=ActivatorConfig,
+    activator: ModelLimits = Field(
+        default_factory=ModelLimits,
         description="Buffering limits at the activator.",
     )
     warm_pool: WarmPoolConfig = Field(
@@ -371,14 +345,7 @@ class ThawConfig(_Frozen):
         return None
 
 
+
 def model_limits(config: ThawConfig) -> dict[str, ModelLimits]:
-    """The activator's limits per model, from the policy's ``models[].activator`` (the local
-    stack's activator and the cluster's, ``thaw knative activator``)."""
-    return {
-        m.name: ModelLimits(
-            buffer_size=m.activator.buffer_size,
-            wait_timeout_s=m.activator.wait_timeout_s,
-            max_body_bytes=m.activator.max_body_bytes,
-        )
-        for m in config.models
-    }
+    """The front door's limits per model: each model's ``activator`` block."""
+    return {m.name: m.activator for m in config.models}

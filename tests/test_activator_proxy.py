@@ -298,8 +298,8 @@ async def test_error_answers_in_openai_shape() -> None:
     src, sink = Endpoints(), Sink()
     act = Activator(
         models={
-            MODEL: ModelLimits(buffer_size=1, wait_timeout_s=30, max_body_bytes=4000),
-            "quick": ModelLimits(wait_timeout_s=0.3, max_body_bytes=200),
+            MODEL: ModelLimits(buffer_size=1, wait_timeout_s=30, max_body_bytes=8000),
+            "quick": ModelLimits(wait_timeout_s=0.3, max_body_bytes=2000),
         },
         endpoints=src,
         demand=sink,
@@ -325,9 +325,9 @@ async def test_error_answers_in_openai_shape() -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await waiting
 
-            big = {"model": "quick", "prompt": "x" * 500}  # over quick's 200, under the 4000 cap
+            big = {"model": "quick", "prompt": "x" * 5000}  # over quick's 2000, under the 8000 cap
             _assert_error_shape(await client.post("/v1/completions", json=big), 413)
-            huge = {"model": MODEL, "prompt": "x" * 5000}  # over every model's cap
+            huge = {"model": MODEL, "prompt": "x" * 10000}  # over every model's cap
             _assert_error_shape(await client.post("/v1/completions", json=huge), 413)
 
             for raw in (b"{not json", b"[1, 2]", b'{"prompt": "x"}', b'{"model": 3}', b""):
