@@ -414,15 +414,6 @@ def test_bad_scale_annotations_are_named(annotations: dict[str, str], error: str
         reconcile.view(pa)
 
 
-def test_reconcile_core_does_no_io() -> None:
-    """The reconcile core and the RBAC table import no I/O library, no adapter, no clock."""
-    from test_sim_layering import FORBIDDEN_LIBS, closure
-
-    reached = closure(("knative.reconcile", "knative.rbac"))
-    assert not {m for m in reached if m.split(".")[0] in FORBIDDEN_LIBS or m in FORBIDDEN_LIBS}
-    assert not {m for m in reached if m.startswith("knative.") and m not in ("knative.contract",)}
-
-
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 
 
