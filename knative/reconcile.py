@@ -29,6 +29,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from autoscaler.policy import AutoscalingPolicy
+from kernel.config_errors import problem, validation_problems
 from knative.contract import (
     AUTOSCALER_CLASS,
     CLASS_ANNOTATION,
@@ -72,7 +73,16 @@ SCALE_UNKNOWN = -1
 
 
 class PodAutoscalerError(ValueError):
-    """A PodAutoscaler lacks what the controller needs; the message names the field and value."""
+    """A PodAutoscaler lacks what the controller needs; the message names the field, the value
+    and what is accepted (the kernel's one format, :mod:`kernel.config_errors`)."""
+
+
+#: The policy field each of Knative's per-revision scale annotations sets.
+SCALE_ANNOTATIONS = {
+    "min_replicas": MIN_SCALE_ANNOTATION,
+    "initial_replicas": INITIAL_SCALE_ANNOTATION,
+    "max_replicas": MAX_SCALE_ANNOTATION,
+}
 
 
 @dataclass(frozen=True)
@@ -123,9 +133,9 @@ def _int_annotation(annotations: Mapping[str, str], key: str, default: int | Non
     try:
         value = int(raw)
     except ValueError:
-        raise PodAutoscalerError(f"annotation {key} = {raw!r}: must be an integer >= 0") from None
+        value = -1
     if value < 0:
-        raise PodAutoscalerError(f"annotation {key} = {raw!r}: must be an integer >= 0")
+        raise PodAutoscalerError(problem(f"annotation {key}", raw, "must be an integer >= 0"))
     return value
 
 
@@ -141,7 +151,7 @@ def view(pa: Obj) -> PodAutoscalerView:
     for key in ("apiVersion", "kind", "name"):
         if not ref.get(key):
             raise PodAutoscalerError(
-                f"spec.scaleTargetRef.{key} = {ref.get(key)!r}: must be a non-empty string"
+                problem(f"spec.scaleTargetRef.{key}", ref.get(key), "must be a non-empty string")
             )
     annotations: Mapping[str, str] = meta.get("annotations") or {}
     min_scale = _int_annotation(annotations, MIN_SCALE_ANNOTATION, None)
@@ -188,8 +198,10 @@ def policy_for(pa: Obj, config: ThawConfig) -> tuple[str, AutoscalingPolicy, str
     try:
         return model, AutoscalingPolicy.model_validate({**policy.model_dump(), **update}), None
     except ValidationError as e:
-        bad = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
-        return model, policy, f"scale annotations {update} not applied ({bad})"
+        names = {f: f"annotation {SCALE_ANNOTATIONS[f]}" for f in update}
+        bad = "; ".join(validation_problems(e, AutoscalingPolicy, names=names))
+        given = ", ".join(f"{SCALE_ANNOTATIONS[f]} = {v}" for f, v in update.items())
+        return model, policy, f"scale annotations not applied ({given}): {bad}; the policy stays"
 
 
 # -- the ServerlessService ------------------------------------------------------------------

@@ -30,15 +30,13 @@ step takes ``perf_pool's speed.decode_ratio / this pool's`` times as long; with
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engine.perf_model import EnginePerf
-from kernel.errors import ConfigError
+from kernel.config_errors import ConfigFileError, parse_yaml
 
 Tier = Literal["wake_level1", "wake_level2", "local_disk", "remote"]
 TIERS: tuple[Tier, ...] = ("wake_level1", "wake_level2", "local_disk", "remote")
@@ -46,13 +44,9 @@ TIERS: tuple[Tier, ...] = ("wake_level1", "wake_level2", "local_disk", "remote")
 START_TIERS: tuple[Tier, ...] = ("local_disk", "remote")
 
 
-class FleetError(ConfigError):
-    """The fleet file is invalid; lists every problem with its field path and value."""
-
-    def __init__(self, source: str, errors: Sequence[str]) -> None:
-        self.source = source
-        self.errors = tuple(errors)
-        super().__init__(f"{source}: invalid fleet file:\n" + "\n".join(f"  {e}" for e in errors))
+class FleetError(ConfigFileError):
+    """The fleet file is unreadable or invalid; lists every problem with its field path, line
+    and value."""
 
 
 class _Frozen(BaseModel):
@@ -284,38 +278,11 @@ def cold_start_table(fleet: Fleet) -> dict[str, dict[str, dict[str, float]]]:
     }
 
 
-def _path(loc: Sequence[str | int]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "<top>"
-
-
-def _format(err: Mapping[str, Any]) -> str:
-    where = _path(err["loc"])
-    if err["type"] == "missing":
-        return f"{where}: required, missing"
-    if err["type"] == "extra_forbidden":
-        return f"{where}: unknown key"
-    msg = str(err["msg"]).replace("Input should be ", "must be ").replace("Value error, ", "")
-    value = repr(err.get("input"))
-    if len(value) > 60:
-        value = value[:57] + "..."
-    return f"{where}: value {value}: {msg}"
-
-
 def parse_fleet(text: str, source: str = "<fleet>") -> Fleet:
-    """Validate fleet YAML text; raise :class:`FleetError` listing every problem."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise FleetError(source, [f"YAML syntax: {e}"]) from e
-    if not isinstance(data, dict):
-        raise FleetError(source, ["<top>: must be a mapping with keys pools, models"])
-    try:
-        return Fleet.model_validate(data)
-    except ValidationError as e:
-        raise FleetError(source, [_format(err) for err in e.errors()]) from None
+    """Validate fleet YAML text; raise :class:`FleetError` listing every problem, each as
+    ``path (line N): value V: what is accepted`` (:mod:`kernel.config_errors`)."""
+    empty = "the file is empty; a fleet needs `pools:` and `models:`"
+    return parse_yaml(text, Fleet, source, FleetError, empty=empty)
 
 
 def load_fleet(path: str | Path) -> Fleet:

@@ -141,7 +141,7 @@ BAD = [
         "unknown key, with the accepted keys",
         "models:\n  - name: m\n    autoscaling: {stable_window: 60}\n",
         [
-            "models[0].autoscaling.stable_window (line 3): unknown key; accepted keys: "
+            "models[0].autoscaling.stable_window (line 3): value 60: unknown key; accepted keys: "
             "min_replicas, max_replicas"
         ],
     ),
@@ -397,7 +397,7 @@ def test_cli_check_prints_every_error_and_fails(tmp_path: Path) -> None:
         f"{bad}: 4 errors",
         "models[0].autoscaling.max_replicas (line 4): value 'many': must be a valid integer",
         "models[0].autoscaling.stable_window_s (line 5): value -1: must be >= 6",
-        "models[0].autoscaling.surprise (line 6): unknown key; accepted keys:",
+        "models[0].autoscaling.surprise (line 6): value 1: unknown key; accepted keys:",
         "models[1].autoscaling.max_replicas (line 8): value 2: must be >= min_replicas (3)",
     ):
         assert want in done.stderr, done.stderr

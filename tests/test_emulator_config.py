@@ -40,27 +40,60 @@ def test_json_file(tmp_path: Path) -> None:
 
 def test_unknown_key_names_key_value_and_accepted(tmp_path: Path) -> None:
     f = tmp_path / "engine.yaml"
-    f.write_text("decode_base_ms: 20\n")
+    f.write_text("seed: 1\ndecode-base-ms: 20\n")
     with pytest.raises(EmulatorConfigError) as e:
         load_config(f)
     msg = str(e.value)
-    assert "'decode_base_ms'" in msg and "20" in msg and "decode_base_s" in msg
-    assert str(f) in msg
+    assert msg.startswith(f"{f}: 1 error\n")
+    assert "decode_base_ms (line 2): value 20: unknown key; accepted keys: load_time_s," in msg
+    assert "decode_base_s" in msg.split("accepted keys:")[1]
+
+
+def test_a_key_given_twice_is_an_error(tmp_path: Path) -> None:
+    f = tmp_path / "engine.yaml"
+    f.write_text("max-num-seqs: 2\nmax_num_seqs: 3\n")
+    with pytest.raises(EmulatorConfigError) as e:
+        load_config(f)
+    assert e.value.errors == (
+        "max_num_seqs (line 2): duplicate key; first given on line 1, and YAML would silently "
+        "keep only the last",
+    )
 
 
 @pytest.mark.parametrize(
     ("file_text", "overrides", "expected"),
     [
-        ("", {"max_num_seqs": 0}, "--max-num-seqs = 0"),
-        ("max_num_seqs: -3\n", {}, "max_num_seqs = -3"),
-        ("decode_base_s: fast\n", {}, "decode_base_s = 'fast'"),
-        ("served_model_name: []\n", {}, "served_model_name = []"),
+        # the one format (kernel.config_errors): where (a flag, or a key and its line), the
+        # value, what is accepted
+        ("", {"max_num_seqs": 0}, "--max-num-seqs: value 0: must be > 0"),
+        ("max_num_seqs: -3\n", {}, "max_num_seqs (line 1): value -3: must be > 0"),
+        (
+            "seed: 1\nport: 70000\n",
+            {},
+            "port (line 2): value 70000: must be <= 65535 (accepted: [0, 65535])",
+        ),
+        (
+            "decode_base_s: fast\n",
+            {},
+            "decode_base_s (line 1): value 'fast': must be a valid number, unable to parse "
+            "string as a number of seconds",
+        ),
+        (
+            "served_model_name: []\n",
+            {},
+            "served_model_name (line 1): value []: must have at least 1 item",
+        ),
+        (
+            "served_model_name: ' '\n",
+            {},
+            "served_model_name (line 1): value ' ': names must not be blank",
+        ),
         (
             "max_model_len_tokens: 9000\nkv_capacity_tokens: 8000\n",
             {},
             "max_model_len_tokens = 9000, must be <= kv_capacity_tokens (8000)",
         ),
-        ("- a list\n", {}, "must be a mapping"),
+        ("- a list\n", {}, "<top>: value ['a list']: must be a mapping with keys load_time_s,"),
     ],
 )
 def test_bad_values_name_field_and_value(
@@ -94,4 +127,4 @@ def test_help_teaches_and_bad_config_exits_2(tmp_path: Path) -> None:
         thaw_argv("emulator", "--config", str(f)), capture_output=True, text=True, timeout=30
     )
     assert run.returncode == 2
-    assert "max_num_seqs = 'zero'" in run.stderr
+    assert "max_num_seqs (line 1): value 'zero': must be a valid integer" in run.stderr

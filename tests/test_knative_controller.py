@@ -403,15 +403,22 @@ def test_plan_marks_inactive_and_proxies_before_scaling_to_zero() -> None:
 @pytest.mark.parametrize(
     ("annotations", "error"),
     [
-        ({"autoscaling.knative.dev/min-scale": "two"}, "min-scale = 'two'"),
-        ({"autoscaling.knative.dev/max-scale": "-1"}, "max-scale = '-1'"),
+        (
+            {"autoscaling.knative.dev/min-scale": "two"},
+            "annotation autoscaling.knative.dev/min-scale: value 'two': must be an integer >= 0",
+        ),
+        (
+            {"autoscaling.knative.dev/max-scale": "-1"},
+            "annotation autoscaling.knative.dev/max-scale: value '-1': must be an integer >= 0",
+        ),
     ],
 )
 def test_bad_scale_annotations_are_named(annotations: dict[str, str], error: str) -> None:
     pa = podautoscaler("r")
     pa["metadata"]["annotations"].update(annotations)
-    with pytest.raises(reconcile.PodAutoscalerError, match=error):
+    with pytest.raises(reconcile.PodAutoscalerError) as e:
         reconcile.view(pa)
+    assert str(e.value) == error
 
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
@@ -488,7 +495,14 @@ def test_activator_in_path_needs_the_networking_controller_to_catch_up(
         ({"autoscaling.knative.dev/min-scale": "1", "autoscaling.knative.dev/initial-scale": "1"},
          (1, 1, 2), None),
         # min above max: not applied, the file's policy stays, and the reason is given.
-        ({"autoscaling.knative.dev/min-scale": "5"}, (0, 0, 2), "min-scale|min_replicas"),
+        ({"autoscaling.knative.dev/min-scale": "5"}, (0, 0, 2),
+         r"^scale annotations not applied \(autoscaling.knative.dev/min-scale = 5, "
+         r"autoscaling.knative.dev/initial-scale = 0\): "
+         r"max_replicas: value 2: must be >= min_replicas \(5\); the policy stays$"),
+        # a bad value from the annotation itself is named by the annotation
+        ({"autoscaling.knative.dev/max-scale": "1001"}, (0, 0, 2),
+         r"annotation autoscaling.knative.dev/max-scale: value 1001: must be <= 1000 "
+         r"\(accepted: \[1, 1000\]\)"),
     ],
 )  # fmt: skip
 def test_policy_for_applies_the_pas_scale_annotations(

@@ -62,14 +62,15 @@ def test_fleet_errors_name_the_field_and_value() -> None:
             FLEET.replace("pools: [big]", "pools: [huge]").replace("count: 8", "count: -1", 1)
         )
     text = str(e.value)
-    assert "pools[0].count: value -1" in text
+    assert "pools[0].count (line 3): value -1: must be >= 0" in text
     with pytest.raises(FleetError, match=r"models\[0\].pools\[0\] = 'small': weights_bytes"):
         parse_fleet(
             FLEET.replace("pools: [big]", "pools: [small]").replace("24000000000", "12000000000")
         )
     with pytest.raises(FleetError, match=r"models\[0\].pools\[0\] = 'huge': must be one of big"):
         parse_fleet(FLEET.replace("pools: [big]", "pools: [huge]"))
-    with pytest.raises(FleetError, match=r"pools\[0\].colour: unknown key"):
+    unknown = r"pools\[0\].colour \(line 3\): value 'red': unknown key; accepted keys: name,"
+    with pytest.raises(FleetError, match=unknown):
         parse_fleet(FLEET.replace("count: 8,", "count: 8, colour: red,", 1))
 
 

@@ -2,7 +2,8 @@
 
 Owns :class:`EmulatorConfig` and :func:`load_config`, which merges built-in defaults, an optional
 YAML/JSON file and command-line overrides (in that order of precedence, last wins) and validates
-once, with errors that name the key, the bad value and what is accepted.
+once, with every error in the kernel's one format (:mod:`kernel.config_errors`): the key (a
+file key with its line, a flag as ``--flag``), the bad value and what is accepted.
 """
 
 from __future__ import annotations
@@ -11,15 +12,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from engine.perf_model import EnginePerf
-from kernel.errors import ConfigError
+from kernel.config_errors import (
+    ConfigFileError,
+    Lines,
+    not_a_mapping,
+    problem,
+    read_yaml,
+    validation_problems,
+)
 
 
-class EmulatorConfigError(ConfigError):
-    """The emulator's file or flags hold a bad key or value."""
+class EmulatorConfigError(ConfigFileError):
+    """The emulator's file or flags hold a bad key or value; lists every problem."""
 
 
 class EmulatorConfig(EnginePerf):
@@ -55,7 +62,7 @@ class EmulatorConfig(EnginePerf):
     def _names_not_blank(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for name in value:
             if not name.strip():
-                raise ValueError(f"served_model_name = {value!r}, names must not be blank")
+                raise ValueError("names must not be blank")
         return value
 
     def perf(self) -> EnginePerf:
@@ -67,65 +74,53 @@ def accepted_keys() -> list[str]:
     return sorted(EmulatorConfig.model_fields)
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _key(name: str) -> str:
+    """A file key as a field name: ``max-num-seqs`` and ``max_num_seqs`` are the same key."""
+    return name.replace("-", "_")
+
+
+def _read_file(path: Path) -> tuple[dict[str, Any], Lines, tuple[str, ...]]:
+    """The file's values, each key's line, and keys given twice."""
     try:
         text = path.read_text()
     except OSError as e:
-        raise EmulatorConfigError(f"{path}: cannot read the config file: {e}") from e
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise EmulatorConfigError(f"{path}: not valid YAML or JSON: {e}") from e
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise EmulatorConfigError(
-            f"{path}: the top level is a {type(data).__name__}, must be a mapping of keys "
-            f"({', '.join(accepted_keys())})"
-        )
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = str(key).replace("-", "_")
-        if name not in EmulatorConfig.model_fields:
-            raise EmulatorConfigError(
-                f"{path}: unknown key {key!r} (value {value!r}); accepted keys: "
-                f"{', '.join(accepted_keys())}"
-            )
-        out[name] = value
-    return out
+        raise EmulatorConfigError(str(path), [f"cannot read the config file: {e}"]) from e
+    doc = read_yaml(text, str(path), EmulatorConfigError, key=_key)
+    if doc.data is None:
+        return {}, doc.lines, doc.duplicates
+    if not isinstance(doc.data, dict):
+        raise EmulatorConfigError(str(path), [not_a_mapping(doc.data, EmulatorConfig)])
+    return {_key(str(k)): v for k, v in doc.data.items()}, doc.lines, doc.duplicates
 
 
 def load_config(
     path: Path | None = None, overrides: Mapping[str, Any] | None = None
 ) -> EmulatorConfig:
-    """Defaults, then the file at ``path``, then ``overrides`` (``None`` values are skipped)."""
-    values = _read_file(path) if path is not None else {}
+    """Defaults, then the file at ``path``, then ``overrides`` (``None`` values are skipped).
+
+    Every problem is reported at once, in the kernel's one format
+    (:mod:`kernel.config_errors`): a file key as ``key (line N)``, a flag as ``--flag``."""
+    values, lines, duplicates = _read_file(path) if path is not None else ({}, {}, ())
     cli = {k: v for k, v in (overrides or {}).items() if v is not None}
-    for key in cli:
-        if key not in EmulatorConfig.model_fields:
-            raise EmulatorConfigError(
-                f"unknown option {key!r}; accepted: {', '.join(accepted_keys())}"
-            )
+    source = str(path) if path is not None else "thaw emulator options"
+    unknown = [
+        problem(_flag(k), v, f"unknown option; accepted: {', '.join(accepted_keys())}")
+        for k, v in cli.items()
+        if k not in EmulatorConfig.model_fields
+    ]
+    if unknown:
+        raise EmulatorConfigError(source, unknown)
     values.update(cli)
     try:
-        return EmulatorConfig(**values)
+        config = EmulatorConfig(**values)
     except ValidationError as e:
-        raise EmulatorConfigError(_describe(e, path, set(cli))) from e
-
-
-def _describe(error: ValidationError, path: Path | None, from_cli: set[str]) -> str:
-    lines = []
-    for item in error.errors():
-        loc = ".".join(str(p) for p in item["loc"])
-        msg = item["msg"].removeprefix("Value error, ")
-        if not loc:  # a cross-field check: its message names the fields and values
-            lines.append(msg)
-            continue
-        top = str(item["loc"][0])
-        where = (
-            f"--{top.replace('_', '-')}"
-            if top in from_cli
-            else (f"{path}: {loc}" if path is not None else loc)
-        )
-        lines.append(f"{where} = {item.get('input')!r}: {msg}")
-    return "; ".join(lines)
+        flags = {k: _flag(k) for k in cli}
+        problems = validation_problems(e, EmulatorConfig, lines, flags)
+        raise EmulatorConfigError(source, [*duplicates, *problems]) from e
+    if duplicates:
+        raise EmulatorConfigError(source, duplicates)
+    return config
