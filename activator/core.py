@@ -36,6 +36,7 @@ from activator.rest import build_rest_app
 from activator.routing import choose_replica
 from activator.types import DemandSink, EndpointSource, ModelLimits, Replica
 from kernel.clock import Clock
+from kernel.vocab import THAW_ACTIVATOR_BUFFERED_REQUESTS, THAW_ACTIVATOR_MODEL_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +143,9 @@ class ActivatorMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.buffered = Gauge(
-            "thaw_activator_buffered_requests",
+            THAW_ACTIVATOR_BUFFERED_REQUESTS,
             "Requests waiting in the activator for a ready replica.",
-            ["model"],
+            [THAW_ACTIVATOR_MODEL_LABEL],
             registry=registry,
         )
         self.requests = Counter(

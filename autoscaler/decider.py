@@ -42,11 +42,10 @@ import math
 from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from autoscaler.policy import AutoscalingPolicy
-
-ReplicaState = Literal["starting", "ready", "sleeping", "draining"]
+from kernel.vocab import ReplicaState
 
 #: Tolerance on ``ceil`` so that an average of exactly the target is one replica, not two.
 _EPS = 1e-9

@@ -29,11 +29,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
-LoadTier = Literal["wake", "local_disk", "remote"]
-#: Load tiers from fastest to slowest.
-LOAD_TIERS: tuple[LoadTier, ...] = ("wake", "local_disk", "remote")
+from kernel.vocab import LOAD_TIERS, LoadTier
+
+#: Load tiers (:mod:`kernel.vocab`) rank from fastest to slowest.
 _TIER_RANK: dict[str, int] = {t: i for i, t in enumerate(LOAD_TIERS)}
 
 
@@ -255,8 +254,6 @@ def place(
 
 
 __all__ = [
-    "LOAD_TIERS",
-    "LoadTier",
     "Placement",
     "PlacementChoice",
     "PlacementModel",

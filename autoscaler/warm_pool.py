@@ -11,11 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from autoscaler.policy import WarmPoolConfig
-
-PoolState = Literal["starting", "ready", "sleeping", "draining"]
+from kernel.vocab import LIVE_STATES, ReplicaState
 
 
 @dataclass(frozen=True)
@@ -23,7 +21,7 @@ class PoolReplica:
     """One replica as the warm pool sees it."""
 
     replica_id: str
-    state: PoolState
+    state: ReplicaState
     load: float = 0.0  # running + waiting at the engine (ready replicas)
     sleep_level: int | None = None
     asleep_since_s: float | None = None
@@ -66,7 +64,7 @@ def plan_actions(
     """Actions that bring live (starting + ready) replicas to ``desired``."""
     if desired < 0:
         raise ValueError(f"desired = {desired}, must be >= 0")
-    live = [r for r in replicas if r.state in ("starting", "ready")]
+    live = [r for r in replicas if r.state in LIVE_STATES]
     sleepers = sorted(
         (r for r in replicas if r.state == "sleeping"),
         key=lambda r: (r.sleep_level or 1, -(r.asleep_since_s or 0.0)),

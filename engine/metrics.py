@@ -1,6 +1,6 @@
 """Reading an engine's Prometheus ``/metrics`` text into the few numbers the autoscaler uses.
 
-Pure: text in, :class:`EngineMetrics` out. Understands vLLM V1's names
+Pure: text in, :class:`EngineMetrics` out. Understands vLLM V1's names (:mod:`kernel.vocab`)
 (``vllm:num_requests_waiting``, ``vllm:num_requests_running``, ``vllm:kv_cache_usage_perc``,
 ``vllm:engine_sleep_state``) and the older ``vllm:gpu_cache_usage_perc``; sums counts over
 data-parallel engines (``engine`` label) and takes the highest KV usage among them, since the
@@ -14,11 +14,17 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-WAITING = "vllm:num_requests_waiting"
-RUNNING = "vllm:num_requests_running"
-KV_USAGE = "vllm:kv_cache_usage_perc"
-KV_USAGE_LEGACY = "vllm:gpu_cache_usage_perc"
-SLEEP_STATE = "vllm:engine_sleep_state"
+from kernel.vocab import (
+    VLLM_ENGINE_SLEEP_STATE,
+    VLLM_KV_CACHE_USAGE,
+    VLLM_KV_CACHE_USAGE_LEGACY,
+    VLLM_NUM_REQUESTS_RUNNING,
+    VLLM_NUM_REQUESTS_WAITING,
+    VLLM_SLEEP_STATE_LABEL,
+    VLLM_SLEEP_STATE_VALUES,
+)
+
+_AWAKE = VLLM_SLEEP_STATE_VALUES[0]
 
 
 class MetricsParseError(ValueError):
@@ -49,23 +55,23 @@ def parse_engine_metrics(text: str) -> EngineMetrics:
     for family in families:
         for sample in family.samples:
             name = sample.name
-            if name == WAITING:
+            if name == VLLM_NUM_REQUESTS_WAITING:
                 waiting += sample.value
-            elif name == RUNNING:
+            elif name == VLLM_NUM_REQUESTS_RUNNING:
                 running += sample.value
-            elif name == KV_USAGE:
+            elif name == VLLM_KV_CACHE_USAGE:
                 kv = max(kv or 0.0, sample.value)
-            elif name == KV_USAGE_LEGACY:
+            elif name == VLLM_KV_CACHE_USAGE_LEGACY:
                 kv_legacy = max(kv_legacy or 0.0, sample.value)
-            elif name == SLEEP_STATE:
-                if sample.labels.get("sleep_state") != "awake" and sample.value > 0:
+            elif name == VLLM_ENGINE_SLEEP_STATE:
+                if sample.labels.get(VLLM_SLEEP_STATE_LABEL) != _AWAKE and sample.value > 0:
                     asleep = True
             else:
                 continue
             seen.add(name)
-    missing = [n for n in (WAITING, RUNNING) if n not in seen]
+    missing = [n for n in (VLLM_NUM_REQUESTS_WAITING, VLLM_NUM_REQUESTS_RUNNING) if n not in seen]
     if kv is None and kv_legacy is None:
-        missing.append(KV_USAGE)
+        missing.append(VLLM_KV_CACHE_USAGE)
     if missing:
         raise MetricsParseError(f"metrics missing from the scrape: {', '.join(missing)}")
     usage = kv if kv is not None else kv_legacy

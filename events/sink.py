@@ -5,8 +5,9 @@ Owns the event contract and the sender:
 - ``dev.thaw.autoscaler.decision`` for every decision that changes a model's replica count,
   data ``{"model", "from", "to", "reason", "panic"}``;
 - ``dev.thaw.autoscaler.coldstart`` for every completed cold start (a replica became ready),
-  data ``{"model", "tier", "seconds"}``; tiers as the local stack counts them
-  (``wake`` | ``local_disk`` | ``remote``).
+  data ``{"model", "tier", "seconds"}``; the tier is a coarse load tier of :mod:`kernel.vocab`
+  (``wake`` | ``local_disk`` | ``remote``; ``unknown`` from the Knative controller, which does
+  not see the node's cache).
 
 Knative's SinkBinding (and ContainerSource) inject the sink's URL as ``K_SINK`` and optional
 extension attributes as ``K_CE_OVERRIDES`` (``{"extensions": {"name": "value"}}``); the events
@@ -37,6 +38,7 @@ from cloudevents.core.v1.event import CloudEvent
 
 from kernel.clock import Clock
 from kernel.errors import ConfigError
+from kernel.vocab import ReportedTier
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ class EventSink(Protocol):
         self, model: str, from_replicas: int, to_replicas: int, reason: str, panic: bool
     ) -> None: ...
 
-    def cold_start(self, model: str, tier: str, seconds: float) -> None: ...
+    def cold_start(self, model: str, tier: ReportedTier, seconds: float) -> None: ...
 
     async def start(self) -> None: ...
 
@@ -74,7 +76,7 @@ class NoEvents:
     ) -> None:
         return None
 
-    def cold_start(self, model: str, tier: str, seconds: float) -> None:
+    def cold_start(self, model: str, tier: ReportedTier, seconds: float) -> None:
         return None
 
     async def start(self) -> None:
@@ -156,7 +158,7 @@ class CloudEventEmitter:
         }
         self._enqueue(DECISION_TYPE, model, data)
 
-    def cold_start(self, model: str, tier: str, seconds: float) -> None:
+    def cold_start(self, model: str, tier: ReportedTier, seconds: float) -> None:
         self._enqueue(COLD_START_TYPE, model, {"model": model, "tier": tier, "seconds": seconds})
 
     def _enqueue(self, type_: str, subject: str, data: dict[str, Any]) -> None:

@@ -33,6 +33,7 @@ from autoscaler.decider import DeciderState, ModelObservation, ReplicaObservatio
 from autoscaler.policy import AutoscalingPolicy
 from engine.metrics import MetricsParseError, parse_engine_metrics
 from kernel.clock import Clock
+from kernel.vocab import UNKNOWN_TIER, ReportedTier
 from knative.contract import PRIVATE, REVISION_LABEL, SERVICE_TYPE_LABEL
 from knative.demand import DemandSource, Revision
 from knative.kube import Backoff, KubeClient, KubeError, NotFoundError, retry_on_conflict
@@ -87,11 +88,11 @@ class Reports(Protocol):
         self, model: str, from_replicas: int, to_replicas: int, reason: str, panic: bool
     ) -> None: ...
 
-    def cold_start(self, model: str, tier: str, seconds: float) -> None: ...
+    def cold_start(self, model: str, tier: ReportedTier, seconds: float) -> None: ...
 
 
 #: The cold-start tier as the cluster sees it: the node cache's tier is not visible from here.
-CLUSTER_TIER = "unknown"
+CLUSTER_TIER: ReportedTier = UNKNOWN_TIER
 
 
 @dataclass

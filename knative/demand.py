@@ -25,15 +25,26 @@ from typing import Protocol
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from kernel.vocab import (
+    KNATIVE_NAMESPACE_LABEL,
+    KNATIVE_REVISION_LABEL,
+    KNATIVE_REVISION_REQUEST_QUEUED,
+    THAW_ACTIVATOR_BUFFERED_REQUESTS,
+    THAW_ACTIVATOR_MODEL_LABEL,
+)
+
 log = logging.getLogger(__name__)
 
-BUFFERED_METRIC = "thaw_activator_buffered_requests"
-#: Knative activator's requests queued per revision: the OpenTelemetry UpDownCounter
-#: ``kn.revision.request.queued`` (attributes ``k8s.namespace.name``, ``kn.revision.name``) as its
-#: Prometheus exporter names it.
+#: Knative activator's requests queued per revision (:mod:`kernel.vocab` names the series and its
+#: labels); ``{namespace}`` and ``{revision}`` are filled in per query.
 DEFAULT_KNATIVE_QUERY = (
-    'sum(kn_revision_request_queued{k8s_namespace_name="{namespace}",'
-    'kn_revision_name="{revision}"})'
+    "sum("
+    + KNATIVE_REVISION_REQUEST_QUEUED
+    + "{"
+    + KNATIVE_NAMESPACE_LABEL
+    + '="{namespace}",'
+    + KNATIVE_REVISION_LABEL
+    + '="{revision}"})'
 )
 
 
@@ -68,8 +79,9 @@ def parse_buffered(text: str) -> dict[str, int]:
         raise DemandError(f"activator /metrics is not Prometheus text: {e}") from e
     for family in families:
         for s in family.samples:
-            if s.name == BUFFERED_METRIC and "model" in s.labels:
-                out[s.labels["model"]] = out.get(s.labels["model"], 0) + int(s.value)
+            model = s.labels.get(THAW_ACTIVATOR_MODEL_LABEL)
+            if s.name == THAW_ACTIVATOR_BUFFERED_REQUESTS and model is not None:
+                out[model] = out.get(model, 0) + int(s.value)
     return out
 
 

@@ -33,20 +33,34 @@ import numpy as np
 import numpy.typing as npt
 
 from kernel.errors import ThawError
+from kernel.vocab import (
+    THAW_ACTIVATOR_BUFFERED_REQUESTS,
+    THAW_ACTIVATOR_MODEL_LABEL,
+    VLLM_GENERATION_TOKENS,
+    VLLM_MODEL_LABEL,
+    VLLM_NUM_REQUESTS_RUNNING,
+    VLLM_NUM_REQUESTS_WAITING,
+    VLLM_PROMPT_TOKENS,
+    VLLM_REQUEST_SUCCESS,
+    total,
+)
 
 Array = npt.NDArray[np.float64]
 
-REQUESTS = "vllm:request_success_total"
-PROMPT_TOKENS = "vllm:prompt_tokens_total"
-GENERATION_TOKENS = "vllm:generation_tokens_total"
-RUNNING = "vllm:num_requests_running"
-WAITING = "vllm:num_requests_waiting"
-BUFFERED = "thaw_activator_buffered_requests"
+#: The series queried (names from :mod:`kernel.vocab`; counters as Prometheus exposes them).
+REQUESTS = total(VLLM_REQUEST_SUCCESS)
+PROMPT_TOKENS = total(VLLM_PROMPT_TOKENS)
+GENERATION_TOKENS = total(VLLM_GENERATION_TOKENS)
+RUNNING = VLLM_NUM_REQUESTS_RUNNING
+WAITING = VLLM_NUM_REQUESTS_WAITING
+BUFFERED = THAW_ACTIVATOR_BUFFERED_REQUESTS
 
 COUNTERS = (REQUESTS, PROMPT_TOKENS, GENERATION_TOKENS)
 GAUGES = (RUNNING, WAITING, BUFFERED)
 #: The label that names the model, per metric (vLLM: model_name; Thaw's activator: model).
-MODEL_LABEL = {m: "model_name" for m in (*COUNTERS, RUNNING, WAITING)} | {BUFFERED: "model"}
+MODEL_LABEL = {m: VLLM_MODEL_LABEL for m in (*COUNTERS, RUNNING, WAITING)} | {
+    BUFFERED: THAW_ACTIVATOR_MODEL_LABEL
+}
 #: Most points one range query may return (Prometheus refuses more than 11,000).
 MAX_POINTS = 11_000
 

@@ -6,9 +6,10 @@ for the activator's routing (an ``EndpointSource``) and :meth:`LocalActuator.obs
 decider (a ``ModelObservation``). It decides nothing: the stack calls :meth:`LocalActuator.scale`
 with the decider's count.
 
-Replica states follow the decider's vocabulary: ``starting`` (process up, ``/health`` not yet
-200), ``ready``, ``sleeping`` (the warm pool; not routed to), ``draining`` (no new requests; stopped
-once its engine reports nothing running or waiting, or after ``drain_timeout_s``).
+Replica states are the shared vocabulary's (:mod:`kernel.vocab`): ``starting`` (process up,
+``/health`` not yet 200), ``ready``, ``sleeping`` (the warm pool; not routed to), ``draining`` (no
+new requests; stopped once its engine reports nothing running or waiting, or after
+``drain_timeout_s``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import aiohttp
 
@@ -32,6 +33,7 @@ from engine.metrics import EngineMetrics, MetricsParseError, parse_engine_metric
 from engine.process import EngineProcess, EngineSpec, EngineStartError
 from kernel.clock import Clock
 from kernel.errors import ThawError
+from kernel.vocab import LoadTier, ReplicaState
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +41,13 @@ log = logging.getLogger(__name__)
 START_BACKOFF_S = 1.0
 START_BACKOFF_MAX_S = 60.0
 
-ReplicaState = Literal["starting", "ready", "sleeping", "draining"]
-
 #: Prepares one replica's launch (may pull the model): (model, port, replica id) -> (spec, tier),
-#: the tier being where the weights load from: "local_disk" or "remote".
-SpecFactory = Callable[[str, int, str], Awaitable[tuple[EngineSpec, str]]]
+#: the tier being where the weights load from: ``local_disk`` or ``remote``.
+SpecFactory = Callable[[str, int, str], Awaitable[tuple[EngineSpec, LoadTier]]]
 #: Called when a model's set of ready replicas changes (the activator releases its buffer).
 ChangeListener = Callable[[str], None]
-#: Called when a replica becomes ready: (model, replica id, seconds to ready, tier), tier being
-#: "wake", "local_disk" or "remote".
-ReadyListener = Callable[[str, str, float, str], None]
+#: Called when a replica becomes ready: (model, replica id, seconds to ready, load tier).
+ReadyListener = Callable[[str, str, float, LoadTier], None]
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -38,7 +38,9 @@ from autoscaler.warm_pool import plan_actions
 from engine.process import EngineSpec, emulator_spec, vllm_spec
 from events.sink import EventSink, emitter_from_env
 from kernel.clock import Clock
+from kernel.vocab import LOAD_TIERS, REPLICA_STATES, LoadTier
 from local_stack.actuator import LocalActuator
+from model_cache.types import COLD_START_TIER
 from policy_file.schema import ModelConfig, ThawConfig, model_limits
 from policy_file.watch import PolicyWatcher
 
@@ -47,7 +49,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REPLICA_STATES = ("starting", "ready", "sleeping", "draining")
 SCALE_FROM_ZERO_BUCKETS_S = (0.5, 1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600)
 
 
@@ -94,7 +95,7 @@ class StackMetrics:
         )
         self.cold_starts = Counter(
             "thaw_cold_starts_total",
-            "Replica starts, by the tier the engine loaded from (wake|local_disk|remote).",
+            f"Replica starts, by the tier the engine loaded from ({'|'.join(LOAD_TIERS)}).",
             ["model", "tier"],
             registry=registry,
         )
@@ -166,7 +167,9 @@ class LocalStack:
 
     # -- wiring ------------------------------------------------------------------------------
 
-    async def _spec_for(self, model: str, port: int, replica_id: str) -> tuple[EngineSpec, str]:
+    async def _spec_for(
+        self, model: str, port: int, replica_id: str
+    ) -> tuple[EngineSpec, LoadTier]:
         """The launch of one replica, and the tier its weights load from."""
         cfg = self._runs[model].config
         engine = cfg.engine
@@ -199,13 +202,13 @@ class LocalStack:
         )
         return spec, tier
 
-    async def _model_path(self, cfg: ModelConfig) -> tuple[str, str]:
+    async def _model_path(self, cfg: ModelConfig) -> tuple[str, LoadTier]:
         """Where the engine loads the model from, and the tier: ``remote`` if it had to be
         pulled from S3 now, else ``local_disk``. No model configured: the tiny Llama."""
         model = cfg.engine.model
         if model and model.startswith("s3://"):
             result = await asyncio.to_thread(self._model_cache().ensure, cfg.name, model)
-            tier = "remote" if result.tier == "miss" else "local_disk"
+            tier: LoadTier = COLD_START_TIER[result.tier]
             log.info(
                 "model %s: %s from the cache (%s, %d bytes fetched in %.2f s)",
                 cfg.name,
@@ -252,7 +255,9 @@ class LocalStack:
     def _endpoints_changed(self, model: str) -> None:
         self.activator.endpoints_changed(model)
 
-    def _replica_ready(self, model: str, replica_id: str, startup_s: float, tier: str) -> None:
+    def _replica_ready(
+        self, model: str, replica_id: str, startup_s: float, tier: LoadTier
+    ) -> None:
         self.metrics.cold_starts.labels(model, tier).inc()
         self.events.cold_start(model, tier, startup_s)
         run = self._runs.get(model)
@@ -355,7 +360,7 @@ class LocalStack:
 
     def _export(self, model: str, decision: Decision) -> None:
         for state in REPLICA_STATES:
-            self.metrics.replicas.labels(model, state).set(self.actuator.count(model, state))  # type: ignore[arg-type]
+            self.metrics.replicas.labels(model, state).set(self.actuator.count(model, state))
         self.metrics.desired.labels(model).set(decision.desired_replicas)
         self.metrics.panic.labels(model).set(1 if decision.panic else 0)
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from kernel.vocab import LoadTier
+
 Tier = Literal["hit", "miss"]
 State = Literal["ready", "pulling", "partial"]
 
@@ -47,7 +49,7 @@ class EnsureResult:
 
 #: The cold-start load tier an ensure stands for (``thaw_cold_starts_total{tier}``): a hit loads
 #: from the node's disk, a miss pulled from S3 first. (``wake`` never reaches the cache.)
-COLD_START_TIER: dict[Tier, Literal["local_disk", "remote"]] = {
+COLD_START_TIER: dict[Tier, LoadTier] = {
     "hit": "local_disk",
     "miss": "remote",
 }

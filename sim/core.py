@@ -52,7 +52,8 @@ from autoscaler.policy import AutoscalingPolicy, WarmPoolConfig
 from autoscaler.warm_pool import PoolReplica, plan_actions
 from engine.perf_model import EngineCore, EnginePerf, StepPlan
 from engine.perf_model import Sequence as EngineSeq
-from sim.fleet import TIERS, Fleet, FleetModel, Tier, cold_start_s, sleep_s, wake_tier
+from kernel.vocab import FINE_LOAD_TIERS, FineLoadTier, ReplicaState, wake_tier
+from sim.fleet import Fleet, FleetModel, cold_start_s, sleep_s
 from sim.predictive import ForecastPlan, PoolChooser, SimForecaster
 from sim.traces import Request
 
@@ -93,7 +94,7 @@ class SimConfig:
     warm_pools: Mapping[str, WarmPoolConfig] = field(default_factory=dict)
     """Per trace model, its warm pool (absent: none, scaled-down replicas stop)."""
     tick_s: float = 1.0
-    tier: Tier = "local_disk"
+    tier: FineLoadTier = "local_disk"
     """Where a new engine loads its weights from: ``local_disk`` or ``remote``."""
     always_on_replicas: Mapping[str, int] = field(default_factory=dict)
     """Per trace model, the fixed count for ``always-on``."""
@@ -166,7 +167,7 @@ class _Replica:
     core: EngineCore
     started_s: float
     """When it last started or began to wake (the warm pool's ``started_at_s``)."""
-    state: Literal["starting", "ready", "sleeping", "draining"] = "starting"
+    state: ReplicaState = "starting"
     gpu_since_s: float | None = None
     """When it took its GPU; None while it holds none (asleep)."""
     sleep_level: int | None = None
@@ -231,7 +232,7 @@ class _Run:
         self.free_gpus = {p.name: p.count for p in fleet.pools}
         self.free_ram = {p.name: p.host_ram_bytes * fleet.pool_nodes(p.name) for p in fleet.pools}
         self.gpu_s = {p.name: 0.0 for p in fleet.pools}
-        self.cold_by_tier: dict[str, int] = dict.fromkeys(TIERS, 0)
+        self.cold_by_tier: dict[str, int] = dict.fromkeys(FINE_LOAD_TIERS, 0)
         self.capacity_refusals = 0
         self.rejected = 0
         self.models: dict[str, _Model] = {}
@@ -270,7 +271,7 @@ class _Run:
         self.seq += 1
         heapq.heappush(self.heap, (t, self.seq, kind, payload))
 
-    def count_start(self, tier: Tier, now: float) -> None:
+    def count_start(self, tier: FineLoadTier, now: float) -> None:
         if now >= self.cfg.measure_from_s:
             self.cold_by_tier[tier] += 1
 

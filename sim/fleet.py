@@ -31,17 +31,12 @@ step takes ``perf_pool's speed.decode_ratio / this pool's`` times as long; with
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engine.perf_model import EnginePerf
 from kernel.config_errors import ConfigFileError, parse_yaml
-
-Tier = Literal["wake_level1", "wake_level2", "local_disk", "remote"]
-TIERS: tuple[Tier, ...] = ("wake_level1", "wake_level2", "local_disk", "remote")
-#: The tiers a new engine (not a sleeper) can load from.
-START_TIERS: tuple[Tier, ...] = ("local_disk", "remote")
+from kernel.vocab import FINE_LOAD_TIERS, FineLoadTier
 
 
 class FleetError(ConfigFileError):
@@ -246,7 +241,7 @@ def derived_kv_tokens(model: FleetModel, pool: Pool) -> int | None:
     return max(free, 0) // model.kv_bytes_per_token
 
 
-def cold_start_s(model: FleetModel, pool: Pool, tier: Tier) -> float:
+def cold_start_s(model: FleetModel, pool: Pool, tier: FineLoadTier) -> float:
     """Seconds from the decision to a ready replica of ``model`` on ``pool`` from ``tier``."""
     w = model.weights_bytes
     if tier == "wake_level1":
@@ -263,16 +258,12 @@ def sleep_s(model: FleetModel, pool: Pool, level: int) -> float:
     return model.weights_bytes / pool.host_to_gpu_bytes_per_s if level == 1 else 0.0
 
 
-def wake_tier(level: int) -> Tier:
-    """The load tier of waking a sleeper of ``level``."""
-    return "wake_level1" if level == 1 else "wake_level2"
-
-
 def cold_start_table(fleet: Fleet) -> dict[str, dict[str, dict[str, float]]]:
     """``{model: {pool: {tier: seconds}}}`` for every model and pool it fits."""
     return {
         m.name: {
-            p: {t: round(cold_start_s(m, fleet.pool(p), t), 3) for t in TIERS} for p in m.pools
+            p: {t: round(cold_start_s(m, fleet.pool(p), t), 3) for t in FINE_LOAD_TIERS}
+            for p in m.pools
         }
         for m in fleet.models
     }

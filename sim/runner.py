@@ -21,9 +21,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from autoscaler.policy import ForecastConfig, WarmPoolConfig
+from kernel.vocab import FineLoadTier
 from policy_file.schema import ThawConfig
 from sim.core import PolicyName, SimConfig, SimResult, kpa_policy, peak_replicas, simulate
-from sim.fleet import Fleet, FleetModel, Tier, cold_start_s
+from sim.fleet import Fleet, FleetModel, cold_start_s
 from sim.predictive import ForecastPlan
 from sim.traces import Request
 
@@ -56,7 +57,7 @@ def sim_config(
     *,
     warmup_s: float = 0.0,
     first_measured: int = 0,
-    tier: Tier = "local_disk",
+    tier: FineLoadTier = "local_disk",
     forecast: ForecastConfig | None = None,
 ) -> SimConfig:
     """The :class:`SimConfig` of ``policy`` for this trace (``requests`` without the warm-up).
@@ -115,7 +116,7 @@ def run_policies(
     progress: Callable[[int], None] | None = None,
     *,
     warmup_s: float = 0.0,
-    tier: Tier = "local_disk",
+    tier: FineLoadTier = "local_disk",
     forecast: ForecastConfig | None = None,
 ) -> list[SimResult]:
     """Simulate each policy on the same trace (after the same warm-up), in order.

@@ -26,7 +26,7 @@ import pytest
 from openai import OpenAI
 from procs import alive, free_port, kill_all, thaw_argv, wait_all_gone
 
-from engine.metrics import KV_USAGE, WAITING, parse_engine_metrics
+from engine.metrics import parse_engine_metrics
 from engine.process import EngineProcess, vllm_spec
 from model_cache.tiny_model import build_tiny_llama
 
@@ -283,7 +283,7 @@ def test_chat_streaming_with_the_openai_client(client: OpenAI) -> None:
 
 def test_metrics_parse_with_the_autoscalers_parser(vllm: Vllm) -> None:
     text = httpx.get(f"{vllm.base_url}/metrics").text
-    assert f"{WAITING}{{" in text and f"{KV_USAGE}{{" in text
+    assert "vllm:num_requests_waiting{" in text and "vllm:kv_cache_usage_perc{" in text
     metrics = parse_engine_metrics(text)
     assert metrics.num_requests_waiting == 0 and metrics.num_requests_running == 0
     assert 0.0 <= metrics.kv_cache_usage_ratio <= 1.0

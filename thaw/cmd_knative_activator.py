@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kernel.vocab import THAW_ACTIVATOR_BUFFERED_REQUESTS
 from knative.contract import (
     AUTOSCALER_CLASS,
     MODEL_ANNOTATION,
@@ -52,7 +53,7 @@ Knative still sees each pod's concurrency. Requests go to the replica with the f
 outstanding requests; one that fails before its first byte is retried on another.
 
 At zero: a request waits in its model's buffer (models[].activator in --config: buffer_size,
-wait_timeout_s, max_body_bytes) and /metrics shows thaw_activator_buffered_requests{{model=...}},
+wait_timeout_s, max_body_bytes) and /metrics shows {THAW_ACTIVATOR_BUFFERED_REQUESTS}{{model=...}},
 which `thaw knative controller --activator-url` scrapes each tick: that is how demand at zero
 reaches the controller (nothing is pushed to it). Once a pod of the model is ready, the buffer
 is released in arrival order. A model that is not in --config gets OpenAI's 404

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kernel.vocab import START_TIERS
+
 HELP = """\
 Replay a request trace against a simulated fleet of GPU pools, with the SAME autoscaler decider
 `thaw up` runs, and report what it would cost and how many requests would wait on a cold start.
@@ -139,7 +141,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--start-tier",
-        choices=["local_disk", "remote"],
+        choices=list(START_TIERS),
         default="local_disk",
         help="where a new engine loads its weights from: the node's model cache or S3 "
         "(default: %(default)s)",

@@ -13,6 +13,23 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from engine.emulator.engine import EngineState, FinishReason
+from kernel.vocab import (
+    VLLM_E2E_REQUEST_LATENCY,
+    VLLM_ENGINE_LABEL,
+    VLLM_ENGINE_SLEEP_STATE,
+    VLLM_FINISHED_REASON_LABEL,
+    VLLM_GENERATION_TOKENS,
+    VLLM_INTER_TOKEN_LATENCY,
+    VLLM_KV_CACHE_USAGE,
+    VLLM_MODEL_LABEL,
+    VLLM_NUM_REQUESTS_RUNNING,
+    VLLM_NUM_REQUESTS_WAITING,
+    VLLM_PROMPT_TOKENS,
+    VLLM_REQUEST_SUCCESS,
+    VLLM_SLEEP_STATE_LABEL,
+    VLLM_SLEEP_STATE_VALUES,
+    VLLM_TIME_TO_FIRST_TOKEN,
+)
 
 # vLLM's default histogram buckets (vllm/v1/metrics/buckets.py).
 TTFT_BUCKETS_S = (
@@ -30,9 +47,9 @@ E2E_BUCKETS_S = (
 
 #: vLLM's finish reasons; each ``vllm:request_success`` series exists from the start.
 FINISH_REASONS = ("stop", "length", "abort", "error", "repetition")
-SLEEP_STATES = ("awake", "weights_offloaded", "discard_all")
+SLEEP_STATES = tuple(VLLM_SLEEP_STATE_VALUES.values())
 
-LABELS = ("model_name", "engine")
+LABELS = (VLLM_MODEL_LABEL, VLLM_ENGINE_LABEL)
 
 
 class EmulatorMetrics:
@@ -43,48 +60,48 @@ class EmulatorMetrics:
         r = self.registry
         lv = (model_name, engine)
         self._waiting = Gauge(
-            "vllm:num_requests_waiting", "Number of requests waiting to be processed.", LABELS,
+            VLLM_NUM_REQUESTS_WAITING, "Number of requests waiting to be processed.", LABELS,
             registry=r,
         ).labels(*lv)  # fmt: skip
         self._running = Gauge(
-            "vllm:num_requests_running", "Number of requests in model execution batches.", LABELS,
+            VLLM_NUM_REQUESTS_RUNNING, "Number of requests in model execution batches.", LABELS,
             registry=r,
         ).labels(*lv)  # fmt: skip
         self._kv = Gauge(
-            "vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", LABELS,
+            VLLM_KV_CACHE_USAGE, "KV-cache usage. 1 means 100 percent usage.", LABELS,
             registry=r,
         ).labels(*lv)  # fmt: skip
         sleep = Gauge(
-            "vllm:engine_sleep_state",
+            VLLM_ENGINE_SLEEP_STATE,
             "Engine sleep state; awake = 1 means awake; weights_offloaded = 1 means sleep level "
             "1; discard_all = 1 means sleep level 2.",
-            (*LABELS, "sleep_state"),
+            (*LABELS, VLLM_SLEEP_STATE_LABEL),
             registry=r,
         )
         self._sleep = {s: sleep.labels(*lv, s) for s in SLEEP_STATES}
         self._prompt = Counter(
-            "vllm:prompt_tokens", "Number of prefill tokens processed.", LABELS, registry=r
+            VLLM_PROMPT_TOKENS, "Number of prefill tokens processed.", LABELS, registry=r
         ).labels(*lv)
         self._generation = Counter(
-            "vllm:generation_tokens", "Number of generation tokens processed.", LABELS, registry=r
+            VLLM_GENERATION_TOKENS, "Number of generation tokens processed.", LABELS, registry=r
         ).labels(*lv)
         success = Counter(
-            "vllm:request_success",
+            VLLM_REQUEST_SUCCESS,
             "Count of successfully processed requests.",
-            (*LABELS, "finished_reason"),
+            (*LABELS, VLLM_FINISHED_REASON_LABEL),
             registry=r,
         )
         self._success = {reason: success.labels(*lv, reason) for reason in FINISH_REASONS}
         self._ttft = Histogram(
-            "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
+            VLLM_TIME_TO_FIRST_TOKEN, "Histogram of time to first token in seconds.",
             LABELS, buckets=TTFT_BUCKETS_S, registry=r,
         ).labels(*lv)  # fmt: skip
         self._itl = Histogram(
-            "vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
+            VLLM_INTER_TOKEN_LATENCY, "Histogram of inter-token latency in seconds.",
             LABELS, buckets=ITL_BUCKETS_S, registry=r,
         ).labels(*lv)  # fmt: skip
         self._e2e = Histogram(
-            "vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.",
+            VLLM_E2E_REQUEST_LATENCY, "Histogram of e2e request latency in seconds.",
             LABELS, buckets=E2E_BUCKETS_S, registry=r,
         ).labels(*lv)  # fmt: skip
         self.set_state(EngineState(0, 0, 0.0, 0))
@@ -104,7 +121,7 @@ class EmulatorMetrics:
         self._waiting.set(state.num_waiting)
         self._running.set(state.num_running)
         self._kv.set(state.kv_usage_ratio)
-        current = {0: "awake", 1: "weights_offloaded", 2: "discard_all"}[state.sleep_level]
+        current = VLLM_SLEEP_STATE_VALUES[state.sleep_level]
         for name, gauge in self._sleep.items():
             gauge.set(1 if name == current else 0)
 
