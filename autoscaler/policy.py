@@ -6,8 +6,10 @@
 Defaults follow Knative's ``config-autoscaler`` where the concept is Knative's: stable window 60 s,
 panic window 10 % of it, panic threshold 200 %, max scale-up rate 1000, max scale-down rate 2,
 scale-to-zero grace 30 s, scale-down delay 0 s, activation scale 1, a concurrency target of
-100 x 70 % = 70 per replica. One deliberate difference: Knative's ``initial-scale`` is 1, ours
-(``initial_replicas``) is 0, so that ``thaw up`` costs nothing until the first request.
+100 x 70 % = 70 per replica. :func:`kpa_policy` is Knative's KPA as a policy: these defaults with
+the LLM signals off; the simulator's ``kpa`` baseline runs it. One deliberate difference:
+Knative's ``initial-scale`` is 1, ours (``initial_replicas``) is 0, so that ``thaw up`` costs
+nothing until the first request.
 The LLM signals (waiting requests, KV-cache usage) have no Knative counterpart; their defaults are
 ours and documented on the fields.
 """
@@ -25,6 +27,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+#: Knative's ``container-concurrency-target-default``: requests per replica KPA aims at ...
+KNATIVE_CONCURRENCY_TARGET = 100
+#: ... times its ``container-concurrency-target-percentage``: KPA's target is 100 x 70 % = 70.
+KNATIVE_TARGET_UTILIZATION_PCT = 70.0
 
 
 class _Frozen(BaseModel):
@@ -166,7 +173,7 @@ class AutoscalingPolicy(_Frozen):
         "replicas. null disables it.",
     )
     target_concurrency_per_replica: float | None = Field(
-        70.0,
+        KNATIVE_CONCURRENCY_TARGET * KNATIVE_TARGET_UTILIZATION_PCT / 100,
         strict=True,
         gt=0,
         description="Concurrency target (Knative KPA): running + waiting + buffered requests per "
@@ -280,6 +287,17 @@ class AutoscalingPolicy(_Frozen):
     def panic_window_s(self) -> float:
         """The panic window in seconds: ``stable_window_s x panic_window_pct / 100``."""
         return self.stable_window_s * self.panic_window_pct / 100.0
+
+
+def kpa_policy(max_replicas: int) -> AutoscalingPolicy:
+    """Knative KPA's defaults as a policy: every field at its default (Knative's
+    ``config-autoscaler`` where the concept is Knative's, see the module doc), the signals KPA
+    does not have (waiting requests, KV-cache usage) off, at most ``max_replicas``."""
+    return AutoscalingPolicy(
+        max_replicas=max_replicas,
+        target_waiting_per_replica=None,
+        target_kv_cache_usage_ratio=None,
+    )
 
 
 class WarmPoolConfig(_Frozen):

@@ -28,11 +28,11 @@ requests, GPU time, cold starts and samples are not reported); times in :class:`
 seconds from ``SimConfig.measure_from_s``.
 
 Policies: ``thaw`` (the policy file's autoscaling and warm pool), ``kpa`` (the same decider with
-Knative's defaults: concurrency target 100 x 0.7, 60 s stable / 10 % panic window, 200 % panic
-threshold, 30 s scale-to-zero grace, no warm pool), ``always-on`` (a fixed count sized for the
-trace's peak, never scaled, ready from the start) and ``predictive`` (``thaw`` plus a demand
-forecaster per model, fed the simulated arrivals, whose ``forecast_replicas`` one cold start
-ahead the decider takes as a floor; see :mod:`sim.predictive`). A new replica takes the pool
+Knative KPA's defaults, :func:`autoscaler.policy.kpa_policy`, and no warm pool), ``always-on`` (a
+fixed count sized for the trace's peak, never scaled, ready from the start) and ``predictive``
+(``thaw`` plus a demand forecaster per model, fed the simulated arrivals, whose
+``forecast_replicas`` one cold start ahead the decider takes as a floor; see
+:mod:`sim.predictive`). A new replica takes the pool
 :class:`~sim.predictive.PoolChooser` picks (placement when the model lists several pools).
 
 No I/O, no clock reads; the optional ``progress`` callback is the only way out.
@@ -60,26 +60,6 @@ from sim.traces import Request
 PolicyName = Literal["thaw", "kpa", "always-on", "predictive"]
 POLICIES: tuple[PolicyName, ...] = ("thaw", "kpa", "always-on", "predictive")
 _NO_WARM_POOL = WarmPoolConfig()
-
-
-def kpa_policy(max_replicas: int) -> AutoscalingPolicy:
-    """Knative KPA's defaults expressed as an :class:`AutoscalingPolicy`."""
-    return AutoscalingPolicy(
-        min_replicas=0,
-        max_replicas=max_replicas,
-        initial_replicas=0,
-        target_waiting_per_replica=None,
-        target_kv_cache_usage_ratio=None,
-        target_concurrency_per_replica=70.0,
-        stable_window_s=60.0,
-        panic_window_pct=10.0,
-        panic_threshold_pct=200.0,
-        max_scale_up_rate=1000.0,
-        max_scale_down_rate=2.0,
-        scale_down_delay_s=0.0,
-        scale_to_zero_grace_s=30.0,
-        activation_scale=1,
-    )
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from autoscaler.policy import ForecastConfig, WarmPoolConfig
+from autoscaler.policy import ForecastConfig, WarmPoolConfig, kpa_policy
 from kernel.vocab import FineLoadTier
 from policy_file.schema import ThawConfig
-from sim.core import PolicyName, SimConfig, SimResult, kpa_policy, peak_replicas, simulate
+from sim.core import PolicyName, SimConfig, SimResult, peak_replicas, simulate
 from sim.fleet import Fleet, FleetModel, cold_start_s
 from sim.predictive import ForecastPlan
 from sim.traces import Request

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from procs import REPO, thaw_argv
 from pydantic import BaseModel, ValidationError
 
-from autoscaler.policy import AutoscalingPolicy
+from autoscaler.policy import AutoscalingPolicy, kpa_policy
 from engine.perf_model import EnginePerf
 from policy_file.load import (
     PolicyError,
@@ -59,6 +59,36 @@ KNATIVE_DEFAULTS = [
 @pytest.mark.parametrize(("name", "value"), KNATIVE_DEFAULTS)
 def test_defaults_are_knatives(name: str, value: float) -> None:
     assert getattr(AutoscalingPolicy(), name) == value
+
+
+def test_kpa_policy_is_knatives_defaults_with_the_llm_signals_off() -> None:
+    kpa = kpa_policy(7)
+    for name, value in KNATIVE_DEFAULTS:
+        assert getattr(kpa, name) == value, name
+    assert kpa.max_replicas == 7
+    assert kpa.target_waiting_per_replica is None and kpa.target_kv_cache_usage_ratio is None
+    assert kpa.initial_replicas == 0 and not kpa.forecast.enabled
+    # one place: every other field is the policy's own default
+    fields = set(AutoscalingPolicy.model_fields) - {
+        "max_replicas",
+        "target_waiting_per_replica",
+        "target_kv_cache_usage_ratio",
+    }
+    assert all(getattr(kpa, f) == getattr(AutoscalingPolicy(), f) for f in fields)
+
+
+def test_thaw_sim_help_describes_kpa_from_the_policy() -> None:
+    done = thaw("sim", "--help")
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    kpa = kpa_policy(1)
+    assert (
+        f"kpa the same decider with Knative KPA's defaults: concurrency target "
+        f"{kpa.target_concurrency_per_replica:g} per replica (100 x 70 %), stable window "
+        f"{kpa.stable_window_s:g} s, panic window {kpa.panic_window_s:g} s at "
+        f"{kpa.panic_threshold_pct:g} %, scale-to-zero grace {kpa.scale_to_zero_grace_s:g} s; "
+        "no warm pool"
+    ) in text
 
 
 def test_panic_window_is_a_share_of_the_stable_window() -> None:

@@ -4,19 +4,35 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
+from autoscaler.policy import KNATIVE_CONCURRENCY_TARGET, KNATIVE_TARGET_UTILIZATION_PCT, kpa_policy
 from kernel.vocab import START_TIERS
 
-HELP = """\
+
+def _kpa_help() -> str:
+    """The ``kpa`` line of the help, from :func:`autoscaler.policy.kpa_policy` itself."""
+    k = kpa_policy(1)
+    nb = "\0"  # a space the line is not broken at: "100 x 70 %", "30 s"
+    text = (
+        f"the same decider with Knative KPA's defaults: concurrency target "
+        f"{k.target_concurrency_per_replica:g} per replica ({KNATIVE_CONCURRENCY_TARGET}{nb}x{nb}"
+        f"{KNATIVE_TARGET_UTILIZATION_PCT:g}{nb}%), stable window {k.stable_window_s:g}{nb}s, "
+        f"panic window {k.panic_window_s:g}{nb}s at {k.panic_threshold_pct:g}{nb}%, "
+        f"scale-to-zero grace {k.scale_to_zero_grace_s:g}{nb}s; no warm pool"
+    )
+    lines = textwrap.fill(text, 98, initial_indent="  kpa         ", subsequent_indent=" " * 14)
+    return lines.replace(nb, " ")
+
+
+HELP = f"""\
 Replay a request trace against a simulated fleet of GPU pools, with the SAME autoscaler decider
 `thaw up` runs, and report what it would cost and how many requests would wait on a cold start.
 Each policy replays the whole trace:
   thaw        the policy file's autoscaling and warm pool (--config)
-  kpa         the same decider with Knative KPA's defaults: concurrency target 70 per replica
-              (100 x 0.7), stable window 60 s, panic window 6 s at 200 %, scale-to-zero grace 30 s;
-              no warm pool
+{_kpa_help()}
   always-on   a fixed replica count per model, sized for the trace's busiest minute, never scaled
   predictive  thaw plus a demand forecaster per model (the policy file's autoscaling.forecast
               block, enabled), fed the simulated arrivals; the decider keeps at least the
