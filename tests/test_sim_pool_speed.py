@@ -87,15 +87,22 @@ def test_engine_perf_scales_against_the_perf_pool_and_derives_kv_from_memory() -
 
 def test_pool_speed_errors_name_the_field_and_value() -> None:
     text = FLEET.replace("[POOL]", "[fast]")
-    with pytest.raises(FleetError, match=r"pools\[1\]\.speed\.prefill_ratio: value -1"):
+    # the one format (kernel.config_errors): path (line N): value V: what is accepted
+    bad = r"pools\[1\]\.speed\.prefill_ratio \(line 9\): value -1: must be > 0"
+    with pytest.raises(FleetError, match=bad):
         parse_fleet(text.replace("prefill_ratio: 3.0", "prefill_ratio: -1"))
-    with pytest.raises(FleetError, match=r"pools\[1\]\.speed\.memory_utilization_ratio: value 1.5"):
+    bad = (
+        r"pools\[1\]\.speed\.memory_utilization_ratio \(line 9\): value 1.5: must be <= 1 "
+        r"\(accepted: \(0, 1\]\)"
+    )
+    with pytest.raises(FleetError, match=bad):
         parse_fleet(
             text.replace("decode_ratio: 2.0}", "decode_ratio: 2.0, memory_utilization_ratio: 1.5}")
         )
     with pytest.raises(FleetError, match=r"models\[0\]\.perf_pool = 'h200': must be one of slow"):
         parse_fleet(text.replace("perf_pool: slow", "perf_pool: h200"))
-    with pytest.raises(FleetError, match=r"pools\[1\]\.speed\.colour: unknown key"):
+    bad = r"pools\[1\]\.speed\.colour \(line 9\): value 'red': unknown key; accepted keys: pre"
+    with pytest.raises(FleetError, match=bad):
         parse_fleet(text.replace("decode_ratio: 2.0}", "decode_ratio: 2.0, colour: red}"))
     with pytest.raises(
         FleetError,
