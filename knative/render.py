@@ -11,9 +11,11 @@ What each Service carries, and why:
   ``<name>-00001-private``, which must stay a 63-character label); a name shortened to fit ends in
   a hash of the model name so two long names stay apart; a clash is a :class:`RenderError`.
 - revision template annotations: the class annotation with Thaw's value (Knative hands the
-  PodAutoscaler to Thaw's controller), ``min-scale`` and ``initial-scale`` ``"0"`` (needs
-  ``allow-zero-initial-scale`` in ``config-autoscaler``, which ``manifests/`` patches),
-  ``max-scale`` = the smaller of the model's ``max_replicas`` and the pool's capacity, Thaw's
+  PodAutoscaler to Thaw's controller), ``max-scale`` = the smaller of the model's
+  ``max_replicas`` and the pool's capacity, ``min-scale`` and ``initial-scale`` = the model's
+  ``min_replicas`` and ``initial_replicas`` (within ``max-scale``; by default ``"0"``, which
+  needs ``allow-zero-initial-scale`` in ``config-autoscaler``, which ``manifests/`` patches) —
+  per Service, i.e. per (model, pool), as Knative scales each revision apart — Thaw's
   ``thaw.dev/model`` / ``thaw.dev/pool`` (Knative copies them onto the PA), and
   ``prometheus.io/*`` so Prometheus scrapes the engines for the forecaster's history.
 - one container, vLLM's OpenAI server on port 8000, readiness on ``/health``, the pool's GPUs as
@@ -251,12 +253,13 @@ def _check_engine(model: ModelConfig, index: int) -> None:
 def _service(
     cluster: ClusterConfig, model: ModelConfig, pool: PoolConfig, name: str
 ) -> dict[str, Any]:
-    max_scale = min(model.autoscaling.max_replicas, pool.max_replicas)
+    auto = model.autoscaling
+    max_scale = min(auto.max_replicas, pool.max_replicas)
     labels = {"app.kubernetes.io/part-of": "thaw", "thaw.dev/pool": pool.name}
     annotations = {
         CLASS_ANNOTATION: AUTOSCALER_CLASS,
-        MIN_SCALE_ANNOTATION: "0",
-        INITIAL_SCALE_ANNOTATION: "0",
+        MIN_SCALE_ANNOTATION: str(min(auto.min_replicas, max_scale)),
+        INITIAL_SCALE_ANNOTATION: str(min(auto.initial_replicas, max_scale)),
         MAX_SCALE_ANNOTATION: str(max_scale),
         MODEL_ANNOTATION: model.name,
         POOL_ANNOTATION: pool.name,

@@ -252,6 +252,22 @@ def test_revision_template_annotations() -> None:
         assert all(isinstance(v, str) for v in annotations.values())
 
 
+def test_min_and_initial_scale_are_the_models_within_max_scale() -> None:
+    # They were always "0": a model's min_replicas / initial_replicas never reached the cluster
+    # (the PA's annotations win over the policy file in the controller).
+    text = POLICY.replace(
+        "autoscaling: {max_replicas: 4}",
+        "autoscaling: {min_replicas: 3, initial_replicas: 4, max_replicas: 4}",
+    )
+    s = by_name(render_services(config(text)))
+    h100 = s["llama-3-1-8b-instruct-h100"]["spec"]["template"]["metadata"]["annotations"]
+    l4 = s["llama-3-1-8b-instruct-l4"]["spec"]["template"]["metadata"]["annotations"]
+    scales = ("min-scale", "initial-scale", "max-scale")
+    assert [l4[f"autoscaling.knative.dev/{k}"] for k in scales] == ["3", "4", "4"]
+    # the h100 pool holds 2: every bound within it
+    assert [h100[f"autoscaling.knative.dev/{k}"] for k in scales] == ["2", "2", "2"]
+
+
 def test_vllm_container_for_an_s3_model_on_a_two_gpu_pool() -> None:
     svc = by_name(render_services(config()))["llama-3-1-8b-instruct-h100"]
     pod = svc["spec"]["template"]["spec"]

@@ -73,9 +73,11 @@ def _activator(args: argparse.Namespace) -> int:
 RENDER_HELP = """\
 Write one Knative Service (serving.knative.dev/v1) per (model, GPU pool where it fits) from the
 policy file's models: and cluster: sections, as a YAML stream. Each Service is named
-<model>-<pool>, carries Thaw's autoscaler class with min-scale 0 and initial-scale 0, and runs
-vLLM's OpenAI server on the pool's GPUs (node selector, tolerations, GPU requests), loading an
-s3:// model through the node's cache agent from the hostPath cache directory.
+<model>-<pool>, carries Thaw's autoscaler class, min-scale / initial-scale / max-scale from the
+model's autoscaling (min_replicas, initial_replicas, max_replicas within the pool's max_replicas;
+0 / 0 / 1 by default), and runs vLLM's OpenAI server on the pool's GPUs (node selector,
+tolerations, GPU requests), loading an s3:// model through the node's cache agent from the
+hostPath cache directory.
 
 A model runs on its `pools:` if given, else on every pool whose GPU memory per replica holds its
 `weights_bytes` (unknown weights fit everywhere).
