@@ -27,12 +27,12 @@ Measurement: requests before ``SimConfig.first_measured`` only prime the fleet (
 requests, GPU time, cold starts and samples are not reported); times in :class:`SimResult` are
 seconds from ``SimConfig.measure_from_s``.
 
-Policies: ``thaw`` (the policy file's autoscaling and warm pool), ``kpa`` (the same decider with
-Knative KPA's defaults, :func:`autoscaler.policy.kpa_policy`, and no warm pool), ``always-on`` (a
-fixed count sized for the trace's peak, never scaled, ready from the start) and ``predictive``
-(``thaw`` plus a demand forecaster per model, fed the simulated arrivals, whose
-``forecast_replicas`` one cold start ahead the decider takes as a floor; see
-:mod:`sim.predictive`). A new replica takes the pool
+Policies: ``thaw`` (the policy file's autoscaling, its forecast when enabled, and warm pool),
+``kpa`` (the same decider with Knative KPA's defaults, :func:`autoscaler.policy.kpa_policy`, and
+no warm pool), ``always-on`` (a fixed count sized for the trace's peak, never scaled, ready from
+the start) and ``predictive`` (``thaw`` with a demand forecaster for every model, fed the
+simulated arrivals, whose ``forecast_replicas`` one cold start ahead the decider takes as a floor;
+see :mod:`sim.predictive`). A new replica takes the pool
 :class:`~sim.predictive.PoolChooser` picks (placement when the model lists several pools).
 
 No I/O, no clock reads; the optional ``progress`` callback is the only way out.

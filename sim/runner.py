@@ -2,10 +2,11 @@
 
 Owns the mapping rules, pure: each trace model runs as the fleet model of the same name, else as
 ``fleet.models[i % len]`` in sorted-name order; the ``thaw`` policy of a trace model is the policy
-file's model of the same name, else its first model (autoscaling and warm pool; a warm pool with
-``weights_bytes: 0`` gets the fleet model's weights); ``predictive`` is ``thaw`` plus a forecaster
-per model (the policy's ``forecast`` block, or the one given, enabled either way; horizon: its
-``horizon_s``, else the model's derived cold-start time on its first pool from the run's tier);
+file's model of the same name, else its first model (autoscaling with its forecast when enabled,
+and warm pool; a warm pool with ``weights_bytes: 0`` gets the fleet model's weights);
+``predictive`` is ``thaw`` with a forecaster for every model (the policy's ``forecast`` block, or
+the one given, enabled either way); a forecaster's horizon is its ``horizon_s``, else the model's
+derived cold-start time on its first pool from the run's tier;
 ``kpa`` gets Knative's defaults with the same ``max_replicas`` and no warm pool; ``always-on``
 gets :func:`~sim.core.peak_replicas` per model.
 
@@ -78,9 +79,14 @@ def sim_config(
     if policy == "kpa":
         auto = {n: kpa_policy(a.max_replicas) for n, a in auto.items()}
     plans: dict[str, ForecastPlan] = {}
-    if policy == "predictive":
+    if policy in ("thaw", "predictive"):
         for n, c in chosen.items():
-            fc = (forecast or c.autoscaling.forecast).model_copy(update={"enabled": True})
+            if policy == "predictive":
+                fc = (forecast or c.autoscaling.forecast).model_copy(update={"enabled": True})
+            elif c.autoscaling.forecast.enabled:
+                fc = c.autoscaling.forecast
+            else:
+                continue
             spec = specs[n]
             horizon = fc.horizon_s
             if horizon is None:

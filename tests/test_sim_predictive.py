@@ -144,3 +144,15 @@ def test_a_dearer_pool_wins_when_it_serves_enough_more() -> None:
     assert res.gpu_seconds_by_pool["cheap"] == 0
     (res,) = run(bursts()[:50], ["thaw"], pools="[cheap, dear]", dear_speed=2.0)  # 5 $/h: no
     assert res.gpu_seconds_by_pool["dear"] == 0
+
+
+def test_the_thaw_policy_runs_the_files_forecast_when_enabled() -> None:
+    # The simulator honours autoscaling.forecast.enabled in the policy file (it was ignored:
+    # only --compare predictive forecast).
+    fleet = parse_fleet(fleet_text("[dear]"))
+    cfg = thaw_config(forecast=SEASONAL.model_dump())
+    thaw, predictive = run_policies(["thaw", "predictive"], bursts(), fleet, cfg, horizon_s=0.0)
+    assert thaw.records == predictive.records
+    assert thaw.gpu_seconds_by_pool == predictive.gpu_seconds_by_pool
+    (plain,) = run(bursts(), ["thaw"])  # the same file without the forecast
+    assert sum(r.cold_start for r in thaw.records) < sum(r.cold_start for r in plain.records)

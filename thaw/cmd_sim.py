@@ -31,12 +31,14 @@ HELP = f"""\
 Replay a request trace against a simulated fleet of GPU pools, with the SAME autoscaler decider
 `thaw up` runs, and report what it would cost and how many requests would wait on a cold start.
 Each policy replays the whole trace:
-  thaw        the policy file's autoscaling and warm pool (--config)
+  thaw        the policy file's autoscaling (its forecast too, when enabled) and warm pool
+              (--config)
 {_kpa_help()}
   always-on   a fixed replica count per model, sized for the trace's busiest minute, never scaled
-  predictive  thaw plus a demand forecaster per model (the policy file's autoscaling.forecast
-              block, enabled), fed the simulated arrivals; the decider keeps at least the
-              replicas the forecast demand one cold start ahead needs (bench/sim_predictive.py)
+  predictive  thaw with a demand forecaster for every model (the policy file's
+              autoscaling.forecast block, enabled), fed the simulated arrivals; the decider keeps
+              at least the replicas the forecast demand one cold start ahead needs
+              (bench/sim_predictive.py)
 
 Cold-start times are derived from the fleet file: a new engine loads from --start-tier
 (local_disk: engine_start_s + weights / local-disk bandwidth); a warm-pool sleeper wakes from host
