@@ -42,6 +42,7 @@ from kernel.vocab import LOAD_TIERS, REPLICA_STATES, LoadTier
 from local_stack.actuator import LocalActuator
 from model_cache.types import COLD_START_TIER
 from policy_file.schema import ModelConfig, ThawConfig, model_limits
+from policy_file.support import Runtime
 from policy_file.watch import PolicyWatcher
 
 if TYPE_CHECKING:
@@ -143,7 +144,7 @@ class LocalStack:
         self.work_dir = work_dir
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = StackMetrics(self.registry)
-        self._watcher = PolicyWatcher(config_path, config) if config_path else None
+        self._watcher = PolicyWatcher(config_path, config, Runtime.LOCAL) if config_path else None
         self._runs: dict[str, _ModelRun] = {
             m.name: _ModelRun(config=m, state=DeciderState.initial()) for m in config.models
         }

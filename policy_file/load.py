@@ -2,6 +2,9 @@
 :class:`PolicyError` listing *every* problem out, each as ``path (line N): value V: what is
 accepted`` (the kernel's one formatter, :mod:`kernel.config_errors`); the built-in default file
 and the JSON Schema.
+
+Given the runtime that will run it (:class:`~policy_file.support.Runtime`), a valid file that
+sets a key that runtime does not honour is refused too (:func:`policy_file.support.refusals`).
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ from kernel.config_errors import (
     where,
 )
 from policy_file.schema import ThawConfig
+from policy_file.support import Runtime, refusals
 
 DEFAULT_CONFIG_NAME = "default_config.yaml"
 
 
 class PolicyError(ConfigFileError):
-    """A policy file is unreadable or invalid; the message lists every problem, one per line."""
+    """A policy file is unreadable, invalid, or refused by the runtime that loads it; the
+    message lists every problem, one per line."""
 
 
 def default_config_path() -> Path:
@@ -35,8 +40,11 @@ def default_config_path() -> Path:
     return Path(__file__).with_name(DEFAULT_CONFIG_NAME)
 
 
-def parse_policy(text: str, source: str = "<policy>") -> ThawConfig:
-    """Validate policy YAML text; raise :class:`PolicyError` listing every error."""
+def parse_policy(
+    text: str, source: str = "<policy>", runtime: Runtime | None = None
+) -> ThawConfig:
+    """Validate policy YAML text; raise :class:`PolicyError` listing every error. With
+    ``runtime``, also every setting that runtime refuses."""
     doc = read_yaml(text, source, PolicyError)
     if doc.data is None:
         raise PolicyError(source, ["the file is empty; a policy needs at least `models:`"])
@@ -57,19 +65,22 @@ def parse_policy(text: str, source: str = "<policy>") -> ThawConfig:
             problems.append(format_error(err, ThawConfig, doc.lines))
         problems += dups
         raise PolicyError(source, problems) from None
+    if runtime is not None:
+        problems += refusals(config, runtime, doc.lines, doc.data)
     if problems:
         raise PolicyError(source, problems)
     return config
 
 
-def load_policy(path: str | Path) -> ThawConfig:
-    """Read and validate a policy file; raise :class:`PolicyError` listing every error."""
+def load_policy(path: str | Path, runtime: Runtime | None = None) -> ThawConfig:
+    """Read and validate a policy file; raise :class:`PolicyError` listing every error. With
+    ``runtime``, also every setting that runtime refuses."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise PolicyError(str(p), [f"cannot read the file: {e}"]) from e
-    return parse_policy(text, str(p))
+    return parse_policy(text, str(p), runtime)
 
 
 def policy_json_schema() -> dict[str, Any]:

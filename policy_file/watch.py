@@ -1,4 +1,5 @@
-"""Reload the policy file on change: a bad new file keeps the old policy and says why."""
+"""Reload the policy file on change: a bad new file (or one the runtime refuses) keeps the old
+policy and says why."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from policy_file.load import PolicyError, parse_policy
 from policy_file.schema import ThawConfig
+from policy_file.support import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +35,16 @@ class PolicyWatcher:
     with the reason. :meth:`poll` is the thin adapter: it stats and reads the file, calls
     :meth:`consider`, logs a rejected file once per distinct content, and returns the new config
     or None. The caller decides how often to poll (the local stack: once per tick).
+
+    ``runtime``: the runtime that runs the policy; a new file setting a key it does not honour is
+    rejected like an invalid one (:func:`policy_file.support.refusals`).
     """
 
-    def __init__(self, path: str | Path, current: ThawConfig) -> None:
+    def __init__(
+        self, path: str | Path, current: ThawConfig, runtime: Runtime | None = None
+    ) -> None:
         self.path = Path(path)
+        self.runtime = runtime
         self._config = current
         self._mtime_ns: int | None = None
         self._digest: str | None = None
@@ -57,7 +65,7 @@ class PolicyWatcher:
             return ReloadOutcome(self._config, False, "unchanged")
         self._digest = digest
         try:
-            new = parse_policy(text, str(self.path))
+            new = parse_policy(text, str(self.path), self.runtime)
         except PolicyError as e:
             return ReloadOutcome(self._config, False, f"{e}\nkeeping the policy in force")
         if new == self._config:

@@ -506,9 +506,10 @@ async def test_the_process_serves_a_request_from_zero(tmp_path: Path, engine_por
     """The real command (namespace from the policy's cluster section) through one cold start."""
     async with kube_api() as (api, server):
         port = free_port()
+        policy = _policy(tmp_path / "policy.yaml", cluster=True)
         argv = thaw_argv(
             "knative", "activator", "--kubeconfig", str(write_kubeconfig(tmp_path / "kc", server)),
-            "--config", str(_policy(tmp_path / "policy.yaml", cluster=True)),
+            "--config", str(policy),
             "--host", "127.0.0.1", "--port", str(port), "--refresh-s", "0.1",
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
@@ -529,5 +530,21 @@ async def test_the_process_serves_a_request_from_zero(tmp_path: Path, engine_por
                 api.put_object(*SLICES, eps(f"{REV}-private", REV, engine_port))
                 status, body = await asyncio.wait_for(first, timeout=20)
                 assert status == 200, body
+                # A reloaded file with a setting the Knative runtime does not honour is refused
+                # like an invalid one: the policy in force stays, the log says which and why.
+                doc = yaml.safe_load(policy.read_text())
+                doc["models"][0]["name"] = "other"
+                doc["models"][0]["autoscaling"] = {"forecast": {"enabled": True}}
+                policy.write_text(yaml.safe_dump(doc))
+                log = tmp_path / "activator.log"
+
+                async def refused() -> bool:
+                    return "models[0].autoscaling.forecast.enabled" in log.read_text()
+
+                await poll("the refusal in the log", refused)
+                text = log.read_text()
+                assert "policy file rejected" in text and "value True: thaw knative" in text
+                async with http.get(url + "/v1/models") as resp:
+                    assert {c["id"] for c in (await resp.json())["data"]} == {MODEL}
     agents = {q.user_agent for q in api.log}
     assert agents == {"thaw-activator"}

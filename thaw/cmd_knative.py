@@ -77,7 +77,8 @@ policy file's models: and cluster: sections, as a YAML stream. Each Service is n
 model's autoscaling (min_replicas, initial_replicas, max_replicas within the pool's max_replicas;
 0 / 0 / 1 by default), and runs vLLM's OpenAI server on the pool's GPUs (node selector,
 tolerations, GPU requests), loading an s3:// model through the node's cache agent from the
-hostPath cache directory.
+hostPath cache directory. Settings the Knative runtime does not honour yet (the forecaster, the
+warm pool) are refused, naming them (`thaw policy support`).
 
 A model runs on its `pools:` if given, else on every pool whose GPU memory per replica holds its
 `weights_bytes` (unknown weights fit everywhere).
@@ -118,9 +119,10 @@ def _render(args: argparse.Namespace) -> int:
     from kernel.errors import ConfigError
     from knative.render import render_services, to_yaml
     from policy_file.load import load_policy
+    from policy_file.support import Runtime
 
     try:
-        services = render_services(load_policy(args.config))
+        services = render_services(load_policy(args.config, Runtime.KNATIVE))
     except ConfigError as e:
         print(f"thaw knative render: {e}", file=sys.stderr)
         return 2

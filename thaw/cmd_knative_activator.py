@@ -169,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
     from knative.kube import KubeConfig
     from policy_file.load import PolicyError, default_config_path, load_policy
     from policy_file.schema import model_limits
+    from policy_file.support import Runtime
     from policy_file.watch import PolicyWatcher
     from thaw.api_keys import api_keys
 
@@ -178,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     path: Path = args.config or default_config_path()
     try:
-        config = load_policy(path)
+        config = load_policy(path, Runtime.KNATIVE)
         keys = api_keys(args.api_key_file, os.environ.get("THAW_API_KEYS"))
         kube_config = KubeConfig.load(args.kubeconfig, args.context, args.in_cluster)
     except PolicyError as e:
@@ -225,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
                 port,
                 stop,
                 refresh_s=args.refresh_s,
-                watcher=PolicyWatcher(path, config) if args.config else None,
+                watcher=PolicyWatcher(path, config, Runtime.KNATIVE) if args.config else None,
                 api_keys=keys,
                 started=started,
             )

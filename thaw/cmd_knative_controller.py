@@ -25,6 +25,7 @@ from knative.demand import (
 )
 from knative.kube import KubeClient, KubeConfig
 from policy_file.load import PolicyError, default_config_path, load_policy
+from policy_file.support import Runtime
 from thaw.kube_args import add_kube_api_args
 
 DESCRIPTION = f"""\
@@ -141,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     path = args.config or default_config_path()
     try:
-        config = load_policy(path)
+        config = load_policy(path, Runtime.KNATIVE)
         kube_config = KubeConfig.load(args.kubeconfig, args.context, args.in_cluster)
     except PolicyError as e:
         print(f"{prog}: {path}: invalid policy\n{e}", file=sys.stderr)

@@ -1,11 +1,17 @@
-"""``thaw policy``: validate a policy file, print its JSON Schema, print the built-in default."""
+"""``thaw policy``: validate a policy file, print its JSON Schema, the built-in default, and which
+runtime honours which setting."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
+
+#: ``--runtime`` values -> :class:`policy_file.support.Runtime` values.
+_RUNTIMES = {"up": "thaw up", "knative": "thaw knative", "sim": "thaw sim"}
+_NAME = {v: k for k, v in _RUNTIMES.items()}
 
 HELP = """\
 The policy file is the local stack's one YAML file (`thaw up --config FILE`): where the
@@ -14,16 +20,26 @@ engine (real vLLM or the emulator) and its autoscaling policy. Knative's default
 concept is Knative's (stable window 60 s, panic window 10 %, panic threshold 200 %, scale-to-zero
 grace 30 s, ...). Unknown keys are errors.
 
+The same file serves the three runtimes (`thaw up`, `thaw knative` controller / render /
+activator, `thaw sim`). A setting a runtime does not honour yet is refused by that runtime when
+set to anything but its default (at start and at reload), naming the key, the value and why;
+sections that configure another runtime (`cluster:` for `thaw up`, `cache:` on a cluster, the
+engines for the simulator) are accepted and left to it.
+
 subcommands:
   check FILE     validate FILE: exit 0 and one summary line per model, or exit 1 and every error
-                 as `field.path (line N): value V: what is accepted`
+                 as `field.path (line N): value V: what is accepted`; --runtime also refuses
+                 what that runtime does not honour
   schema         the JSON Schema of the file (every field, its default and description)
   show-default   the built-in policy `thaw up` uses without --config (the tiny Llama on real
                  vLLM, 0..1 replicas); a commented starting point
+  support        which runtime honours which key (the README's table)
 
 examples:
   thaw policy show-default > thaw.yaml       # start from the default
   thaw policy check thaw.yaml
+  thaw policy check --runtime knative thaw.yaml
+  thaw policy support
   thaw policy schema | python -m json.tool | less
   thaw up --config thaw.yaml
 """
@@ -55,7 +71,24 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     check.add_argument("file", metavar="FILE", help="the policy file (YAML)")
+    check.add_argument(
+        "--runtime",
+        choices=sorted(_RUNTIMES),
+        default=None,
+        help="also refuse what this runtime does not honour, as it does at load (default: "
+        "list, without failing, what each runtime would refuse)",
+    )
     check.set_defaults(func=_check)
+    support = sub.add_parser(
+        "support",
+        help="print which runtime honours which policy key",
+        description="Print, for every key of the policy file, whether thaw up, thaw knative "
+        "and thaw sim honour it, refuse it (when set to anything but its default), or leave it "
+        "to another runtime; the README's table, as Markdown.",
+        epilog="example:\n  thaw policy support",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    support.set_defaults(func=_support)
     schema = sub.add_parser(
         "schema",
         help="print the JSON Schema of the policy file",
@@ -84,11 +117,13 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from policy_file.load import PolicyError, load_policy
+    from policy_file.load import PolicyError, load_policy, parse_policy
     from policy_file.summary import summarize
+    from policy_file.support import Runtime
 
+    runtime = Runtime(_RUNTIMES[args.runtime]) if args.runtime else None
     try:
-        config = load_policy(args.file)
+        config = load_policy(args.file, runtime)
     except PolicyError as e:
         print(str(e), file=sys.stderr)
         return 1
@@ -97,6 +132,23 @@ def _check(args: argparse.Namespace) -> int:
           f"{config.listen.host}:{config.listen.port}, tick {config.tick_s:g} s")  # fmt: skip
     for line in summarize(config):
         print(f"  {line}")
+    if runtime is None:
+        text = Path(args.file).read_text(encoding="utf-8")
+        for rt in Runtime:
+            try:
+                parse_policy(text, args.file, rt)
+            except PolicyError as e:
+                print(f"  refused by {rt.value} (thaw policy check --runtime "
+                      f"{_NAME[rt.value]}):")  # fmt: skip
+                for err in e.errors:
+                    print(f"    {err}")
+    return 0
+
+
+def _support(args: argparse.Namespace) -> int:
+    from policy_file.support import markdown_table
+
+    sys.stdout.write(markdown_table())
     return 0
 
 

@@ -32,7 +32,8 @@ Replay a request trace against a simulated fleet of GPU pools, with the SAME aut
 `thaw up` runs, and report what it would cost and how many requests would wait on a cold start.
 Each policy replays the whole trace:
   thaw        the policy file's autoscaling (its forecast too, when enabled) and warm pool
-              (--config)
+              (--config); a setting the simulator does not honour is refused, naming it (see
+              `thaw policy support`)
 {_kpa_help()}
   always-on   a fixed replica count per model, sized for the trace's busiest minute, never scaled
   predictive  thaw with a demand forecaster for every model (the policy file's
@@ -257,6 +258,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
 
     from policy_file.load import PolicyError, load_policy
+    from policy_file.support import Runtime
     from sim.core import PolicyName
     from sim.fleet import FleetError, load_fleet
     from sim.report import write_report
@@ -291,7 +293,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     try:
         fleet = load_fleet(args.fleet)
-        thaw = load_policy(args.config)
+        thaw = load_policy(args.config, Runtime.SIM)
         requests = load_trace(args.trace, args.trace_format)
     except (FleetError, PolicyError, TraceError) as e:
         print(f"thaw sim: {e}", file=sys.stderr)

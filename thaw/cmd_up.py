@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from kernel.clock import SystemClock
     from local_stack.stack import LocalStack
     from policy_file.load import PolicyError, default_config_path, load_policy
+    from policy_file.support import Runtime
     from thaw.api_keys import api_keys
 
     try:
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     path: Path = args.config or default_config_path()
     try:
-        config = load_policy(path)
+        config = load_policy(path, Runtime.LOCAL)
     except PolicyError as e:
         print(f"thaw up: {path}: invalid policy\n{e}", file=sys.stderr)
         return 1
