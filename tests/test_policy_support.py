@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -264,3 +265,22 @@ def test_thaw_policy_support_prints_the_table() -> None:
     done = thaw("policy", "support")
     assert done.returncode == 0, done.stderr
     assert done.stdout == markdown_table()
+
+
+# -- the README's layers --------------------------------------------------------------------
+
+
+def test_the_readme_layers_are_the_contracts_order() -> None:
+    config = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    (layers,) = [
+        c["layers"] for c in config["tool"]["importlinter"]["contracts"] if c["type"] == "layers"
+    ]
+    section = README.split("## Layers", 1)[1].split("\n## ", 1)[0]
+    listed = [
+        [name.strip("`/") for name in re.findall(r"`[a-z_]+/`", line.split(" — ")[0])]
+        for line in section.splitlines()
+        if line.startswith("- `")
+    ]
+    contract = [[r.strip() for r in layer.split("|")] for layer in reversed(layers)]
+    assert listed == contract
+    assert "`lint-imports`" in section
