@@ -106,7 +106,7 @@ def load_config(
     (:mod:`kernel.config_errors`): a file key as ``key (line N)``, a flag as ``--flag``."""
     values, lines, duplicates = _read_file(path) if path is not None else ({}, {}, ())
     cli = {k: v for k, v in (overrides or {}).items() if v is not None}
-    source = str(path) if path is not None else "thaw emulator options"
+    source = str(path) if path is not None else "command line"
     unknown = [
         problem(_flag(k), v, f"unknown option; accepted: {', '.join(accepted_keys())}")
         for k, v in cli.items()
