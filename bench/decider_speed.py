@@ -1,13 +1,16 @@
 """Decider speed: microseconds per :func:`autoscaler.decider.decide` call, now against a baseline.
 
-The baseline is the decider as it was at ``--baseline`` (a git revision; by default the last one
-before the reason and signals were built lazily), loaded from ``git show`` as a separate module
-and timed in the same run, interleaved with the current one: ``--repeats`` rounds, the best of
-each (the round least disturbed by other work on a shared machine; the median is printed too).
+The baseline is the decider as it was at ``--baseline`` (a git revision; by default ``deb1184``,
+the last single-module decider: reason and signals built on first read, frozen dataclasses filled
+through ``__dict__``), read from ``git archive`` (a single ``autoscaler/decider.py`` or the
+``autoscaler/decider/`` package of stages, whichever the revision has), imported beside the
+current one and timed in the same run, interleaved with it: ``--repeats`` rounds, the best of each
+(the round least disturbed by other work on a shared machine; the median is printed too).
 
 First both deciders replay the same scenarios and every output is compared: desired and current
 counts, panic / stale / cold flags, the ``reason`` string, the ``signals`` dict and the next
-state. Any difference stops the bench (exit 1): a speed-up that changes a result is no speed-up.
+state. Any difference stops the bench (exit 1): a change of speed that changes a result is not
+what this bench measures.
 
 Scenarios timed:
 
@@ -19,6 +22,8 @@ Scenarios timed:
 - ``fleet+reason``: the same, reading every decision's ``reason`` and ``signals`` (what a log line
   per decision costs; the controller logs only decisions that change the count).
 
+``now/base`` is the cost of a call now over the baseline's (below 1: now is faster).
+
   .venv/bin/python bench/decider_speed.py
   .venv/bin/python bench/decider_speed.py --baseline HEAD~3 --repeats 9
 """
@@ -26,11 +31,16 @@ Scenarios timed:
 from __future__ import annotations
 
 import argparse
+import importlib
+import io
 import math
 import random
+import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,24 +52,38 @@ from autoscaler.decider import ModelObservation, ReplicaObservation
 from autoscaler.policy import AutoscalingPolicy
 
 REPO = Path(__file__).resolve().parent.parent
-#: The decider before this bench's change (the commit before lazy reason / signals).
-BEFORE = "43f4c28"
+#: The last single-module decider (lazy reason and signals, fast constructors), before it became
+#: a pipeline of stages with plain frozen dataclasses.
+BEFORE = "deb1184"
 
 Step = tuple[ModelObservation, AutoscalingPolicy, float]
 
 
 def load_baseline(rev: str) -> ModuleType:
-    """``autoscaler/decider.py`` at ``rev``, imported as the module ``decider_baseline``."""
-    src = subprocess.run(
-        ["git", "show", f"{rev}:autoscaler/decider.py"],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        text=True,
+    """The decider at ``rev``, imported from git, beside the current one.
+
+    ``autoscaler/`` at ``rev`` is written to a temporary folder and ``autoscaler.decider``
+    imported from there (a single module or a package of stages, whichever ``rev`` has), with the
+    current ``autoscaler`` modules set aside meanwhile and put back after: the baseline's
+    modules keep their own names bound, so both deciders run side by side in this process.
+    """
+    archive = subprocess.run(
+        ["git", "archive", rev, "autoscaler"], cwd=REPO, check=True, capture_output=True
     ).stdout
-    mod = ModuleType("decider_baseline")
-    sys.modules[mod.__name__] = mod  # dataclasses look their module up while building
-    exec(compile(src, f"{rev}:autoscaler/decider.py", "exec"), mod.__dict__)
+    tmp = Path(tempfile.mkdtemp(prefix="decider-baseline-"))
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(tmp, filter="data")
+    ours = [k for k in sys.modules if k == "autoscaler" or k.startswith("autoscaler.")]
+    mine = {k: sys.modules.pop(k) for k in ours}
+    sys.path.insert(0, str(tmp))
+    try:
+        mod = importlib.import_module("autoscaler.decider")
+    finally:
+        sys.path.remove(str(tmp))
+        for k in [k for k in sys.modules if k == "autoscaler" or k.startswith("autoscaler.")]:
+            del sys.modules[k]
+        sys.modules.update(mine)
+        shutil.rmtree(tmp, ignore_errors=True)
     return mod
 
 
@@ -224,8 +248,8 @@ def main() -> None:
         "fleet": lambda m: timer_fleet(m, policy, frames, read=False),
         "fleet+reason": lambda m: timer_fleet(m, policy, frames, read=True),
     }
-    head = f"{'scenario':<14}{'baseline us':>12}{'now us':>10}{'ratio':>8}"
-    print(f"{head}{'median ratio':>14}   (best of {args.repeats} interleaved rounds)")
+    head = f"{'scenario':<14}{'baseline us':>12}{'now us':>10}{'now/base':>10}"
+    print(f"{head}{'median now/base':>17}   (best of {args.repeats} interleaved rounds)")
     for name, make in scenarios.items():
         before, after = make(old), make(current)
         b: list[float] = []
@@ -234,8 +258,8 @@ def main() -> None:
             b.append(before())
             a.append(after())
         mb, ma = min(b), min(a)
-        med = statistics.median(b) / statistics.median(a)
-        print(f"{name:<14}{mb * 1e6:>12.1f}{ma * 1e6:>10.1f}{mb / ma:>7.2f}x{med:>13.2f}x")
+        med = statistics.median(a) / statistics.median(b)
+        print(f"{name:<14}{mb * 1e6:>12.1f}{ma * 1e6:>10.1f}{ma / mb:>9.2f}x{med:>16.2f}x")
         if not math.isfinite(mb / ma):
             raise SystemExit(1)
 

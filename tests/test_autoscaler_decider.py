@@ -1,10 +1,13 @@
-"""The decider on explicit timestamps (Knative's test style) and its invariants (hypothesis)."""
+"""The decider on explicit timestamps (Knative's test style) and its invariants (hypothesis).
+Each stage on its own: ``tests/test_autoscaler_decider_stages.py``."""
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import pickle
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import pytest
@@ -540,6 +543,20 @@ def test_decider_is_deterministic(p: AutoscalingPolicy, steps: list[Any]) -> Non
     assert replay() == replay()
 
 
+def test_stale_metrics_run_the_same_floors_and_bounds() -> None:
+    # Stale metrics hold the count, then the forecast, initial_replicas and max_replicas apply
+    # as on the fresh path, and say so in the same words, in the same order.
+    p = policy(max_replicas=3, initial_replicas=2)
+    d, _ = decide(obs(ready("a", age_s=60.0), forecast=1.2), p, DeciderState.initial(), 0.0)
+    assert d.stale_metrics and d.desired_replicas == 2
+    assert d.reason.endswith("never scaling down on missing metrics; forecast wants 2"), d.reason
+    d, _ = decide(obs(ready("a", age_s=60.0), forecast=0.5), p, DeciderState.initial(), 0.0)
+    assert d.reason.endswith("; initial_replicas 2 during the first stable window"), d.reason
+    d, _ = decide(obs(ready("a", age_s=60.0), forecast=7.5), p, DeciderState.initial(), 0.0)
+    assert d.desired_replicas == 3
+    assert d.reason.endswith("; forecast wants 8; max_replicas 3 (wanted 8)"), d.reason
+
+
 def test_state_is_immutable() -> None:
     d, state = decide(obs(buffered=1), policy(), DeciderState.initial(), 0.0)
     with pytest.raises(AttributeError):
@@ -581,3 +598,54 @@ def test_in_flight_below_the_scraped_load_changes_nothing() -> None:
     without, _ = run(p, every_second(0, 3, obs(ready("r0", running=4))))
     assert [d.desired_replicas for d in with_floor] == [d.desired_replicas for d in without]
     assert with_floor[-1].desired_replicas == 4
+
+
+# -- a decision is a plain value ------------------------------------------------------------
+
+
+def panicking_decision() -> Decision:
+    p = AutoscalingPolicy(max_replicas=2, scale_down_delay_s=5.0, target_waiting_per_replica=2.0)
+    state = DeciderState.initial()
+    d: Decision | None = None
+    for t, running in enumerate([1.0, 1.0, 40.0, 40.0]):
+        rep = ReplicaObservation("a", "ready", 3.0, running, 0.4, 0.1)
+        d, state = decide(ModelObservation("m", (rep,), 2, 1.5), p, state, float(t))
+    assert d is not None
+    return d
+
+
+def plain_copy(d: Decision) -> Decision:
+    return Decision(**{f.name: getattr(d, f.name) for f in fields(d)})
+
+
+def test_reason_and_signals_are_plain_values() -> None:
+    d = panicking_decision()
+    assert d.panic and d.desired_replicas == 2
+    assert d.reason.startswith("scale up 1 -> 2: stable 60 s wants 3 (waiting 5/2 -> 3")
+    assert "; panic (panic window 6 s wants " in d.reason
+    assert "; max_replicas 2 (wanted 3)" in d.reason
+    assert type(d.reason) is str and type(d.signals) is dict
+    assert d.signals["forecast"] == 1.5 and d.signals["buffered"] == 2.0
+
+
+@pytest.mark.parametrize("reader", ["eq", "repr", "replace", "asdict", "pickle", "copy"])
+def test_every_reader_sees_the_same_decision(reader: str) -> None:
+    d = panicking_decision()
+    readers: dict[str, Callable[[], bool]] = {
+        "eq": lambda: d == plain_copy(panicking_decision()),
+        "repr": lambda: repr(d) == repr(plain_copy(panicking_decision())),
+        "replace": lambda: replace(d, desired_replicas=3).reason == panicking_decision().reason,
+        "asdict": lambda: asdict(d) == asdict(plain_copy(panicking_decision())),
+        "pickle": lambda: pickle.loads(pickle.dumps(d)) == plain_copy(panicking_decision()),
+        "copy": lambda: copy.deepcopy(d) == plain_copy(panicking_decision()),
+    }
+    assert readers[reader]()
+    assert d == plain_copy(d) and repr(d) == repr(plain_copy(d))
+
+
+def test_missing_attributes_still_raise() -> None:
+    d = panicking_decision()
+    with pytest.raises(AttributeError, match="nonexistent"):
+        d.nonexistent  # type: ignore[attr-defined]  # noqa: B018
+    with pytest.raises(AttributeError):
+        d.reason = "x"  # type: ignore[misc]

@@ -1,0 +1,174 @@
+"""The decision: :func:`decide` runs the stages of :mod:`autoscaler.decider.stages` in order,
+joins their notes into the reason and returns the decision with the next state. Two paths, chosen
+by the signals stage: fresh metrics (windows, desired, rate limits, panic, floors, grace, bounds)
+and stale or missing metrics (hold; visible demand and the panic maximum, then the same floors
+and bounds). :func:`cold_start_decision` is the scale-from-zero path on its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from autoscaler.decider import stages
+from autoscaler.decider.types import DeciderState, Decision, ModelObservation
+from autoscaler.policy import AutoscalingPolicy
+
+
+def cold_start_decision(obs: ModelObservation, policy: AutoscalingPolicy) -> Decision | None:
+    """The scale-from-zero path: no ready or starting replica and requests buffered.
+
+    Returns a decision for ``max(1, activation_scale, min_replicas)`` replicas (within
+    ``max_replicas``) at once — no window, no delay — or None when the model is not at zero or
+    nothing is buffered.
+    """
+    current = sum(1 for r in obs.replicas if r.state in ("ready", "starting"))
+    count = stages.cold_start_count(current, obs.buffered_requests, policy)
+    if count is None:
+        return None
+    return Decision(
+        model=obs.model,
+        desired_replicas=count,
+        current_replicas=0,
+        reason=_cold_reason(obs.buffered_requests),
+        panic=False,
+        stale_metrics=False,
+        cold_start=True,
+        signals={"buffered": float(obs.buffered_requests)},
+    )
+
+
+def decide(
+    obs: ModelObservation, policy: AutoscalingPolicy, state: DeciderState, now_s: float
+) -> tuple[Decision, DeciderState]:
+    """Decide the replica count of one model at ``now_s``; see :mod:`autoscaler.decider`."""
+    ready, starting, totals, buffered, stale = stages.signals(obs, policy.metrics_stale_after_s)
+    current = ready + starting
+    started_s = state.started_s if state.started_s is not None else now_s
+    if stale is not None:
+        why = stages.why_stale(stale, policy.metrics_stale_after_s)
+        return _decide_stale(obs, policy, state, now_s, why, ready, current, totals, buffered)
+
+    window, stable_avg, panic_avg = stages.windows(
+        (
+            state.sample_times_s,
+            state.waiting_samples,
+            state.concurrency_samples,
+            state.kv_usage_samples,
+        ),
+        now_s,
+        totals,
+        policy,
+    )
+    stable_counts, want_stable, want_panic = stages.desired(policy, stable_avg, panic_avg)
+
+    # The guard rails: each may move the count, and says why in a note (None: it did not).
+    stable, panic_count, rate_note = stages.rate_limits(want_stable, want_panic, ready, policy)
+    desired, panic_since_s, max_panic, panic_note = stages.panic(
+        stable,
+        panic_count,
+        want_panic,
+        current,
+        ready,
+        state.panic_since_s,
+        state.max_panic_replicas,
+        now_s,
+        policy,
+    )
+    desired, activation_note = stages.activation_floor(desired, policy.activation_scale)
+    desired, delay_times, delay_counts, delay_note = stages.scale_down_delay(
+        desired, state.delay_times_s, state.delay_desired, now_s, policy.scale_down_delay_s
+    )
+    cold = stages.cold_start_count(current, buffered, policy)
+    desired, forecast_note, initial_note = stages.floors(
+        desired, obs.forecast_replicas, cold, now_s, started_s, policy
+    )
+    desired, idle_since_s, grace_note = stages.scale_to_zero_grace(
+        desired,
+        current,
+        totals[1] > 0,  # demand: something waits, runs or is buffered
+        state.idle_since_s,
+        now_s,
+        policy.scale_to_zero_grace_s,
+    )
+    desired, bound_note = stages.bounds(desired, policy)
+
+    head = stages.describe(want_stable, stable_counts, stable_avg, policy)
+    if cold is not None:
+        head = f"{_cold_reason(buffered)}; {head}"
+    notes = (
+        rate_note, panic_note, activation_note, delay_note, forecast_note, initial_note,
+        grace_note, bound_note,
+    )  # fmt: skip
+    decision = Decision(
+        obs.model,
+        desired,
+        current,
+        _reason(current, desired, head, notes),
+        panic_since_s is not None,  # panic
+        False,  # stale_metrics
+        current == 0 and desired > 0,  # cold_start
+        stages.signal_values(
+            stable_counts, want_stable, want_panic, buffered, obs.forecast_replicas
+        ),
+    )
+    times, ws, cs, ks = window
+    new_state = DeciderState(  # positional, in field order: a third cheaper than keywords
+        times, ws, cs, ks,  # the stable window
+        panic_since_s, max_panic, idle_since_s,
+        delay_times, delay_counts, started_s,
+    )  # fmt: skip
+    return decision, new_state
+
+
+def _decide_stale(
+    obs: ModelObservation,
+    policy: AutoscalingPolicy,
+    state: DeciderState,
+    now_s: float,
+    why: str,
+    ready: int,
+    current: int,
+    totals: stages.Totals,
+    buffered: int,
+) -> tuple[Decision, DeciderState]:
+    """Metrics are stale or missing (``why``): hold, never down, never to zero; scale up for
+    the demand that is seen.
+
+    The windows are not fed (half a picture would drag the averages down); panic state is kept
+    as it was; the idle stretch restarts, since demand is unknown.
+    """
+    started_s = state.started_s if state.started_s is not None else now_s
+    seen, largest = stages.counts(policy, totals)
+    desired, visible_note = stages.visible_demand(current, largest, ready, policy)
+    desired, panic_note = stages.panic_hold(desired, state.panicking, state.max_panic_replicas)
+    cold = stages.cold_start_count(current, buffered, policy)  # None: a ready replica is stale
+    desired, forecast_note, initial_note = stages.floors(
+        desired, obs.forecast_replicas, cold, now_s, started_s, policy
+    )
+    desired, bound_note = stages.bounds(desired, policy)
+
+    head = f"metrics stale: {why}; never scaling down on missing metrics"
+    notes = (visible_note, panic_note, forecast_note, initial_note, bound_note)
+    decision = Decision(
+        model=obs.model,
+        desired_replicas=desired,
+        current_replicas=current,
+        reason=_reason(current, desired, head, notes),
+        panic=state.panicking,
+        stale_metrics=True,
+        cold_start=False,
+        signals=stages.signal_values(seen, None, None, buffered, obs.forecast_replicas),
+    )
+    return decision, replace(state, idle_since_s=None, started_s=started_s)
+
+
+def _cold_reason(buffered: int) -> str:
+    return f"cold start: {buffered} buffered"
+
+
+def _reason(current: int, desired: int, head: str, notes: tuple[str | None, ...]) -> str:
+    """``scale up 1 -> 3: <head>; <note>; ...``: the notes of the stages that had their say."""
+    said = "; ".join(filter(None, notes))
+    if said:
+        return f"{stages.verb(current, desired)}{head}; {said}"
+    return stages.verb(current, desired) + head
