@@ -396,42 +396,46 @@ def test_scale_down_delay(args: dict[str, Any], want: object) -> None:
 FIRST_WINDOW = "initial_replicas 2 during the first stable window"
 
 FLOORS = [
-    expect("nothing to add", desired=1, forecast_replicas=None, cold_count=None, now_s=100.0,
-           want=(1, None, None)),
-    expect("the forecast is a floor, rounded up", desired=1, forecast_replicas=2.3,
-           cold_count=None, now_s=100.0, want=(3, "forecast wants 3", None)),
+    expect("nothing to add", desired=1, forecast_replicas=None, now_s=100.0,
+           want=(1, None, None, None)),
+    expect("the forecast is a floor, rounded up", desired=1, forecast_replicas=2.3, now_s=100.0,
+           want=(3, None, "forecast wants 3", None)),
     expect("a forecast of 2 (within rounding) is 2", desired=1, forecast_replicas=2.0 + 1e-12,
-           cold_count=None, now_s=100.0, want=(2, "forecast wants 2", None)),
+           now_s=100.0, want=(2, None, "forecast wants 2", None)),
     expect("a forecast below the count changes nothing", desired=4, forecast_replicas=2.3,
-           cold_count=None, now_s=100.0, want=(4, None, None)),
+           now_s=100.0, want=(4, None, None, None)),
     expect("initial_replicas during the first stable window", desired=0, forecast_replicas=None,
-           cold_count=None, now_s=59.0, want=(2, None, FIRST_WINDOW)),
-    expect("not once it has passed", desired=0, forecast_replicas=None, cold_count=None,
-           now_s=60.0, want=(0, None, None)),
-    expect("the cold start's count, without a note", desired=0, forecast_replicas=None,
-           cold_count=3, now_s=100.0, want=(3, None, None)),
-    expect("in order: each notes what it raised", desired=0, forecast_replicas=1.0,
-           cold_count=None, now_s=10.0, want=(2, "forecast wants 1", FIRST_WINDOW)),
+           now_s=59.0, want=(2, None, None, FIRST_WINDOW)),
+    expect("not once it has passed", desired=0, forecast_replicas=None, now_s=60.0,
+           want=(0, None, None, None)),
+    expect("in order: each notes what it raised", desired=0, forecast_replicas=1.0, now_s=10.0,
+           want=(2, None, "forecast wants 1", FIRST_WINDOW)),
+    expect("at zero with requests buffered: the cold start's count", desired=0,
+           forecast_replicas=None, current=0, buffered=4, now_s=100.0,
+           want=(3, "cold start: 4 buffered", None, None)),
+    expect("the cold start speaks even when the count is already higher", desired=5,
+           forecast_replicas=None, current=0, buffered=1, now_s=100.0,
+           want=(5, "cold start: 1 buffered", None, None)),
+    expect("buffered requests with replicas up: no cold start", desired=0,
+           forecast_replicas=None, current=1, buffered=4, now_s=100.0,
+           want=(0, None, None, None)),
+    expect("at zero with nothing buffered: no cold start", desired=0, forecast_replicas=None,
+           current=0, buffered=0, now_s=100.0, want=(0, None, None, None)),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(("args", "want"), FLOORS)
 def test_floors(args: dict[str, Any], want: object) -> None:
-    check(s.floors, {"started_s": 0.0, "policy": policy(initial_replicas=2), **args}, want)
+    p = policy(initial_replicas=2, activation_scale=3)
+    check(s.floors, {"current": 1, "buffered": 0, "started_s": 0.0, "policy": p, **args}, want)
 
 
 COLD = [
-    expect("at zero with requests buffered: one", current=0, buffered=1, policy=policy(),
-           want=1),
-    expect("nothing buffered: no cold start", current=0, buffered=0, policy=policy(),
-           want=None),
-    expect("not at zero: no cold start", current=1, buffered=5, policy=policy(), want=None),
-    expect("activation scale", current=0, buffered=1, policy=policy(activation_scale=3),
-           want=3),
-    expect("min_replicas", current=0, buffered=1, policy=policy(min_replicas=2), want=2),
-    expect("within max_replicas", current=0, buffered=1,
-           policy=policy(activation_scale=3, max_replicas=2), want=2),
-]  # fmt: skip
+    expect("one", policy=policy(), want=1),
+    expect("activation scale", policy=policy(activation_scale=3), want=3),
+    expect("min_replicas", policy=policy(min_replicas=2), want=2),
+    expect("within max_replicas", policy=policy(activation_scale=3, max_replicas=2), want=2),
+]
 
 
 @pytest.mark.parametrize(("args", "want"), COLD)
@@ -524,6 +528,20 @@ VERB = [
 @pytest.mark.parametrize(("args", "want"), VERB)
 def test_verb(args: dict[str, Any], want: object) -> None:
     check(s.verb, args, want)
+
+
+REASON = [
+    expect("no stage had its say", current=1, desired=1, head="stable 60 s wants 1 (...)",
+           notes=(None, None), want="hold at 1: stable 60 s wants 1 (...)"),
+    expect("the notes that were said, in order", current=1, desired=4, head="H",
+           notes=("panic (...)", None, "forecast wants 4"),
+           want="scale up 1 -> 4: H; panic (...); forecast wants 4"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "want"), REASON)
+def test_reason(args: dict[str, Any], want: object) -> None:
+    check(s.reason, args, want)
 
 
 DESCRIBE = [

@@ -31,8 +31,8 @@ with vLLM signals instead of request concurrency alone. In order:
 6. Floors, in order: activation scale (any count above zero is at least ``activation_scale``),
    the scale-down delay (the largest count over the delay window), the forecast,
    ``initial_replicas`` (during the first stable window) and the cold start: at zero replicas
-   with requests buffered, at least ``max(1, activation_scale)`` at once
-   (:func:`cold_start_decision`; its words lead the reason).
+   with requests buffered, ``max(1, activation_scale, min_replicas)`` at once
+   (:func:`cold_start_decision` on its own; its words lead the reason).
 7. Scale-to-zero grace: to zero only after ``scale_to_zero_grace_s`` without demand (no waiting,
    running or buffered request); until then one replica stays. Its own stage, last before the
    bounds, so that it can move to the actuation, where Knative keeps it.

@@ -21,15 +21,15 @@ def cold_start_decision(obs: ModelObservation, policy: AutoscalingPolicy) -> Dec
     ``max_replicas``) at once — no window, no delay — or None when the model is not at zero or
     nothing is buffered.
     """
-    current = sum(1 for r in obs.replicas if r.state in ("ready", "starting"))
-    count = stages.cold_start_count(current, obs.buffered_requests, policy)
-    if count is None:
+    if obs.buffered_requests <= 0:
+        return None
+    if any(r.state in ("ready", "starting") for r in obs.replicas):
         return None
     return Decision(
         model=obs.model,
-        desired_replicas=count,
+        desired_replicas=stages.cold_start_count(policy),
         current_replicas=0,
-        reason=_cold_reason(obs.buffered_requests),
+        reason=stages.cold_start_note(obs.buffered_requests),
         panic=False,
         stale_metrics=False,
         cold_start=True,
@@ -78,9 +78,8 @@ def decide(
     desired, delay_times, delay_counts, delay_note = stages.scale_down_delay(
         desired, state.delay_times_s, state.delay_desired, now_s, policy.scale_down_delay_s
     )
-    cold = stages.cold_start_count(current, buffered, policy)
-    desired, forecast_note, initial_note = stages.floors(
-        desired, obs.forecast_replicas, cold, now_s, started_s, policy
+    desired, cold_note, forecast_note, initial_note = stages.floors(
+        desired, obs.forecast_replicas, current, buffered, now_s, started_s, policy
     )
     desired, idle_since_s, grace_note = stages.scale_to_zero_grace(
         desired,
@@ -93,8 +92,8 @@ def decide(
     desired, bound_note = stages.bounds(desired, policy)
 
     head = stages.describe(want_stable, stable_counts, stable_avg, policy)
-    if cold is not None:
-        head = f"{_cold_reason(buffered)}; {head}"
+    if cold_note is not None:
+        head = f"{cold_note}; {head}"
     notes = (
         rate_note, panic_note, activation_note, delay_note, forecast_note, initial_note,
         grace_note, bound_note,
@@ -103,7 +102,7 @@ def decide(
         obs.model,
         desired,
         current,
-        _reason(current, desired, head, notes),
+        stages.reason(current, desired, head, notes),
         panic_since_s is not None,  # panic
         False,  # stale_metrics
         current == 0 and desired > 0,  # cold_start
@@ -138,12 +137,12 @@ def _decide_stale(
     as it was; the idle stretch restarts, since demand is unknown.
     """
     started_s = state.started_s if state.started_s is not None else now_s
-    seen, largest = stages.counts(policy, totals)
+    seen, largest, _ = stages.desired(policy, totals, None)  # over what is seen now
     desired, visible_note = stages.visible_demand(current, largest, ready, policy)
     desired, panic_note = stages.panic_hold(desired, state.panicking, state.max_panic_replicas)
-    cold = stages.cold_start_count(current, buffered, policy)  # None: a ready replica is stale
-    desired, forecast_note, initial_note = stages.floors(
-        desired, obs.forecast_replicas, cold, now_s, started_s, policy
+    # (No cold start: a ready replica is stale, so current > 0 and cold_note is None.)
+    desired, _, forecast_note, initial_note = stages.floors(
+        desired, obs.forecast_replicas, current, buffered, now_s, started_s, policy
     )
     desired, bound_note = stages.bounds(desired, policy)
 
@@ -153,22 +152,10 @@ def _decide_stale(
         model=obs.model,
         desired_replicas=desired,
         current_replicas=current,
-        reason=_reason(current, desired, head, notes),
+        reason=stages.reason(current, desired, head, notes),
         panic=state.panicking,
         stale_metrics=True,
         cold_start=False,
         signals=stages.signal_values(seen, None, None, buffered, obs.forecast_replicas),
     )
     return decision, replace(state, idle_since_s=None, started_s=started_s)
-
-
-def _cold_reason(buffered: int) -> str:
-    return f"cold start: {buffered} buffered"
-
-
-def _reason(current: int, desired: int, head: str, notes: tuple[str | None, ...]) -> str:
-    """``scale up 1 -> 3: <head>; <note>; ...``: the notes of the stages that had their say."""
-    said = "; ".join(filter(None, notes))
-    if said:
-        return f"{stages.verb(current, desired)}{head}; {said}"
-    return stages.verb(current, desired) + head

@@ -8,18 +8,18 @@ left the count alone. :mod:`autoscaler.decider.pipeline` composes them;
 
 1. :func:`signals` — the observed totals of one model now (and the first stale replica).
 2. :func:`windows` — the sample recorded; the stable and panic windows' averages.
-3. :func:`desired` — each target's count (:func:`counts`), the largest per window.
+3. :func:`desired` — each target's count, the largest per window.
 4. :func:`rate_limits` — Knative's max scale-up and scale-down rates.
 5. :func:`panic` — enter, extend, leave panic; no scale-down while in it.
 6. Floors: :func:`activation_floor`, :func:`scale_down_delay`, then :func:`floors` (the
-   forecast, ``initial_replicas``, the cold start's :func:`cold_start_count`).
+   forecast, ``initial_replicas``, the cold start).
 7. :func:`scale_to_zero_grace` — the idle stretch and the grace, on its own so that it can move
    into the actuation (where Knative keeps it: ``kpa/scaler.go`` ``handleScaleToZero``).
 8. :func:`bounds` — ``min_replicas`` and ``max_replicas`` always win.
 
 The stale-metrics path has two stages of its own (:func:`visible_demand`, :func:`panic_hold`),
-then runs the same floors and bounds. :func:`verb`, :func:`describe` and :func:`why_stale` word
-the reason; :func:`signal_values` gives the numbers behind it.
+then runs the same floors and bounds. :func:`reason` words the decision (with :func:`verb`,
+:func:`describe`, :func:`why_stale`); :func:`signal_values` gives the numbers behind it.
 
 Values passed between stages are plain tuples (a type alias names each one's fields): a decision
 runs every stage, and a tuple costs a tenth of a ``NamedTuple`` to build.
@@ -153,39 +153,42 @@ def windows(
 Counts = tuple[int | None, int | None, int | None]
 
 
-def counts(policy: AutoscalingPolicy, totals: Totals) -> tuple[Counts, int]:
-    """Each enabled target's replicas for these totals (:func:`ceil_count` of total / target,
-    written out: this runs twice a decision), and the largest of them (the policy enables at
-    least one target)."""
-    waiting, concurrency, kv_usage_sum = totals
-    ceil = math.ceil
-    w = c = k = None
-    best = 0
-    target = policy.target_waiting_per_replica
-    if target is not None:
-        w = ceil(waiting / target - EPS)
-        w = best = w if w > 0 else 0
-    target = policy.target_concurrency_per_replica
-    if target is not None:
-        c = ceil(concurrency / target - EPS)
-        c = c if c > 0 else 0
-        best = c if c > best else best
-    target = policy.target_kv_cache_usage_ratio
-    if target is not None:
-        k = ceil(kv_usage_sum / target - EPS)
-        k = k if k > 0 else 0
-        best = k if k > best else best
-    return (w, c, k), best
-
-
 def desired(
     policy: AutoscalingPolicy, stable: Totals, panic: Totals | None
 ) -> tuple[Counts, int, int]:
-    """What each window asks for, before any guard rail: the stable window's count per target
-    (the decision's ``signals``), then each window's largest. ``panic`` None: the panic window
-    is the stable one."""
-    stable_counts, want = counts(policy, stable)
-    return stable_counts, want, want if panic is None else counts(policy, panic)[1]
+    """What each window asks for, before any guard rail: each enabled target's count over the
+    stable window, ``ceil(average / target)`` (the decision's ``signals``), then the largest
+    count of each window. ``panic`` None: the panic window is the stable one.
+
+    (:func:`ceil_count`, written out: this runs for every decision.)
+    """
+    ceil = math.ceil
+    w = c = k = None
+    want = want_panic = 0
+    target = policy.target_waiting_per_replica
+    if target is not None:
+        w = ceil(stable[0] / target - EPS)
+        w = want = w if w > 0 else 0
+        if panic is not None:
+            n = ceil(panic[0] / target - EPS)
+            want_panic = n if n > 0 else 0
+    target = policy.target_concurrency_per_replica
+    if target is not None:
+        c = ceil(stable[1] / target - EPS)
+        c = c if c > 0 else 0
+        want = c if c > want else want
+        if panic is not None:
+            n = ceil(panic[1] / target - EPS)
+            want_panic = n if n > want_panic else want_panic
+    target = policy.target_kv_cache_usage_ratio
+    if target is not None:
+        k = ceil(stable[2] / target - EPS)
+        k = k if k > 0 else 0
+        want = k if k > want else want
+        if panic is not None:
+            n = ceil(panic[2] / target - EPS)
+            want_panic = n if n > want_panic else want_panic
+    return (w, c, k), want, want if panic is None else want_panic
 
 
 # -- 4. rate limits -------------------------------------------------------------------------
@@ -312,32 +315,38 @@ def scale_down_delay(
     return desired, times_s, counts, None
 
 
-def cold_start_count(current: int, buffered: int, policy: AutoscalingPolicy) -> int | None:
-    """At zero replicas with requests buffered: ``max(1, activation_scale, min_replicas)``
-    within ``max_replicas``, at once; None otherwise."""
-    if current > 0 or buffered <= 0:
-        return None
+def cold_start_count(policy: AutoscalingPolicy) -> int:
+    """How many replicas a cold start (zero replicas, requests buffered) asks for at once:
+    ``max(1, activation_scale, min_replicas)`` within ``max_replicas``."""
     want = max(1, policy.activation_scale, policy.min_replicas)
     return max(1, min(want, policy.max_replicas))
+
+
+def cold_start_note(buffered: int) -> str:
+    """The words of a cold start: they lead the reason."""
+    return f"cold start: {buffered} buffered"
 
 
 def floors(
     desired: int,
     forecast_replicas: float | None,
-    cold_count: int | None,
+    current: int,
+    buffered: int,
     now_s: float,
     started_s: float,
     policy: AutoscalingPolicy,
-) -> tuple[int, str | None, str | None]:
+) -> tuple[int, str | None, str | None, str | None]:
     """The floors both paths share, in order:
 
     - the forecast (replicas needed one cold start ahead, ``ceil``);
     - ``initial_replicas`` during the first stable window after ``started_s``;
-    - the cold start's count (:func:`cold_start_count`; its words lead the reason, no note).
+    - the cold start: at zero replicas (``current``) with requests buffered,
+      :func:`cold_start_count` at once.
 
-    Returns the count and the forecast's and the initial floor's notes.
+    Returns the count and three notes: the cold start's (whenever it applies, raised or not: it
+    leads the reason), the forecast's and the initial floor's.
     """
-    forecast_note = initial_note = None
+    cold_note = forecast_note = initial_note = None
     if forecast_replicas is not None:
         wanted = ceil_count(forecast_replicas)
         if wanted > desired:
@@ -347,9 +356,10 @@ def floors(
     if initial > desired and now_s - started_s < policy.stable_window_s:
         desired = initial
         initial_note = f"initial_replicas {initial} during the first stable window"
-    if cold_count is not None and cold_count > desired:
-        desired = cold_count
-    return desired, forecast_note, initial_note
+    if current == 0 and buffered > 0:
+        cold_note = cold_start_note(buffered)
+        desired = max(desired, cold_start_count(policy))
+    return desired, cold_note, forecast_note, initial_note
 
 
 # -- 7. scale-to-zero grace -----------------------------------------------------------------
@@ -427,6 +437,15 @@ def verb(current: int, desired: int) -> str:
     if desired < current:
         return f"scale down {current} -> {desired}: "
     return f"hold at {current}: "
+
+
+def reason(current: int, desired: int, head: str, notes: tuple[str | None, ...]) -> str:
+    """``scale up 1 -> 3: <head>; <note>; ...``: :func:`verb`, then the head, then the notes of
+    the stages that had their say, in pipeline order."""
+    said = "; ".join(filter(None, notes))
+    if said:
+        return f"{verb(current, desired)}{head}; {said}"
+    return verb(current, desired) + head
 
 
 def describe(want: int, c: Counts, totals: Totals, policy: AutoscalingPolicy) -> str:
