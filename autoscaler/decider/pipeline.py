@@ -46,7 +46,7 @@ def decide(
     started_s = state.started_s if state.started_s is not None else now_s
     if stale is not None:
         why = stages.why_stale(stale, policy.metrics_stale_after_s)
-        return _decide_stale(obs, policy, state, now_s, why, ready, current, totals, buffered)
+        return _decide_stale(obs, policy, state, now_s, started_s, why, ready, current, totals)
 
     window, stable_avg, panic_avg = stages.windows(
         (
@@ -124,11 +124,11 @@ def _decide_stale(
     policy: AutoscalingPolicy,
     state: DeciderState,
     now_s: float,
+    started_s: float,
     why: str,
     ready: int,
     current: int,
     totals: stages.Totals,
-    buffered: int,
 ) -> tuple[Decision, DeciderState]:
     """Metrics are stale or missing (``why``): hold, never down, never to zero; scale up for
     the demand that is seen.
@@ -136,13 +136,13 @@ def _decide_stale(
     The windows are not fed (half a picture would drag the averages down); panic state is kept
     as it was; the idle stretch restarts, since demand is unknown.
     """
-    started_s = state.started_s if state.started_s is not None else now_s
     seen, largest, _ = stages.desired(policy, totals, None)  # over what is seen now
     desired, visible_note = stages.visible_demand(current, largest, ready, policy)
     desired, panic_note = stages.panic_hold(desired, state.panicking, state.max_panic_replicas)
-    # (No cold start: a ready replica is stale, so current > 0 and cold_note is None.)
+    # No cold start here: a ready replica is stale, so current > 0 (buffered requests are in the
+    # totals, and so in ``seen``).
     desired, _, forecast_note, initial_note = stages.floors(
-        desired, obs.forecast_replicas, current, buffered, now_s, started_s, policy
+        desired, obs.forecast_replicas, current, 0, now_s, started_s, policy
     )
     desired, bound_note = stages.bounds(desired, policy)
 
@@ -156,6 +156,8 @@ def _decide_stale(
         panic=state.panicking,
         stale_metrics=True,
         cold_start=False,
-        signals=stages.signal_values(seen, None, None, buffered, obs.forecast_replicas),
+        signals=stages.signal_values(
+            seen, None, None, max(0, obs.buffered_requests), obs.forecast_replicas
+        ),
     )
     return decision, replace(state, idle_since_s=None, started_s=started_s)
