@@ -12,6 +12,7 @@ from dataclasses import replace
 from autoscaler.decider import stages
 from autoscaler.decider.types import DeciderState, Decision, ModelObservation
 from autoscaler.policy import AutoscalingPolicy
+from kernel.vocab import LIVE_STATES
 
 
 def cold_start_decision(obs: ModelObservation, policy: AutoscalingPolicy) -> Decision | None:
@@ -23,7 +24,7 @@ def cold_start_decision(obs: ModelObservation, policy: AutoscalingPolicy) -> Dec
     """
     if obs.buffered_requests <= 0:
         return None
-    if any(r.state in ("ready", "starting") for r in obs.replicas):
+    if any(r.state in LIVE_STATES for r in obs.replicas):
         return None
     return Decision(
         model=obs.model,

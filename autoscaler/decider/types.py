@@ -1,6 +1,7 @@
 """The decider's values: what it observes (:class:`ModelObservation` of
 :class:`ReplicaObservation`), what it decides (:class:`Decision`) and what it remembers between
 decisions (:class:`DeciderState`). Plain frozen dataclasses, built through their constructors.
+Replica states are the shared vocabulary's (:data:`kernel.vocab.ReplicaState`).
 """
 
 from __future__ import annotations
