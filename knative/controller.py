@@ -9,13 +9,15 @@ are never written, nor cached):
    revisions' EndpointSlices (label ``serving.knative.dev/revision``) are listed once per
    namespace per tick;
 2. scrape each ready endpoint's engine ``/metrics`` directly (``engine_port``), and read the
-   demand held in front of the revision (Thaw's activator, Knative activator via Prometheus);
+   demand held in front of the revision (Knative's activator pods, :mod:`knative.demand`);
 3. decide, plan, then write in Knative's order: the SKS (create, or PUT its spec: Proxy goes
    in *before* a scale to 0), the scale (JSON patch of ``/spec/replicas`` on ``/scale``), and the
    PA status through ``/status`` (only when it changed). PUTs are retried on 409 after a re-read.
 
 PAs come from a list+watch (re-listed when the watch ends or fails, with backoff). Only the
-replica holding the Lease acts (:class:`~knative.leader.LeaderElector`).
+replica holding the Lease acts (:class:`~knative.leader.LeaderElector`). With a
+:class:`~knative.gateway.Gateway`, each tick also publishes the gateway's routes (one call, from
+the PAs and slices the tick read), and only the leader serves them.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from kernel.clock import Clock
 from kernel.vocab import UNKNOWN_TIER, ReportedTier
 from knative.contract import PRIVATE, REVISION_LABEL, SERVICE_TYPE_LABEL
 from knative.demand import DemandSource, Revision
+from knative.endpoints import revision_candidates
+from knative.gateway import Gateway
 from knative.kube import Backoff, KubeClient, KubeError, NotFoundError, retry_on_conflict
 from knative.leader import LeaderElector
 from knative.reconcile import (
@@ -123,8 +127,10 @@ class Controller:
         clock: Clock,
         settings: ControllerSettings,
         reports: Reports | None = None,
+        gateway: Gateway | None = None,
     ) -> None:
         self.kube = kube
+        self.gateway = gateway
         self.http = http
         self.config = config
         self.demand = demand
@@ -418,6 +424,9 @@ class Controller:
             except KubeError as e:
                 log.warning("EndpointSlices in %s: %s", ns, e)
                 slices[ns] = None  # each PA lists (and backs off) on its own
+        if self.gateway is not None and all(v is not None for v in slices.values()):
+            listed = [s for ns_slices in slices.values() for s in ns_slices or []]
+            await self.gateway.tick(revision_candidates([pa for _, pa in pas], listed), self.config)
         await asyncio.gather(*(self._tick_one(key, pa, slices[key[0]]) for key, pa in pas))
 
     async def _tick_one(self, key: tuple[str, str], pa: Obj, slices: list[Obj] | None) -> None:
@@ -443,6 +452,8 @@ class Controller:
         ]
         try:
             while not stop.is_set():
+                if self.gateway is not None:
+                    await self.gateway.serve(self.elector.is_leader)
                 if self.elector.is_leader and self.synced.is_set():
                     await self.tick()
                 self._wake.clear()

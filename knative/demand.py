@@ -1,16 +1,29 @@
-"""Demand the engines cannot see: requests held in front of a revision that has no ready pod.
+"""Demand at zero for Thaw's controller: the requests Knative's activator holds for each revision.
 
-Knative's activator reports its queue only to Knative's own autoscaler, so Thaw reads demand at
-zero from two places, each a :class:`DemandSource`:
+When a revision has no ready pod, the gateway sends its requests to the revision's public
+Service; in SKS Proxy mode that Service's endpoints are Knative's activators, which buffer a
+request for any autoscaler class (``pkg/activator`` checks none) until the revision has a pod.
+Knative's activator reports what it holds only to Knative's own autoscaler (its stats
+websocket), which drops stats for classes it does not run, and to its metrics exporter: the
+OpenTelemetry UpDownCounter ``kn.revision.request.queued`` (Knative >= 1.22), per revision. With
+``metrics-protocol: prometheus`` in ``config-observability`` (``manifests/knative/``) each
+activator pod serves it on its ``metrics`` port (9090) as ``kn_revision_request_queued``
+(:mod:`kernel.vocab`).
 
-- :class:`ThawActivatorDemand` — Thaw's activator (the cluster front door): its ``/metrics``
-  gauge ``thaw_activator_buffered_requests{model=...}``, scraped each tick;
-- :class:`KnativeActivatorDemand` — Knative activator's Prometheus series (requests queued per
-  revision), through Prometheus's HTTP query API; the query is configurable since the series'
-  name moved between Knative releases.
+So every tick the controller scrapes every activator pod directly, not through a Prometheus
+whose scrape interval (15-30 s) would delay a cold start by as much, and sums the gauge per
+revision over the pods (each holds its own share of the requests):
 
-:class:`CombinedDemand` takes the largest (one request behind both activators is one request).
-Parsing is pure (:func:`parse_buffered`); the fetching is a thin aiohttp call.
+- :func:`parse_queued` — pure: exporter text -> queued requests per (namespace, revision);
+- :func:`activator_pods` — pure: the pods to scrape, from the pods as listed (``app=activator``
+  in ``knative-serving``): every running pod with an IP, ready or draining (a draining activator
+  still holds the requests it queued), at its container port named ``metrics``;
+- :class:`KnativeActivatorPods` — the :class:`DemandSource`: lists the pods every
+  ``pods_every_s`` (one API call; activators come and go rarely), scrapes them all once per
+  tick (concurrently), and answers every revision's question from that one scrape. A pod that
+  does not answer is skipped for the tick (and logged); the others still count.
+- :data:`ACTIVATOR_POD_RULES` — the API call this makes, as RBAC rules (a Role in
+  ``knative-serving``: ``manifests/activator-rbac.yaml`` grants exactly these).
 """
 
 from __future__ import annotations
@@ -20,32 +33,33 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from kernel.clock import Clock
 from kernel.vocab import (
     KNATIVE_NAMESPACE_LABEL,
     KNATIVE_REVISION_LABEL,
     KNATIVE_REVISION_REQUEST_QUEUED,
-    THAW_ACTIVATOR_BUFFERED_REQUESTS,
-    THAW_ACTIVATOR_MODEL_LABEL,
 )
+from knative.kube import KubeClient, KubeError
+from knative.rbac import Rule
 
 log = logging.getLogger(__name__)
 
-#: Knative activator's requests queued per revision (:mod:`kernel.vocab` names the series and its
-#: labels); ``{namespace}`` and ``{revision}`` are filled in per query.
-DEFAULT_KNATIVE_QUERY = (
-    "sum("
-    + KNATIVE_REVISION_REQUEST_QUEUED
-    + "{"
-    + KNATIVE_NAMESPACE_LABEL
-    + '="{namespace}",'
-    + KNATIVE_REVISION_LABEL
-    + '="{revision}"})'
-)
+Obj = dict[str, Any]
+
+#: Where Knative runs its activator, and the labels its Deployment gives each pod.
+KNATIVE_NAMESPACE = "knative-serving"
+ACTIVATOR_SELECTOR = "app=activator"
+#: The activator container's port of its Prometheus exporter (Knative's manifest names it).
+METRICS_PORT_NAME = "metrics"
+METRICS_PORT_DEFAULT = 9090
+
+#: What the controller reads for demand: list Knative's activator pods (in KNATIVE_NAMESPACE).
+ACTIVATOR_POD_RULES: tuple[Rule, ...] = (Rule("", "pods", frozenset({"list"})),)
 
 
 class DemandError(Exception):
@@ -70,86 +84,140 @@ class DemandSource(Protocol):
     async def buffered(self, revision: Revision) -> int: ...
 
 
-def parse_buffered(text: str) -> dict[str, int]:
-    """``/metrics`` text of Thaw's activator -> buffered requests per model."""
-    out: dict[str, int] = {}
+def parse_queued(text: str) -> dict[tuple[str, str], int]:
+    """Knative activator exporter text -> requests queued per (namespace, revision).
+
+    Series of one revision are summed (they differ only in scope labels); negative values
+    (an UpDownCounter mid-update) count as 0."""
+    out: dict[tuple[str, str], float] = {}
     try:
         families = list(text_string_to_metric_families(text))
     except ValueError as e:
         raise DemandError(f"activator /metrics is not Prometheus text: {e}") from e
     for family in families:
         for s in family.samples:
-            model = s.labels.get(THAW_ACTIVATOR_MODEL_LABEL)
-            if s.name == THAW_ACTIVATOR_BUFFERED_REQUESTS and model is not None:
-                out[model] = out.get(model, 0) + int(s.value)
-    return out
+            if s.name != KNATIVE_REVISION_REQUEST_QUEUED:
+                continue
+            ns = s.labels.get(KNATIVE_NAMESPACE_LABEL)
+            rev = s.labels.get(KNATIVE_REVISION_LABEL)
+            if ns is None or rev is None:
+                continue
+            out[(ns, rev)] = out.get((ns, rev), 0.0) + float(s.value)
+    return {key: max(0, round(v)) for key, v in out.items()}
 
 
-class ThawActivatorDemand:
-    """Scrapes Thaw's activator ``/metrics`` (one scrape serves every revision of a tick)."""
+@dataclass(frozen=True)
+class ActivatorPod:
+    """One activator pod to scrape."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, timeout_s: float = 2.0):
-        self.session = session
-        self.url = base_url.rstrip("/") + "/metrics"
-        self.timeout_s = timeout_s
-        self._cache: dict[str, int] | None = None
-        self._lock = asyncio.Lock()  # PAs reconcile concurrently: one scrape per tick
+    name: str
+    ip: str
+    port: int
 
-    def new_tick(self) -> None:
-        """Forget the last scrape; the next :meth:`buffered` scrapes again."""
-        self._cache = None
-
-    async def buffered(self, revision: Revision) -> int:
-        async with self._lock:
-            return (await self._scrape()).get(revision.model, 0)
-
-    async def _scrape(self) -> dict[str, int]:
-        if self._cache is None:
-            try:
-                async with self.session.get(
-                    self.url, timeout=aiohttp.ClientTimeout(total=self.timeout_s)
-                ) as resp:
-                    if resp.status != 200:
-                        raise DemandError(f"GET {self.url}: HTTP {resp.status}")
-                    self._cache = parse_buffered(await resp.text())
-            except (aiohttp.ClientError, TimeoutError) as e:
-                raise DemandError(f"GET {self.url}: {e!r}") from e
-        return self._cache
+    @property
+    def url(self) -> str:
+        host = f"[{self.ip}]" if ":" in self.ip else self.ip
+        return f"http://{host}:{self.port}/metrics"
 
 
-class KnativeActivatorDemand:
-    """Knative activator's queue for a revision, from Prometheus (``/api/v1/query``)."""
+def _metrics_port(pod: Obj) -> int:
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        for p in c.get("ports") or []:
+            if p.get("name") == METRICS_PORT_NAME and isinstance(p.get("containerPort"), int):
+                return int(p["containerPort"])
+    return METRICS_PORT_DEFAULT
+
+
+def activator_pods(pods: Sequence[Obj]) -> list[ActivatorPod]:
+    """The pods to scrape: running, with an IP (ready or draining), sorted by name."""
+    out = []
+    for pod in pods:
+        status = pod.get("status") or {}
+        ip = status.get("podIP")
+        if status.get("phase") != "Running" or not ip:
+            continue
+        name = str((pod.get("metadata") or {}).get("name", ip))
+        out.append(ActivatorPod(name, str(ip), _metrics_port(pod)))
+    return sorted(out, key=lambda p: p.name)
+
+
+class KnativeActivatorPods:
+    """Requests queued per revision, summed over every Knative activator pod, scraped directly
+    once per tick."""
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
-        prometheus_url: str,
-        query: str = DEFAULT_KNATIVE_QUERY,
-        timeout_s: float = 2.0,
+        kube: KubeClient,
+        http: aiohttp.ClientSession,
+        clock: Clock,
+        namespace: str = KNATIVE_NAMESPACE,
+        selector: str = ACTIVATOR_SELECTOR,
+        pods_every_s: float = 10.0,
+        timeout_s: float = 1.0,
     ) -> None:
-        self.session = session
-        self.url = prometheus_url.rstrip("/") + "/api/v1/query"
-        self.query = query
+        self.kube = kube
+        self.http = http
+        self.clock = clock
+        self.path = f"/api/v1/namespaces/{namespace}/pods"
+        self.selector = selector
+        self.pods_every_s = pods_every_s
         self.timeout_s = timeout_s
+        self.pods: list[ActivatorPod] = []
+        self._listed_at_s: float | None = None
+        self._queued: dict[tuple[str, str], int] | None = None
+        self._lock = asyncio.Lock()  # PAs reconcile concurrently: one scrape per tick
+        #: The latest failures (at most 100), newest last; each is also logged.
+        self.errors: deque[str] = deque(maxlen=100)
 
     def new_tick(self) -> None:
-        pass  # nothing cached: one query per revision
+        self._queued = None
 
     async def buffered(self, revision: Revision) -> int:
-        q = self.query.replace("{namespace}", revision.namespace).replace(
-            "{revision}", revision.name
-        )
+        async with self._lock:
+            if self._queued is None:
+                self._queued = await self.scrape()
+            return self._queued.get((revision.namespace, revision.name), 0)
+
+    async def _list_pods(self) -> None:
+        now_s = self.clock.monotonic()
+        if self._listed_at_s is not None and now_s - self._listed_at_s < self.pods_every_s:
+            return
         try:
-            async with self.session.get(
-                self.url, params={"query": q}, timeout=aiohttp.ClientTimeout(total=self.timeout_s)
+            listing = await self.kube.list_objects(self.path, label_selector=self.selector)
+        except KubeError as e:
+            self._fail(f"listing Knative's activator pods: {e}")
+            return  # keep the last list; try again next tick
+        self.pods = activator_pods(listing.get("items") or [])
+        self._listed_at_s = now_s
+
+    async def _scrape_one(self, pod: ActivatorPod) -> dict[tuple[str, str], int] | None:
+        try:
+            async with self.http.get(
+                pod.url,
+                headers={"Accept": "text/plain;version=0.0.4"},
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
             ) as resp:
-                body = await resp.json()
-        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-            raise DemandError(f"Prometheus query {q!r}: {e!r}") from e
-        if body.get("status") != "success":
-            raise DemandError(f"Prometheus query {q!r}: {body.get('error', body)}")
-        result = body.get("data", {}).get("result", [])
-        return sum(int(float(r["value"][1])) for r in result)
+                if resp.status != 200:
+                    raise DemandError(f"HTTP {resp.status}")
+                return parse_queued(await resp.text())
+        except (aiohttp.ClientError, TimeoutError, DemandError) as e:
+            self._fail(f"activator pod {pod.name} ({pod.url}): {e!r}")
+            self._listed_at_s = None  # the pod may be gone: list again next tick
+            return None
+
+    async def scrape(self) -> dict[tuple[str, str], int]:
+        """Queued requests per (namespace, revision), summed over the activator pods now."""
+        await self._list_pods()
+        results = await asyncio.gather(*(self._scrape_one(p) for p in self.pods))
+        total: dict[tuple[str, str], int] = {}
+        for result in results:
+            for key, n in (result or {}).items():
+                total[key] = total.get(key, 0) + n
+        return total
+
+    def _fail(self, message: str) -> None:
+        self.errors.append(message)
+        log.warning("demand: %s", message)
 
 
 class CombinedDemand:

@@ -1,73 +1,101 @@
-"""Where Thaw's activator sends a model's requests in a cluster: the ready pods of its revisions.
+"""The revisions of Thaw's class as the gateway sees them, read from Kubernetes objects.
 
-Owns the activator's view of Knative (an :class:`activator.types.EndpointSource`):
+Pure: the PodAutoscalers and the revisions' EndpointSlices, as listed, in; one
+:class:`~knative.gateway_routes.RevisionCandidate` per PA of Thaw's class that names a model out.
+No I/O.
 
-- :func:`replicas_by_model` — pure: from the PodAutoscalers and EndpointSlices as listed, the
-  ready replicas of each model. A PA of Thaw's class (``autoscaling.knative.dev/class:
-  autoscaler.thaw.dev``) maps its ``thaw.dev/model`` annotation to its revision (label
-  ``serving.knative.dev/revision``); every ready endpoint of that revision's *private*
-  EndpointSlices (label ``networking.internal.knative.dev/serviceType: Private``, the Service
-  Knative selects the revision's pods with) becomes a replica at ``http://IP:PORT``, PORT being
-  the slice's ``http`` port: the queue-proxy, so Knative still counts each pod's concurrency.
-  The *public* slices are never used: in Proxy mode they point at Knative's activator.
-- :class:`KnativeEndpoints` — the thin adapter: lists both every ``refresh_s`` (two list calls
-  a second, whatever the number of models) through :class:`~knative.kube.KubeClient`,
-  swaps the snapshot, and tells the activator which models changed (which releases their
-  buffered requests at once). After an API error it keeps the last snapshot and backs off.
-- :class:`ScrapedDemand` — the activator's :class:`activator.types.DemandSink` here: a no-op,
-  since the controller scrapes the activator's ``/metrics`` (``thaw_activator_buffered_requests``)
-  every tick and has no endpoint to be nudged on.
-- :data:`ACTIVATOR_RULES` — the Kubernetes API calls this makes, as RBAC rules (least privilege:
-  ``manifests/activator-rbac.yaml`` grants exactly these; ``tests/test_knative_activator.py``
-  checks both directions).
+- a revision's ready pods are the ready endpoints of its *private* EndpointSlices (label
+  ``networking.internal.knative.dev/serviceType: Private``, the Service that selects the
+  revision's pods), at the slice's queue-proxy port (``http``, or ``http2`` for h2c revisions):
+  Knative's queue-proxy, so Knative still counts each pod's requests. The *public* slices are
+  never used: in Proxy mode they list Knative's activator. An endpoint is ready unless
+  ``conditions.ready`` is false (the API says unset means ready; a terminating pod is never
+  ready); a pod listed in two slices counts once.
+- its public Service is the SKS's (``status.serviceName`` on the PA as Knative's KPA writes it;
+  Knative names it after the revision);
+- its model and pool are the ``thaw.dev/model`` and ``thaw.dev/pool`` annotations
+  ``thaw knative render`` writes on the revision template (Knative copies them onto the PA);
+- its reachability is the PA's ``spec.reachability``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from activator.types import Replica
 from knative.contract import (
     AUTOSCALER_CLASS,
     CLASS_ANNOTATION,
     MODEL_ANNOTATION,
+    POOL_ANNOTATION,
     PRIVATE,
     REVISION_LABEL,
     SERVICE_TYPE_LABEL,
 )
-from knative.kube import Backoff, KubeClient, KubeError
-from knative.rbac import Rule
-
-log = logging.getLogger(__name__)
+from knative.gateway_routes import QueueEndpoint, RevisionCandidate
 
 Obj = dict[str, Any]
 
-#: The private Service's port to the queue-proxy for HTTP/1 revisions (target port 8012).
-QUEUE_PORT_NAME = "http"
-
-PA_PATH = "/apis/autoscaling.internal.knative.dev/v1alpha1/namespaces/{ns}/podautoscalers"
-SLICES_PATH = "/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"
-
-#: What the activator reads, in one namespace: list only (it polls; it never gets, watches or
-#: writes anything).
-ACTIVATOR_RULES: tuple[Rule, ...] = (
-    Rule("autoscaling.internal.knative.dev", "podautoscalers", frozenset({"list"})),
-    Rule("discovery.k8s.io", "endpointslices", frozenset({"list"})),
-)
+#: The private Service's port to the queue-proxy: ``http`` (HTTP/1 revisions, target 8012) or
+#: ``http2`` (h2c revisions, target 8013).
+QUEUE_PORT_NAMES = ("http", "http2")
+#: Knative's label of a revision's configuration generation (newer revisions count higher).
+GENERATION_LABEL = "serving.knative.dev/configurationGeneration"
 
 
-def activator_rule_set() -> frozenset[tuple[str, str, str]]:
-    """:data:`ACTIVATOR_RULES` flattened to (api_group, resource, verb) triples."""
-    return frozenset((r.api_group, r.resource, v) for r in ACTIVATOR_RULES for v in r.verbs)
+def _queue_port(eps: Obj) -> int | None:
+    for name in QUEUE_PORT_NAMES:
+        for p in eps.get("ports") or []:
+            if p.get("name") == name and isinstance(p.get("port"), int):
+                return int(p["port"])
+    return None
 
 
-def model_of_revision(pas: Sequence[Obj]) -> dict[str, str]:
-    """revision -> model, for the PAs of Thaw's class that name a model."""
-    out: dict[str, str] = {}
+def ready_queue_endpoints(
+    slices: Sequence[Obj],
+) -> dict[tuple[str, str], tuple[QueueEndpoint, ...]]:
+    """(namespace, revision) -> its ready queue-proxies, sorted, from the private slices.
+
+    Slices that are public, of no revision, without a queue-proxy port or of addressType FQDN
+    are skipped."""
+    found: dict[tuple[str, str], dict[str, QueueEndpoint]] = {}
+    for eps in slices:
+        meta = eps.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        revision = labels.get(REVISION_LABEL)
+        if not revision or labels.get(SERVICE_TYPE_LABEL) != PRIVATE:
+            continue
+        port = _queue_port(eps)
+        if eps.get("addressType") not in ("IPv4", "IPv6") or port is None:
+            continue
+        key = (str(meta.get("namespace", "")), str(revision))
+        for ep in eps.get("endpoints") or []:
+            addresses = ep.get("addresses") or []
+            if not addresses or (ep.get("conditions") or {}).get("ready") is False:
+                continue
+            pod = str((ep.get("targetRef") or {}).get("name") or "")
+            address = str(addresses[0])
+            found.setdefault(key, {}).setdefault(
+                pod or f"{address}:{port}", QueueEndpoint(address, port, pod)
+            )
+    return {
+        key: tuple(sorted(eps.values(), key=lambda e: (e.address, e.port)))
+        for key, eps in found.items()
+    }
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def revision_candidates(pas: Sequence[Obj], slices: Sequence[Obj]) -> list[RevisionCandidate]:
+    """One candidate per PA of Thaw's class with a ``thaw.dev/model`` annotation, sorted by
+    (namespace, revision)."""
+    ready = ready_queue_endpoints(slices)
+    out: list[RevisionCandidate] = []
     for pa in pas:
         meta = pa.get("metadata") or {}
         annotations = meta.get("annotations") or {}
@@ -76,122 +104,26 @@ def model_of_revision(pas: Sequence[Obj]) -> dict[str, str]:
         model = annotations.get(MODEL_ANNOTATION)
         if not isinstance(model, str) or not model:
             continue
-        revision = (meta.get("labels") or {}).get(REVISION_LABEL) or meta.get("name")
-        if revision:
-            out[str(revision)] = model
-    return out
-
-
-def _queue_port(eps: Obj) -> int | None:
-    for p in eps.get("ports") or []:
-        if p.get("name") == QUEUE_PORT_NAME and isinstance(p.get("port"), int):
-            return int(p["port"])
-    return None
-
-
-def replicas_by_model(pas: Sequence[Obj], slices: Sequence[Obj]) -> dict[str, tuple[Replica, ...]]:
-    """The ready replicas of each model (only models with at least one), sorted by id.
-
-    An endpoint is ready unless ``conditions.ready`` is false (the API says an unset one is to
-    be read as ready; a terminating pod is never ready). A pod listed in two slices (dual stack)
-    counts once. Slices that are public, of another revision, without an ``http`` port or of
-    addressType FQDN are skipped."""
-    revisions = model_of_revision(pas)
-    found: dict[str, dict[str, Replica]] = {}
-    for eps in slices:
-        labels = (eps.get("metadata") or {}).get("labels") or {}
-        model = revisions.get(str(labels.get(REVISION_LABEL, "")))
-        if model is None or labels.get(SERVICE_TYPE_LABEL) != PRIVATE:
-            continue
-        family = eps.get("addressType")
-        port = _queue_port(eps)
-        if family not in ("IPv4", "IPv6") or port is None:
-            continue
-        revision = labels[REVISION_LABEL]
-        for ep in eps.get("endpoints") or []:
-            addresses = ep.get("addresses") or []
-            if not addresses or (ep.get("conditions") or {}).get("ready") is False:
-                continue
-            address = str(addresses[0])
-            pod = (ep.get("targetRef") or {}).get("name")
-            replica_id = f"{revision}/{pod}" if pod else f"{revision}/{address}:{port}"
-            host = f"[{address}]" if family == "IPv6" else address
-            found.setdefault(model, {}).setdefault(
-                replica_id, Replica(replica_id=replica_id, base_url=f"http://{host}:{port}")
+        labels = meta.get("labels") or {}
+        ns = str(meta.get("namespace", ""))
+        name = str(meta.get("name", ""))
+        revision = str(labels.get(REVISION_LABEL) or name)
+        status = pa.get("status") or {}
+        pods = ready.get((ns, revision), ())
+        pool = annotations.get(POOL_ANNOTATION)
+        out.append(
+            RevisionCandidate(
+                namespace=ns,
+                revision=revision,
+                model=model,
+                pool=str(pool) if pool else None,
+                reachability=str((pa.get("spec") or {}).get("reachability") or ""),
+                ready=pods,
+                public_service=str(status.get("serviceName") or name),
+                replicas=max(
+                    len(pods), _int(status.get("actualScale")), _int(status.get("desiredScale"))
+                ),
+                generation=_int(labels.get(GENERATION_LABEL)),
             )
-    return {m: tuple(r for _, r in sorted(reps.items())) for m, reps in found.items()}
-
-
-def changed_models(
-    old: Mapping[str, tuple[Replica, ...]], new: Mapping[str, tuple[Replica, ...]]
-) -> set[str]:
-    """Models whose ready replicas differ between two snapshots."""
-    return {m for m in set(old) | set(new) if old.get(m, ()) != new.get(m, ())}
-
-
-class KnativeEndpoints:
-    """The activator's endpoint source in a cluster: polls PAs and EndpointSlices of one
-    namespace and keeps the latest :func:`replicas_by_model` snapshot."""
-
-    def __init__(
-        self,
-        kube: KubeClient,
-        namespace: str,
-        on_change: Callable[[str], None] | None = None,
-    ) -> None:
-        self.kube = kube
-        self.namespace = namespace
-        self.on_change = on_change
-        self._replicas: dict[str, tuple[Replica, ...]] = {}
-        #: Whether one refresh has succeeded (until then every model has no replica).
-        self.synced = False
-
-    def ready_replicas(self, model: str) -> Sequence[Replica]:
-        return self._replicas.get(model, ())
-
-    async def refresh(self) -> set[str]:
-        """List, swap the snapshot, tell ``on_change`` of each changed model; those models.
-        Raises :class:`KubeError` (the snapshot is then kept)."""
-        pas = await self.kube.list_objects(PA_PATH.format(ns=self.namespace))
-        slices = await self.kube.list_objects(
-            SLICES_PATH.format(ns=self.namespace), label_selector=f"{SERVICE_TYPE_LABEL}={PRIVATE}"
         )
-        new = replicas_by_model(pas.get("items") or [], slices.get("items") or [])
-        changed = changed_models(self._replicas, new)
-        self._replicas = new
-        self.synced = True
-        for model in sorted(changed):
-            log.info(
-                "model %s: %d ready replicas (%s)",
-                model,
-                len(new.get(model, ())),
-                ", ".join(r.base_url for r in new.get(model, ())) or "none",
-            )
-            if self.on_change is not None:
-                self.on_change(model)
-        return changed
-
-    async def run(self, stop: asyncio.Event, refresh_s: float = 1.0) -> None:
-        """Refresh every ``refresh_s`` until ``stop``; after an API error keep the last snapshot
-        (a pod that went away fails fast and the activator retries elsewhere) and back off."""
-        backoff = Backoff(first_s=refresh_s, max_s=max(30.0, refresh_s))
-        while not stop.is_set():
-            try:
-                await self.refresh()
-                backoff.succeeded()
-                delay_s = refresh_s
-            except KubeError as e:
-                delay_s = backoff.failed()
-                log.warning(
-                    "listing endpoints in %s: %s (again in %.1f s)", self.namespace, e, delay_s
-                )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay_s)
-
-
-class ScrapedDemand:
-    """No poke: Thaw's controller learns of a request buffered at zero by scraping the
-    activator's ``/metrics`` each tick (it serves no endpoint to be nudged on)."""
-
-    async def poke(self, model: str) -> None:
-        return None
+    return sorted(out, key=lambda c: (c.namespace, c.revision))

@@ -1,7 +1,8 @@
 """The world Thaw's Knative controller runs in, for tests: the Kubernetes API harness over HTTP,
 stand-ins for what only a cluster has (Knative's networking controller marking SKSs ready, the
 kubelet publishing a pod's endpoint once the Deployment has replicas), a real ``thaw emulator``
-as the pod, a tiny HTTP server as Thaw's activator ``/metrics``, and the CRD schemas.
+as the pod, Knative's activator (one pod of :mod:`knative_activator_standin`, whose exporter
+reports the requests it holds per revision), and the CRD schemas.
 
 Time: the controller gets a :class:`FastClock` (its seconds pass ``speed`` times faster than the
 machine's), so a 6 s stable window takes 0.6 s; nothing asserts on wall time.
@@ -22,6 +23,7 @@ import aiohttp
 import aiohttp.web
 import kmock
 import yaml
+from knative_activator_standin import KnativeActivator, knative_activator, register
 from kube_api import KubeApi
 from procs import child, free_port, thaw_argv, wait_http_ok
 
@@ -37,7 +39,7 @@ from knative.contract import (
     SERVICE_TYPE_LABEL,
 )
 from knative.controller import Controller, ControllerSettings, Reports
-from knative.demand import CombinedDemand, ThawActivatorDemand
+from knative.demand import CombinedDemand, KnativeActivatorPods
 from knative.kube import KubeClient, KubeConfig
 from policy_file.schema import ThawConfig
 
@@ -186,40 +188,14 @@ class Recorder:
         self.cold_starts.append((model, tier, seconds))
 
 
-@dataclass
-class Activator:
-    """Thaw's activator as the controller sees it: ``/metrics`` with the buffered gauge."""
-
-    buffered: dict[str, int] = field(default_factory=dict)
-    url: str = ""
-
-    async def metrics(self, _: aiohttp.web.Request) -> aiohttp.web.Response:
-        lines = [
-            "# HELP thaw_activator_buffered_requests Requests waiting for a ready replica.",
-            "# TYPE thaw_activator_buffered_requests gauge",
-        ]
-        lines += [
-            f'thaw_activator_buffered_requests{{model="{m}"}} {n}.0'
-            for m, n in self.buffered.items()
-        ]
-        return aiohttp.web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
-
-
 @contextlib.asynccontextmanager
-async def activator() -> AsyncIterator[Activator]:
-    act = Activator()
-    app = aiohttp.web.Application()
-    app.router.add_get("/metrics", act.metrics)
-    runner = aiohttp.web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    site = aiohttp.web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    act.url = f"http://127.0.0.1:{port}"
-    try:
+async def activator(api: KubeApi, server: str) -> AsyncIterator[KnativeActivator]:
+    """Knative's activator as the controller sees it: one pod in knative-serving (Knative's
+    manifest) whose exporter serves ``kn_revision_request_queued``; ``act.held[NS, revision] =
+    n`` says n requests wait there for that revision."""
+    async with knative_activator(server) as act:
+        register(api, act, "activator-5b8f9c7d6d-q2w7x")
         yield act
-    finally:
-        await runner.cleanup()
 
 
 @contextlib.asynccontextmanager
@@ -332,7 +308,6 @@ async def controller(
     server: str,
     tmp_path: Path,
     engine_port: int,
-    activator_url: str,
     identity: str = "a",
     grace_s: float = 1.0,
     speed: float = 10.0,
@@ -359,10 +334,9 @@ async def controller(
         KubeClient(cfg, user_agent=f"thaw-controller/{identity}") as kube,
         aiohttp.ClientSession() as http,
     ):
-        demand = CombinedDemand([ThawActivatorDemand(http, activator_url)])
-        ctl = Controller(
-            kube, http, config(grace_s), demand, FastClock(speed), settings, reports=reports
-        )
+        clock = FastClock(speed)
+        demand = CombinedDemand([KnativeActivatorPods(kube, http, clock, pods_every_s=1.0)])
+        ctl = Controller(kube, http, config(grace_s), demand, clock, settings, reports=reports)
         task = asyncio.create_task(ctl.run(stop))
         try:
             yield ctl

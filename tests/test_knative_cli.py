@@ -38,8 +38,9 @@ def test_help_teaches_access_policy_signals_and_leases() -> None:
         "--kubeconfig",
         "--namespace",
         "--config",
-        "--activator-url",
-        "--prometheus-url",
+        "--knative-namespace",
+        "--xds-port",
+        "kn_revision_request_queued",
         "--tick-s",
         "--lease-name",
         "autoscaling.knative.dev/class: autoscaler.thaw.dev",
@@ -109,13 +110,13 @@ async def test_controller_process_reconciles_a_pa_in_the_harness(tmp_path: Path)
     sink_port = free_port()
     await aiohttp.web.TCPSite(runner, "127.0.0.1", sink_port).start()
     with emulator(tmp_path) as engine_port:
-        async with kube_api() as (api, server), activator() as act:
+        async with kube_api() as (api, server), activator(api, server) as act:
             api.put_object(*DEPLOY, deployment("tiny-00001"))
             api.put_object(*PA, podautoscaler("tiny-00001"))
             kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", server)
             argv = thaw_argv(
                 "knative", "controller", "--kubeconfig", str(kubeconfig), "--config", str(policy),
-                "--activator-url", act.url, "--engine-port", str(engine_port),
+                "--xds-port", "0", "--engine-port", str(engine_port),
                 "--identity", "cli", "--lease-namespace", "thaw-system",
             )  # fmt: skip
             stop = asyncio.Event()
@@ -128,7 +129,7 @@ async def test_controller_process_reconciles_a_pa_in_the_harness(tmp_path: Path)
                         what="SKS from the controller process",
                     )
                     assert proc.poll() is None, (tmp_path / "controller.log").read_text()
-                    act.buffered[MODEL] = 1
+                    act.held[NS, "tiny-00001"] = 1
                     pa = await eventually(
                         lambda: (
                             (p := api.get_object(*PA, NS, "tiny-00001"))

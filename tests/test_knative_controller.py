@@ -74,7 +74,7 @@ def scale_patches(api: KubeApi, name: str) -> list[tuple[int, int]]:
 async def test_pa_of_our_class_gets_sks_status_and_scales_0_1_0_with_proxy_first(
     tmp_path: Path, engine_port: int
 ) -> None:
-    async with kube_api() as (api, server), activator() as act:
+    async with kube_api() as (api, server), activator(api, server) as act:
         api.put_object(*DEPLOY, deployment("tiny-00001"))
         api.put_object(*PA, podautoscaler("tiny-00001"))
         # The SKS's public Service lists Knative's activator in Proxy mode: never a pod.
@@ -94,7 +94,7 @@ async def test_pa_of_our_class_gets_sks_status_and_scales_0_1_0_with_proxy_first
         try:
             reports = Recorder()
             async with controller(
-                server, tmp_path, engine_port, act.url, grace_s=2.0, reports=reports
+                server, tmp_path, engine_port, grace_s=2.0, reports=reports
             ):
                 # The SKS, shaped as Knative's MakeSKS shapes it.
                 sks = await eventually(lambda: api.get_object(*SKS, NS, "tiny-00001"), what="SKS")
@@ -131,7 +131,7 @@ async def test_pa_of_our_class_gets_sks_status_and_scales_0_1_0_with_proxy_first
                 assert scale_patches(api, "tiny-00001") == []
 
                 # A request buffered at Thaw's activator: 0 -> 1, Active Unknown "Queued".
-                act.buffered[MODEL] = 1
+                act.held[NS, "tiny-00001"] = 1
                 await eventually(lambda: scale_patches(api, "tiny-00001"), what="scale to 1")
                 assert [v for _, v in scale_patches(api, "tiny-00001")] == [1]
                 queued = await eventually(
@@ -172,7 +172,7 @@ async def test_pa_of_our_class_gets_sks_status_and_scales_0_1_0_with_proxy_first
                 )
 
                 # Demand gone: inactive, SKS to Proxy, then (after the grace) scale to 0.
-                act.buffered[MODEL] = 0
+                act.held[NS, "tiny-00001"] = 0
                 await eventually(
                     lambda: [v for _, v in scale_patches(api, "tiny-00001")] == [1, 0],
                     what="scale to 0",
@@ -224,17 +224,17 @@ async def test_pa_of_our_class_gets_sks_status_and_scales_0_1_0_with_proxy_first
 
 
 async def test_pa_of_another_class_is_untouched(tmp_path: Path, engine_port: int) -> None:
-    async with kube_api() as (api, server), activator() as act:
+    async with kube_api() as (api, server), activator(api, server) as act:
         api.put_object(*DEPLOY, deployment("kpa-00001"))
         api.put_object(*PA, podautoscaler("kpa-00001", cls="kpa.autoscaling.knative.dev"))
         api.put_object(*DEPLOY, deployment("tiny-00001"))
         api.put_object(*PA, podautoscaler("tiny-00001"))
-        act.buffered[MODEL] = 3  # demand for the model: still no business of ours for kpa
+        act.held[NS, "tiny-00001"] = 3  # demand for the model: still no business of ours for kpa
         before = api.get_object(*PA, NS, "kpa-00001")
         stop = asyncio.Event()
         world = asyncio.create_task(knative_and_kubelet(api, engine_port, stop))
         try:
-            async with controller(server, tmp_path, engine_port, act.url):
+            async with controller(server, tmp_path, engine_port):
                 # Ours is reconciled (proof the controller ran), theirs never is.
                 await eventually(lambda: scale_patches(api, "tiny-00001"), what="our PA's scale")
                 await eventually(
@@ -253,14 +253,14 @@ async def test_pa_of_another_class_is_untouched(tmp_path: Path, engine_port: int
 async def test_conflicts_on_status_and_sks_are_retried_after_a_re_read(
     tmp_path: Path, engine_port: int
 ) -> None:
-    async with kube_api() as (api, server), activator() as act:
+    async with kube_api() as (api, server), activator(api, server) as act:
         api.put_object(*DEPLOY, deployment("tiny-00001"))
         api.put_object(*PA, podautoscaler("tiny-00001"))
         api.inject_conflicts(3, verb="update", resource="podautoscalers/status")
         stop = asyncio.Event()
         world = asyncio.create_task(knative_and_kubelet(api, engine_port, stop))
         try:
-            async with controller(server, tmp_path, engine_port, act.url):
+            async with controller(server, tmp_path, engine_port):
                 await eventually(
                     lambda: (
                         cond(api.get_object(*PA, NS, "tiny-00001"), "SKSReady").get("status")
@@ -270,7 +270,7 @@ async def test_conflicts_on_status_and_sks_are_retried_after_a_re_read(
                 )
                 # The SKS flips to Serve on demand: its first PUT answers 409, it is re-read.
                 api.inject_conflicts(1, verb="update", resource="serverlessservices")
-                act.buffered[MODEL] = 1
+                act.held[NS, "tiny-00001"] = 1
                 await eventually(
                     lambda: (
                         (api.get_object(*SKS, NS, "tiny-00001") or {}).get("spec", {}).get("mode")
@@ -307,7 +307,7 @@ async def test_conflicts_on_status_and_sks_are_retried_after_a_re_read(
 async def test_only_the_lease_holder_acts_and_a_stale_lease_is_taken_over(
     tmp_path: Path, engine_port: int
 ) -> None:
-    async with kube_api() as (api, server), activator() as act:
+    async with kube_api() as (api, server), activator(api, server) as act:
         api.put_object(*DEPLOY, deployment("tiny-00001"))
         api.put_object(*PA, podautoscaler("tiny-00001"))
         stop = asyncio.Event()
@@ -316,7 +316,7 @@ async def test_only_the_lease_holder_acts_and_a_stale_lease_is_taken_over(
             # speed 10: a 15 s lease is 1.5 s here.
             # a will stop as if it crashed: its lease is not released.
             async with controller(
-                server, tmp_path, engine_port, act.url, identity="a", release_on_stop=False
+                server, tmp_path, engine_port, identity="a", release_on_stop=False
             ):
                 await eventually(
                     lambda: (
@@ -327,18 +327,18 @@ async def test_only_the_lease_holder_acts_and_a_stale_lease_is_taken_over(
                     ),
                     what="a holds the lease",
                 )
-                async with controller(server, tmp_path, engine_port, act.url, identity="b"):
+                async with controller(server, tmp_path, engine_port, identity="b"):
                     await eventually(
                         lambda: any(r.user_agent.endswith("/b") for r in api.log),
                         what="b running",
                     )
-                    act.buffered[MODEL] = 1  # work to do: a does it, b must not
+                    act.held[NS, "tiny-00001"] = 1  # work to do: a does it, b must not
                     await eventually(lambda: scale_patches(api, "tiny-00001"), what="a scales")
                     await asyncio.sleep(0.5)
                     b_writes = [r for r in api.writes() if r.user_agent.endswith("/b")]
                     assert b_writes == []
             # a is gone (its lease not released); b takes over once the lease is stale.
-            async with controller(server, tmp_path, engine_port, act.url, identity="b"):
+            async with controller(server, tmp_path, engine_port, identity="b"):
                 lease = await eventually(
                     lambda: (
                         (le := api.get_object(*LEASES, "thaw-system", "thaw-controller"))
@@ -528,13 +528,13 @@ async def test_at_rest_the_controller_reads_and_writes_nothing_new(
 ) -> None:
     """Once a PA's status is settled, ticks only read (SKS, scale, EndpointSlices): no status
     churn, no SKS or scale writes."""
-    async with kube_api() as (api, server), activator() as act:
+    async with kube_api() as (api, server), activator(api, server):
         api.put_object(*DEPLOY, deployment("tiny-00001"))
         api.put_object(*PA, podautoscaler("tiny-00001"))
         stop = asyncio.Event()
         world = asyncio.create_task(knative_and_kubelet(api, engine_port, stop))
         try:
-            async with controller(server, tmp_path, engine_port, act.url):
+            async with controller(server, tmp_path, engine_port):
                 await eventually(
                     lambda: (
                         cond(api.get_object(*PA, NS, "tiny-00001"), "Active").get("reason")
@@ -558,14 +558,14 @@ async def test_at_rest_the_controller_reads_and_writes_nothing_new(
 async def test_an_sks_owned_by_someone_else_is_left_alone_and_reported(
     tmp_path: Path, engine_port: int
 ) -> None:
-    async with kube_api() as (api, server), activator() as act:
+    async with kube_api() as (api, server), activator(api, server):
         api.put_object(*DEPLOY, deployment("tiny-00001"))
         api.put_object(*PA, podautoscaler("tiny-00001"))
         theirs = reconcile.desired_sks(podautoscaler("tiny-00001"), "Serve", 7)
         theirs["metadata"]["ownerReferences"][0]["uid"] = "someone-else"
         api.put_object(*SKS, theirs)
         before = api.get_object(*SKS, NS, "tiny-00001")
-        async with controller(server, tmp_path, engine_port, act.url):
+        async with controller(server, tmp_path, engine_port):
             pa = await eventually(
                 lambda: (
                     (p := api.get_object(*PA, NS, "tiny-00001"))
@@ -647,9 +647,9 @@ def test_plan_invariants(steps: list[tuple[int, int, str, float]]) -> None:
 async def test_a_clean_stop_releases_the_lease_and_the_standby_takes_over_at_once(
     tmp_path: Path, engine_port: int
 ) -> None:
-    async with kube_api() as (api, server), activator() as act:
+    async with kube_api() as (api, server), activator(api, server):
         # A lease of 10 minutes (a minute here): only a release lets b in within the test.
-        async with controller(server, tmp_path, engine_port, act.url, identity="a",
+        async with controller(server, tmp_path, engine_port, identity="a",
                               lease_duration_s=600.0):  # fmt: skip
             await eventually(
                 lambda: (
@@ -662,7 +662,7 @@ async def test_a_clean_stop_releases_the_lease_and_the_standby_takes_over_at_onc
             )
         released = api.get_object(*LEASES, "thaw-system", "thaw-controller")
         assert released is not None and released["spec"]["holderIdentity"] == ""
-        async with controller(server, tmp_path, engine_port, act.url, identity="b",
+        async with controller(server, tmp_path, engine_port, identity="b",
                               lease_duration_s=600.0):  # fmt: skip
             lease = await eventually(
                 lambda: (
@@ -678,14 +678,14 @@ async def test_a_clean_stop_releases_the_lease_and_the_standby_takes_over_at_onc
 async def test_api_errors_back_off_per_pa_and_recover(tmp_path: Path, engine_port: int) -> None:
     """While the API answers 500 to every read of one PA's SKS, that PA is retried with growing
     delays (not every tick) and the other PA is reconciled every tick; then it recovers."""
-    async with kube_api() as (api, server), activator() as act:
+    async with kube_api() as (api, server), activator(api, server):
         for name in ("tiny-00001", "tiny-00002"):
             api.put_object(*DEPLOY, deployment(name))
             api.put_object(*PA, podautoscaler(name))
         stop = asyncio.Event()
         world = asyncio.create_task(knative_and_kubelet(api, engine_port, stop))
         try:
-            async with controller(server, tmp_path, engine_port, act.url):
+            async with controller(server, tmp_path, engine_port):
                 await eventually(lambda: api.get_object(*SKS, NS, "tiny-00002"), what="SKS 2")
                 api.inject_errors(
                     10_000, status=500, verb="get", resource="serverlessservices", name="tiny-00001"

@@ -1,6 +1,8 @@
 """Least privilege, both ways: every Kubernetes API call the controller makes is in
-:data:`knative.rbac.REQUIRED_RULES`, every rule there is used, and
-``manifests/rbac.yaml``'s ClusterRole ``thaw-controller`` grants exactly those rules."""
+:data:`knative.rbac.REQUIRED_RULES` (or, in knative-serving only, in
+:data:`knative.demand.ACTIVATOR_POD_RULES`: listing Knative's activator pods), every rule there
+is used, and ``manifests/rbac.yaml``'s ClusterRole ``thaw-controller`` grants exactly those
+rules."""
 
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ import pytest
 import yaml
 from knative_world import (
     DEPLOY,
-    MODEL,
     NS,
     PA,
     SKS,
@@ -27,6 +28,7 @@ from knative_world import (
     podautoscaler,
 )
 
+from knative.demand import ACTIVATOR_POD_RULES, KNATIVE_NAMESPACE
 from knative.rbac import REQUIRED_RULES, rule_set
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,7 +55,7 @@ def test_required_rules_have_no_duplicates_or_wildcards() -> None:
 
 async def test_every_call_is_a_required_rule_and_every_rule_is_used(tmp_path: Path) -> None:
     with emulator(tmp_path) as engine_port:
-        async with kube_api() as (api, server), activator() as act:
+        async with kube_api() as (api, server), activator(api, server) as act:
             api.put_object(*DEPLOY, deployment("tiny-00001"))
             api.put_object(*PA, podautoscaler("tiny-00001"))
             # One refused status write: the controller re-reads the PA (the "get" rule).
@@ -62,12 +64,12 @@ async def test_every_call_is_a_required_rule_and_every_rule_is_used(tmp_path: Pa
             world = asyncio.create_task(knative_and_kubelet(api, engine_port, stop))
             try:
                 # A 3 s lease (0.3 s here) is renewed every second: the lease "update" rule.
-                async with controller(server, tmp_path, engine_port, act.url, lease_duration_s=3.0):
+                async with controller(server, tmp_path, engine_port, lease_duration_s=3.0):
                     await eventually(
                         lambda: (api.get_object(*PA, NS, "tiny-00001") or {}).get("status"),
                         what="status",
                     )
-                    act.buffered[MODEL] = 1  # scale up: SKS update to Serve, scale patch
+                    act.held[NS, "tiny-00001"] = 1  # scale up: SKS update to Serve, scale patch
                     await eventually(
                         lambda: (
                             (api.get_object(*SKS, NS, "tiny-00001") or {})
@@ -84,11 +86,12 @@ async def test_every_call_is_a_required_rule_and_every_rule_is_used(tmp_path: Pa
             finally:
                 stop.set()
                 await world
-    used = {
-        (r.group, r.resource, r.verb)
-        for r in api.log
-        if r.user_agent.startswith("thaw-controller/")
-    }
+    ours = [r for r in api.log if r.user_agent.startswith("thaw-controller/")]
+    pods = {(r.group, r.resource, r.verb, r.namespace) for r in ours if r.resource == "pods"}
+    allowed = {(r.api_group, r.resource, v) for r in ACTIVATOR_POD_RULES for v in r.verbs}
+    # Knative's activator pods: listed, in knative-serving only (the Role's one rule).
+    assert pods == {(*rule, KNATIVE_NAMESPACE) for rule in allowed}
+    used = {(r.group, r.resource, r.verb) for r in ours if r.resource != "pods"}
     assert used, "the controller made no call"
     assert used <= rule_set(), f"calls outside REQUIRED_RULES: {sorted(used - rule_set())}"
     # Every rule is exercised by this scenario, so none needs a written justification.

@@ -17,12 +17,14 @@ from kernel.errors import ThawError
 from knative.contract import AUTOSCALER_CLASS
 from knative.controller import Controller, ControllerSettings
 from knative.demand import (
-    DEFAULT_KNATIVE_QUERY,
+    ACTIVATOR_SELECTOR,
+    KNATIVE_NAMESPACE,
     CombinedDemand,
-    DemandSource,
-    KnativeActivatorDemand,
-    ThawActivatorDemand,
+    KnativeActivatorPods,
 )
+from knative.gateway import Gateway
+from knative.gateway_envoy import GatewayOptions
+from knative.gateway_xds import XdsServer
 from knative.kube import KubeClient, KubeConfig
 from policy_file.load import PolicyError, default_config_path, load_policy
 from policy_file.support import Runtime
@@ -37,8 +39,15 @@ is Thaw's. For each such PA the controller keeps a ServerlessService (SKS) named
 scales the PA's Deployment through its scale subresource and writes the PA's status, as
 Knative's own KPA does; PAs of other classes are never touched. Each tick it scrapes the
 revision's pods' vLLM /metrics directly (EndpointSlices labelled serving.knative.dev/revision,
-port --engine-port) and reads the requests held at zero from Thaw's activator
-(--activator-url) and, optionally, Knative's activator through Prometheus (--prometheus-url).
+port --engine-port) and reads the requests held at zero from every pod of Knative's activator
+(--knative-namespace, pods --activator-selector): their kn_revision_request_queued gauge, per
+revision, which Knative exports with metrics-protocol: prometheus in config-observability.
+
+Thaw's gateway (Envoy, `thaw knative gateway` or manifests/gateway.yaml) gets its routes from
+here: every tick the leader chooses one revision per model (warm first, then the pool where the
+model fits and costs least per unit served) and serves the routes, clusters and ready pods over
+REST xDS on --xds-port (/ready answers 200 on the leader only).
+
 The policy per model (thaw.dev/model annotation on the PA) comes from --config; the PA's
 autoscaling.knative.dev/min-scale, max-scale and initial-scale annotations win over it.
 
@@ -54,8 +63,7 @@ Access to the API server: in a pod, --in-cluster (the service account token); el
 that holds the Lease --lease-namespace/--lease-name acts; run two for fail-over.
 
 examples:
-  thaw knative controller --in-cluster --config /etc/thaw/policy.yaml \\
-      --activator-url http://thaw-activator.thaw-system:8080
+  thaw knative controller --in-cluster --config /etc/thaw/policy.yaml --xds-port 18000
   thaw knative controller --kubeconfig ~/.kube/config --namespace llm --tick-s 1
 """
 
@@ -73,24 +81,16 @@ def register_args(c: argparse.ArgumentParser) -> None:
         "annotation (default: the built-in policy)",
     )
     pol.add_argument(
-        "--activator-url",
-        metavar="URL",
-        default=None,
-        help="Thaw activator base URL; its /metrics gives requests buffered per "
-        "model (e.g. http://thaw-activator.thaw-system:8080)",
+        "--knative-namespace",
+        metavar="NS",
+        default=KNATIVE_NAMESPACE,
+        help="namespace of Knative's activator pods, scraped each tick (default: %(default)s)",
     )
     pol.add_argument(
-        "--prometheus-url",
-        metavar="URL",
-        default=None,
-        help="Prometheus with Knative activator metrics: requests queued per revision",
-    )
-    pol.add_argument(
-        "--knative-query",
-        metavar="PROMQL",
-        default=DEFAULT_KNATIVE_QUERY,
-        help="PromQL for a revision's queued requests at Knative's activator; "
-        "{namespace} and {revision} are filled in (default: %(default)s)",
+        "--activator-selector",
+        metavar="LABELS",
+        default=ACTIVATOR_SELECTOR,
+        help="label selector of Knative's activator pods (default: %(default)s)",
     )
     pol.add_argument(
         "--engine-port",
@@ -105,6 +105,40 @@ def register_args(c: argparse.ArgumentParser) -> None:
         default=None,
         metavar="S",
         help="seconds between reconciles (default: the policy's tick_s)",
+    )
+    gw = c.add_argument_group("gateway routes (xDS)")
+    gw.add_argument(
+        "--xds-host",
+        default="0.0.0.0",
+        metavar="ADDR",
+        help="address of the xDS server the gateways poll (default: %(default)s)",
+    )
+    gw.add_argument(
+        "--xds-port",
+        type=int,
+        default=18000,
+        metavar="PORT",
+        help="port of the xDS server; 0: serve no gateway (default: %(default)s)",
+    )
+    gw.add_argument(
+        "--public-address",
+        default=GatewayOptions().public_address,
+        metavar="TEMPLATE",
+        help="host of a revision's public Service, where the gateway sends a model at zero "
+        "({name}, {namespace}, {domain} filled in; default: %(default)s)",
+    )
+    gw.add_argument(
+        "--public-port",
+        type=int,
+        default=GatewayOptions().public_port,
+        metavar="PORT",
+        help="port of the revisions' public Services (default: %(default)s)",
+    )
+    gw.add_argument(
+        "--cluster-domain",
+        default=GatewayOptions().cluster_domain,
+        metavar="DOMAIN",
+        help="the cluster's DNS domain (default: %(default)s)",
     )
     le = c.add_argument_group("leader election")
     le.add_argument(
@@ -140,6 +174,10 @@ def run(args: argparse.Namespace) -> int:
     if args.tick_s is not None and args.tick_s <= 0:
         print(f"{prog}: --tick-s = {args.tick_s}, must be > 0", file=sys.stderr)
         return 2
+    for flag, value in (("--xds-port", args.xds_port), ("--public-port", args.public_port)):
+        if not 0 <= value <= 65535 or (flag == "--public-port" and value == 0):
+            print(f"{prog}: {flag} = {value}, must be a TCP port", file=sys.stderr)
+            return 2
     path = args.config or default_config_path()
     try:
         config = load_policy(path, Runtime.KNATIVE)
@@ -171,23 +209,38 @@ def run(args: argparse.Namespace) -> int:
             KubeClient(kube_config, user_agent=agent) as kube,
             aiohttp.ClientSession() as http,
         ):
-            sources: list[DemandSource] = []
-            if args.activator_url:
-                sources.append(ThawActivatorDemand(http, args.activator_url))
-            if args.prometheus_url:
-                sources.append(
-                    KnativeActivatorDemand(http, args.prometheus_url, args.knative_query)
-                )
             clock = SystemClock()
+            demand = KnativeActivatorPods(
+                kube, http, clock, args.knative_namespace, args.activator_selector
+            )
+            gateway: Gateway | None = None
+            if args.xds_port:
+                server = XdsServer(clock)
+                await server.start(args.xds_host, args.xds_port)
+                options = GatewayOptions(
+                    public_address=args.public_address,
+                    public_port=args.public_port,
+                    cluster_domain=args.cluster_domain,
+                )
+                gateway = Gateway(server, options)
             events = emitter_from_env(os.environ, clock)
             await events.start()
             controller = Controller(
-                kube, http, config, CombinedDemand(sources), clock, settings, reports=events
+                kube,
+                http,
+                config,
+                CombinedDemand([demand]),
+                clock,
+                settings,
+                reports=events,
+                gateway=gateway,
             )
             try:
                 await controller.run(stop)
             finally:
                 await events.close()
+                if gateway is not None:
+                    await gateway.server.close()
 
     asyncio.run(main())
     return 0
