@@ -15,7 +15,7 @@ revision, Thaw's controller reconciles it with the same decider `thaw up` uses.
 subcommands:
   controller   the PodAutoscaler controller (runs in the cluster; manifests/ installs it)
   render       one Knative Service per (model, GPU pool) from the policy file, as YAML
-  activator    the OpenAI-compatible front door routing to the models' ready pods
+  gateway      the OpenAI-compatible front door (Envoy) routing to the models' ready pods
 """
 
 
@@ -29,7 +29,7 @@ def register(subparsers: Any) -> None:
     sub = p.add_subparsers(dest="knative_command", metavar="SUBCOMMAND")
     _register_controller(sub)
     _register_render(sub)
-    _register_activator(sub)
+    _register_gateway(sub)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -50,21 +50,21 @@ def _controller(args: argparse.Namespace) -> int:
     return cmd_knative_controller.run(args)
 
 
-# -- activator --------------------------------------------------------------------------------
+# -- gateway ----------------------------------------------------------------------------------
 
 
-def _register_activator(sub: Any) -> None:
-    from thaw import cmd_knative_activator
+def _register_gateway(sub: Any) -> None:
+    from thaw import cmd_knative_gateway
 
-    a = sub.add_parser("activator", help="run the front door: route by model to the ready pods")
-    cmd_knative_activator.register_args(a)
-    a.set_defaults(func=_activator)
+    g = sub.add_parser("gateway", help="run the front door (Envoy): route by model to ready pods")
+    cmd_knative_gateway.register_args(g)
+    g.set_defaults(func=_gateway)
 
 
-def _activator(args: argparse.Namespace) -> int:
-    from thaw import cmd_knative_activator
+def _gateway(args: argparse.Namespace) -> int:
+    from thaw import cmd_knative_gateway
 
-    return cmd_knative_activator.run(args)
+    return cmd_knative_gateway.run(args)
 
 
 # -- render (filled in by the render work) -----------------------------------------------------
