@@ -1,6 +1,6 @@
-# The Thaw image the manifests run (ghcr.io/thaw-dev/thaw): the controller, the cluster activator
-# and the model-cache agent. No vLLM and no torch: engines run the vLLM image rendered by
-# `thaw knative render` (cluster.image in the policy file).
+# The Thaw image the manifests run (ghcr.io/thaw-dev/thaw): the controller and the model-cache
+# agent. No vLLM and no torch: engines run the vLLM image rendered by `thaw knative render`
+# (cluster.image in the policy file). No Envoy: the gateway runs the official Envoy image.
 #
 #   docker build -t ghcr.io/thaw-dev/thaw:0.1.0 .
 #

@@ -91,17 +91,20 @@ def test_the_install_has_every_part() -> None:
         ("ClusterRole", "thaw-controller"),
         ("ClusterRoleBinding", "thaw-controller"),
         ("Deployment", "thaw-controller"),
-        ("Deployment", "thaw-activator"),
-        ("Service", "thaw-activator"),
-        ("ServiceAccount", "thaw-activator"),
-        ("Role", "thaw-activator"),
-        ("RoleBinding", "thaw-activator"),
+        ("Deployment", "thaw-gateway"),
+        ("Service", "thaw-gateway"),
+        ("PodDisruptionBudget", "thaw-gateway"),
+        ("ConfigMap", "thaw-gateway"),
+        ("Service", "thaw-controller-xds"),
+        ("Role", "thaw-controller-activator-pods"),
+        ("RoleBinding", "thaw-controller-activator-pods"),
         ("DaemonSet", "thaw-model-cache"),
         ("Service", "thaw-model-cache"),
         ("ConfigMap", "thaw-policy"),
         ("ConfigMap", "thaw-prometheus"),
         ("ConfigMap", "config-autoscaler"),
         ("ConfigMap", "config-features"),
+        ("ConfigMap", "config-observability"),
     } <= kinds
     names = [(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in OBJECTS]
     assert len(names) == len(set(names)), "an object is defined twice"
@@ -235,12 +238,14 @@ def thaw_commands() -> list[tuple[str, list[str]]]:
 
 
 def test_every_thaw_component_runs_the_thaw_image() -> None:
-    images = {c["image"] for o in OBJECTS for c in containers(o)}
+    """Thaw's own components run the Thaw image; the gateway runs the official Envoy image
+    (tests/test_gateway_manifests.py pins it)."""
+    images = {c["image"] for o in OBJECTS for c in containers(o) if c["name"] != "envoy"}
     policy = parse_policy(find("ConfigMap", "thaw-policy")["data"]["policy.yaml"])
     assert policy.cluster is not None
     assert images == {policy.cluster.thaw_image}
     assert not any(i.endswith(":latest") or ":" not in i for i in images)
-    assert len(thaw_commands()) == 3
+    assert len(thaw_commands()) == 2
 
 
 @pytest.mark.parametrize(("where", "args"), thaw_commands(), ids=lambda v: str(v))
@@ -278,53 +283,11 @@ def test_controller_flags_match_the_other_manifests() -> None:
     args = dict(
         a.split("=", 1) for a in thaw_commands_of("Deployment", "thaw-controller") if "=" in a
     )
-    svc = find("Service", "thaw-activator")
-    port = svc["spec"]["ports"][0]["port"]
-    assert (
-        args["--activator-url"]
-        == f"http://thaw-activator.{svc['metadata']['namespace']}.svc:{port}"
-    )
     assert args["--config"] == "/etc/thaw/policy.yaml"
     assert args["--lease-namespace"] == "thaw-system"
     from knative.render import ENGINE_PORT
 
     assert args["--engine-port"] == str(ENGINE_PORT)
-
-
-def test_activator_flags_match_the_other_manifests() -> None:
-    """The activator runs in the cluster, on the Service's port, with the mounted policy, and
-    reads the models' namespace, where its Role is."""
-    args = thaw_commands_of("Deployment", "thaw-activator")
-    flags = dict(a.split("=", 1) for a in args if "=" in a)
-    assert "--in-cluster" in args
-    assert flags["--config"] == "/etc/thaw/policy.yaml"
-    deploy = find("Deployment", "thaw-activator")
-    (c,) = containers(deploy)
-    (port,) = c["ports"]
-    assert flags["--port"] == str(port["containerPort"])
-    svc = find("Service", "thaw-activator")
-    assert svc["spec"]["ports"][0]["targetPort"] == port["name"]
-    policy = parse_policy(find("ConfigMap", "thaw-policy")["data"]["policy.yaml"])
-    assert policy.cluster is not None
-    role, binding = find("Role", "thaw-activator"), find("RoleBinding", "thaw-activator")
-    assert "--namespace" not in flags  # it reads cluster.namespace from the policy
-    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"]
-    assert role["metadata"]["namespace"] == policy.cluster.namespace
-    assert binding["roleRef"] == {
-        "apiGroup": "rbac.authorization.k8s.io",
-        "kind": "Role",
-        "name": "thaw-activator",
-    }
-    sa = find("ServiceAccount", "thaw-activator")
-    assert binding["subjects"] == [
-        {
-            "kind": "ServiceAccount",
-            "name": "thaw-activator",
-            "namespace": sa["metadata"]["namespace"],
-        }
-    ]
-    assert deploy["spec"]["template"]["spec"]["serviceAccountName"] == "thaw-activator"
-    assert deploy["metadata"]["namespace"] == sa["metadata"]["namespace"]
 
 
 def thaw_commands_of(kind: str, name: str) -> list[str]:
@@ -334,7 +297,7 @@ def thaw_commands_of(kind: str, name: str) -> list[str]:
 
 def test_the_policy_config_map_validates_and_renders() -> None:
     text = find("ConfigMap", "thaw-policy")["data"]["policy.yaml"]
-    # As the controller, the activator and render load it: nothing in it is refused there.
+    # As the controller and render load it: nothing in it is refused there.
     config = parse_policy(text, "manifests/policy.yaml", Runtime.KNATIVE)
     services = render_services(config)
     assert services, "the example policy renders no Service"
@@ -368,7 +331,7 @@ def test_prometheus_config_passes_promtool(tmp_path: Path) -> None:
         pytest.skip("promtool is not installed (apt-get install -y prometheus)")
     config = yaml.safe_load(find("ConfigMap", "thaw-prometheus")["data"]["prometheus.yml"])
     jobs = {j["job_name"]: j for j in config["scrape_configs"]}
-    assert {"thaw-activator", "thaw-engines", "knative-activator"} <= set(jobs)
+    assert {"thaw-gateway", "thaw-engines", "knative-activator"} <= set(jobs)
     for job in jobs.values():
         for sd in job.pop("kubernetes_sd_configs"):
             assert sd["role"] in {"node", "service", "pod", "endpoints", "endpointslice"}
@@ -403,3 +366,24 @@ def test_engine_scrape_job_keeps_what_render_annotates() -> None:
         == annotations["prometheus.io/scrape"]
     )
     assert "thaw.dev/model" in annotations  # __meta_..._annotation_thaw_dev_model is kept
+
+
+def test_kubectl_kustomize_renders_what_these_tests_check() -> None:
+    """`kubectl kustomize manifests/` (kubectl's own kustomize) prints exactly the objects this
+    file loads and validates."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    done = subprocess.run(
+        [kubectl, "kustomize", str(MANIFESTS)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    rendered = [d for d in yaml.safe_load_all(done.stdout) if d is not None]
+
+    def key(o: dict[str, Any]) -> tuple[str, str, str]:
+        return (o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"])
+
+    assert sorted(map(key, rendered)) == sorted(map(key, OBJECTS))
+    by_key = {key(o): o for o in OBJECTS}
+    for o in rendered:
+        assert o == by_key[key(o)], key(o)
