@@ -2,8 +2,8 @@
 refusal of a setting a runtime would otherwise ignore.
 
 The three runtimes read the same file (:class:`Runtime`): the local stack (``thaw up``), the
-Knative runtime (``thaw knative controller``, ``render`` and ``activator``, which share one policy
-ConfigMap) and the simulator (``thaw sim --config``). For each runtime a key is:
+Knative runtime (``thaw knative controller`` and ``render``, which share one policy ConfigMap; the
+controller also chooses the gateway's routes) and the simulator (``thaw sim --config``). For each runtime a key is:
 
 - **honoured** — the runtime acts on it (the note says which part, where it matters);
 - **refused** — the runtime cannot act on it yet, so a file that sets it to anything but its
@@ -112,14 +112,21 @@ _FRONT_SIM = _refused(
     "the simulated activator holds every request until a replica is ready: no buffer limit, "
     "no wait timeout, no request bodies"
 )
-_SHOWN = Support(
-    Status.SHOWN_ONLY, "shown by thaw policy check; render places by fit, not by this"
+_SHOWN = Support(Status.SHOWN_ONLY, "shown by thaw policy check; nothing places by it")
+_LISTEN_KNATIVE = _theirs(
+    "the local front door's address; on a cluster the gateway listens where "
+    "manifests/gateway.yaml says (thaw knative gateway --host/--port)"
 )
+_BUFFER_KNATIVE = _refused(
+    "on a cluster Knative's activator holds the requests of a model at zero: its own queue, "
+    "and a request waits at most the revision's timeoutSeconds (cluster.request_timeout_s)"
+)
+_PLACE = "render, and the gateway's choice of pool (controller)"
 
 #: Every key of the policy file, in the schema's order.
 TABLE: tuple[Row, ...] = (
-    Row("listen.host", YES, _yes("activator"), _LISTEN_SIM),
-    Row("listen.port", YES, _yes("activator"), _LISTEN_SIM),
+    Row("listen.host", YES, _LISTEN_KNATIVE, _LISTEN_SIM),
+    Row("listen.port", YES, _LISTEN_KNATIVE, _LISTEN_SIM),
     Row("tick_s", YES, _yes("controller"), YES),
     Row("models[].name", YES, YES, YES),
     Row("models[].engine.kind", YES, _yes("render"), _ENGINE_SIM),
@@ -161,37 +168,37 @@ TABLE: tuple[Row, ...] = (
     Row("models[].autoscaling.forecast.min_history", YES, _FORECAST_KNATIVE, YES),
     Row("models[].autoscaling.forecast.min_confidence", YES, _FORECAST_KNATIVE, YES),
     Row("models[].autoscaling.forecast.horizon_s", YES, _FORECAST_KNATIVE, YES),
-    Row("models[].activator.buffer_size", YES, _yes("activator"), _FRONT_SIM),
-    Row("models[].activator.wait_timeout_s", YES, _yes("activator"), _FRONT_SIM),
-    Row("models[].activator.max_body_bytes", YES, _yes("activator"), _FRONT_SIM),
+    Row("models[].activator.buffer_size", YES, _BUFFER_KNATIVE, _FRONT_SIM),
+    Row("models[].activator.wait_timeout_s", YES, _BUFFER_KNATIVE, _FRONT_SIM),
+    Row("models[].activator.max_body_bytes", YES, _yes("gateway: 413"), _FRONT_SIM),
     Row("models[].warm_pool.enabled", YES, _WARM_KNATIVE, YES),
     Row("models[].warm_pool.sleep_level", YES, _WARM_KNATIVE, YES),
     Row("models[].warm_pool.max_sleeping", YES, _WARM_KNATIVE, YES),
     Row("models[].warm_pool.sleep_ttl_s", YES, _WARM_KNATIVE, YES),
     Row("models[].warm_pool.host_ram_budget_bytes", YES, _WARM_KNATIVE, YES),
     Row("models[].warm_pool.weights_bytes", YES, _WARM_KNATIVE, YES),
-    Row("models[].weights_bytes", _CLUSTER_LOCAL, _yes("render"), _CLUSTER_SIM),
+    Row("models[].weights_bytes", _CLUSTER_LOCAL, _yes(_PLACE), _CLUSTER_SIM),
     Row("models[].pools", _CLUSTER_LOCAL, _yes("render"), _CLUSTER_SIM),
     Row("cache.dir", YES, _CACHE_KNATIVE, _CACHE_SIM),
     Row("cache.budget_bytes", YES, _CACHE_KNATIVE, _CACHE_SIM),
     Row("cache.s3_endpoint_url", YES, _CACHE_KNATIVE, _CACHE_SIM),
     Row("cache.s3_region", YES, _CACHE_KNATIVE, _CACHE_SIM),
-    Row("cluster.namespace", _CLUSTER_LOCAL, _yes("render, activator"), _CLUSTER_SIM),
+    Row("cluster.namespace", _CLUSTER_LOCAL, _yes("render"), _CLUSTER_SIM),
     Row("cluster.image", _CLUSTER_LOCAL, _yes("render"), _CLUSTER_SIM),
     Row("cluster.thaw_image", _CLUSTER_LOCAL, _yes("render"), _CLUSTER_SIM),
-    Row("cluster.request_timeout_s", _CLUSTER_LOCAL, _yes("render"), _CLUSTER_SIM),
+    Row("cluster.request_timeout_s", _CLUSTER_LOCAL, _yes("render, gateway"), _CLUSTER_SIM),
     Row("cluster.pools[].name", _CLUSTER_LOCAL, _yes("render"), _CLUSTER_SIM),
     Row("cluster.pools[].gpu_type", _CLUSTER_LOCAL, _SHOWN, _CLUSTER_SIM),
-    Row("cluster.pools[].gpu_memory_bytes", _CLUSTER_LOCAL, _yes("render"), _CLUSTER_SIM),
-    Row("cluster.pools[].gpus_per_replica", _CLUSTER_LOCAL, _yes("render"), _CLUSTER_SIM),
+    Row("cluster.pools[].gpu_memory_bytes", _CLUSTER_LOCAL, _yes(_PLACE), _CLUSTER_SIM),
+    Row("cluster.pools[].gpus_per_replica", _CLUSTER_LOCAL, _yes(_PLACE), _CLUSTER_SIM),
     Row("cluster.pools[].gpu_resource", _CLUSTER_LOCAL, _yes("render"), _CLUSTER_SIM),
     Row("cluster.pools[].node_selector", _CLUSTER_LOCAL, _yes("render"), _CLUSTER_SIM),
     Row("cluster.pools[].tolerations[].key", _CLUSTER_LOCAL, _yes("render"), _CLUSTER_SIM),
     Row("cluster.pools[].tolerations[].operator", _CLUSTER_LOCAL, _yes("render"), _CLUSTER_SIM),
     Row("cluster.pools[].tolerations[].value", _CLUSTER_LOCAL, _yes("render"), _CLUSTER_SIM),
     Row("cluster.pools[].tolerations[].effect", _CLUSTER_LOCAL, _yes("render"), _CLUSTER_SIM),
-    Row("cluster.pools[].cost_per_hour_usd", _CLUSTER_LOCAL, _SHOWN, _CLUSTER_SIM),
-    Row("cluster.pools[].max_replicas", _CLUSTER_LOCAL, _yes("render"), _CLUSTER_SIM),
+    Row("cluster.pools[].cost_per_hour_usd", _CLUSTER_LOCAL, _yes(_PLACE), _CLUSTER_SIM),
+    Row("cluster.pools[].max_replicas", _CLUSTER_LOCAL, _yes(_PLACE), _CLUSTER_SIM),
     Row("cluster.model_cache.host_path", _CLUSTER_LOCAL, _yes("render"), _CLUSTER_SIM),
     Row("cluster.model_cache.url", _CLUSTER_LOCAL, _yes("render"), _CLUSTER_SIM),
 )

@@ -142,6 +142,10 @@ def test_knative_refuses_only_non_default_values_of_what_it_does_not_honour() ->
         "honour it: the Knative controller does not run the forecaster yet; accepted here: its "
         "default, False (honoured by: thaw up, thaw sim)",
         # quantile 0.9 is the default: asking for nothing, it is accepted
+        "models[0].activator.buffer_size (line 7): value 7: thaw knative does not honour it: on "
+        "a cluster Knative's activator holds the requests of a model at zero: its own queue, "
+        "and a request waits at most the revision's timeoutSeconds (cluster.request_timeout_s); "
+        "accepted here: its default, 100 (honoured by: thaw up)",
         "models[0].warm_pool.enabled (line 6): value True: thaw knative does not honour it: the "
         "Knative controller does not run the warm pool yet: a scale-down deletes the pod; "
         "accepted here: its default, False (honoured by: thaw up, thaw sim)",
@@ -153,8 +157,7 @@ def test_the_simulator_refuses_front_door_limits_and_leaves_the_rest_to_others()
     assert line == (
         "models[0].activator.buffer_size (line 7): value 7: thaw sim does not honour it: the "
         "simulated activator holds every request until a replica is ready: no buffer limit, no "
-        "wait timeout, no request bodies; accepted here: its default, 100 (honoured by: thaw up, "
-        "thaw knative)"
+        "wait timeout, no request bodies; accepted here: its default, 100 (honoured by: thaw up)"
     )
 
 
@@ -220,7 +223,7 @@ def cluster_file(tmp_path: Path) -> Path:
 def test_thaw_knative_controller_refuses_at_start(cluster_file: Path) -> None:
     done = thaw("knative", "controller", "--config", str(cluster_file))
     assert done.returncode == 2, done.stderr
-    assert f"{cluster_file}: 2 errors" in done.stderr
+    assert f"{cluster_file}: 3 errors" in done.stderr
     assert "models[0].autoscaling.forecast.enabled (line 5): value True: thaw knative" in (
         done.stderr
     )
