@@ -6,8 +6,10 @@ No I/O.
 
 - a revision's ready pods are the ready endpoints of its *private* EndpointSlices (label
   ``networking.internal.knative.dev/serviceType: Private``, the Service that selects the
-  revision's pods), at the slice's queue-proxy port (``http``, or ``http2`` for h2c revisions):
-  Knative's queue-proxy, so Knative still counts each pod's requests. The *public* slices are
+  revision's pods), at the slice's queue-proxy port ``http`` (8012): Knative's queue-proxy, so
+  Knative still counts each pod's requests. An h2c revision's slices name that port ``http2``:
+  the gateway lists no pod of it (it speaks HTTP/1 to pods), so its requests always go through
+  Knative's activator, which speaks h2c. The *public* slices are
   never used: in Proxy mode they list Knative's activator. An endpoint is ready unless
   ``conditions.ready`` is false (the API says unset means ready; a terminating pod is never
   ready); a pod listed in two slices counts once.
@@ -36,18 +38,16 @@ from knative.gateway_routes import QueueEndpoint, RevisionCandidate
 
 Obj = dict[str, Any]
 
-#: The private Service's port to the queue-proxy: ``http`` (HTTP/1 revisions, target 8012) or
-#: ``http2`` (h2c revisions, target 8013).
-QUEUE_PORT_NAMES = ("http", "http2")
+#: The private Service's port to the queue-proxy of an HTTP/1 revision (target 8012).
+QUEUE_PORT_NAME = "http"
 #: Knative's label of a revision's configuration generation (newer revisions count higher).
 GENERATION_LABEL = "serving.knative.dev/configurationGeneration"
 
 
 def _queue_port(eps: Obj) -> int | None:
-    for name in QUEUE_PORT_NAMES:
-        for p in eps.get("ports") or []:
-            if p.get("name") == name and isinstance(p.get("port"), int):
-                return int(p["port"])
+    for p in eps.get("ports") or []:
+        if p.get("name") == QUEUE_PORT_NAME and isinstance(p.get("port"), int):
+            return int(p["port"])
     return None
 
 

@@ -1,13 +1,16 @@
 """Which revision the gateway sends a model to (knative.gateway_routes), table-driven: one
 revision per model, warm first, then placement (fits, room, cheapest per unit served), never an
-Unreachable one."""
+Unreachable one; and the candidates as knative.endpoints reads them from PAs and slices."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from knative.endpoints import ready_queue_endpoints, revision_candidates
 from knative.gateway_routes import (
     PoolInfo,
     QueueEndpoint,
@@ -154,3 +157,102 @@ def test_invariants(specs: list[tuple[str | None, bool, str, int]]) -> None:
     if any(c.ready for c in reachable):
         assert chosen.ready  # never a cold revision while a warm one exists
     assert choose_routes(list(reversed(cands)), POOLS, {"llama": 16 * GIB}) == routes
+
+
+# -- candidates from Kubernetes objects (knative.endpoints) -----------------------------------
+
+
+def pa_obj(name: str, ns: str = "thaw", **annotations: str) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "labels": {
+                "serving.knative.dev/revision": name,
+                "serving.knative.dev/configurationGeneration": "3",
+            },
+            "annotations": {
+                "autoscaling.knative.dev/class": "autoscaler.thaw.dev",
+                "thaw.dev/model": "llama",
+                "thaw.dev/pool": "l4",
+                **annotations,
+            },
+        },
+        "spec": {"reachability": "Unreachable"},
+        "status": {"serviceName": f"{name}-public", "actualScale": 2, "desiredScale": 3},
+    }
+
+
+def slice_obj(
+    revision: str,
+    endpoints: list[tuple[str, bool | None, str]],
+    *,
+    ns: str = "thaw",
+    service_type: str = "Private",
+    family: str = "IPv4",
+    port_name: str = "http",
+) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": f"{revision}-{service_type}-{family}",
+            "namespace": ns,
+            "labels": {
+                "serving.knative.dev/revision": revision,
+                "networking.internal.knative.dev/serviceType": service_type,
+            },
+        },
+        "addressType": family,
+        "ports": [{"name": "http-queueadm", "port": 8022}, {"name": port_name, "port": 8012}],
+        "endpoints": [
+            {
+                "addresses": [address],
+                "conditions": {} if ready is None else {"ready": ready},
+                "targetRef": {"kind": "Pod", "name": pod},
+            }
+            for address, ready, pod in endpoints
+        ],
+    }
+
+
+def test_ready_pods_are_the_private_slices_ready_endpoints_at_the_queue_port() -> None:
+    slices = [
+        slice_obj(
+            "r-1", [("10.0.0.1", True, "p1"), ("10.0.0.2", False, "p2"), ("10.0.0.3", None, "p3")]
+        ),
+        # The same pods again in the IPv6 slice (dual stack): each pod once.
+        slice_obj("r-1", [("fd00::1", True, "p1")], family="IPv6"),
+        # Public: Knative's activator in Proxy mode, never a pod.
+        slice_obj("r-1", [("10.9.9.9", True, "activator")], service_type="Public"),
+        slice_obj("r-1", [("pod.example", True, "p4")], family="FQDN"),
+        # An h2c revision (port http2): not spoken to directly.
+        slice_obj("h2c-1", [("10.0.1.1", True, "q1")], port_name="http2"),
+        # Same revision name in another namespace.
+        slice_obj("r-1", [("10.7.0.1", True, "other")], ns="team-b"),
+    ]
+    got = ready_queue_endpoints(slices)
+    assert got[("thaw", "r-1")] == (
+        QueueEndpoint("10.0.0.1", 8012, "p1"),
+        QueueEndpoint("10.0.0.3", 8012, "p3"),
+    )
+    assert got[("team-b", "r-1")] == (QueueEndpoint("10.7.0.1", 8012, "other"),)
+    assert ("thaw", "h2c-1") not in got
+
+
+def test_candidates_read_model_pool_reachability_service_and_size_from_the_pa() -> None:
+    pas = [
+        pa_obj("r-1"),
+        pa_obj("kpa-1", **{"autoscaling.knative.dev/class": "kpa.autoscaling.knative.dev"}),
+        pa_obj("anon-1", **{"thaw.dev/model": ""}),
+    ]
+    [c] = revision_candidates(pas, [slice_obj("r-1", [("10.0.0.1", True, "p1")])])
+    assert c == RevisionCandidate(
+        namespace="thaw",
+        revision="r-1",
+        model="llama",
+        pool="l4",
+        reachability="Unreachable",
+        ready=(QueueEndpoint("10.0.0.1", 8012, "p1"),),
+        public_service="r-1-public",
+        replicas=3,
+        generation=3,
+    )
