@@ -122,10 +122,17 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.3f}s"
 
 
-def api_config_source(options: GatewayOptions) -> Obj:
-    """Where Envoy fetches a resource: Thaw's controller, REST-JSON xDS over :data:`XDS_CLUSTER`."""
-    return {
-        "resource_api_version": "V3",
+def api_config_source(options: GatewayOptions, wait_forever: bool = False) -> Obj:
+    """Where Envoy fetches a resource: Thaw's controller, REST-JSON xDS over :data:`XDS_CLUSTER`.
+
+    ``wait_forever`` (clusters, routes): Envoy waits for the first answer however long it takes,
+    so a gateway without routes is never ready (it starts its listeners, ``/ready``'s included,
+    after that answer). A pods cluster waits Envoy's default 15 s for its endpoints, then serves
+    without them (its requests go to Knative's activator)."""
+    out: Obj = {"resource_api_version": "V3"}
+    if wait_forever:
+        out["initial_fetch_timeout"] = "0s"
+    return out | {
         "api_config_source": {
             "api_type": "REST",
             "transport_api_version": "V3",
@@ -581,7 +588,10 @@ def bootstrap(options: BootstrapOptions, gateway: GatewayOptions | None = None) 
         "normalize_path": True,
         "merge_slashes": True,
         "stream_idle_timeout": timeout,
-        "rds": {"route_config_name": ROUTE_CONFIG_NAME, "config_source": api_config_source(gw)},
+        "rds": {
+            "route_config_name": ROUTE_CONFIG_NAME,
+            "config_source": api_config_source(gw, wait_forever=True),
+        },
         "http_filters": [json_filter, _router()],
         "local_reply_config": local_reply_config(),
     }
@@ -708,10 +718,10 @@ def bootstrap(options: BootstrapOptions, gateway: GatewayOptions | None = None) 
                         }
                     ],
                     "circuit_breakers": _breakers(),
-                }
+                },
             ],
         },
-        "dynamic_resources": {"cds_config": api_config_source(gw)},
+        "dynamic_resources": {"cds_config": api_config_source(gw, wait_forever=True)},
     }
 
 

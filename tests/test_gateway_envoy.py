@@ -18,8 +18,16 @@ from knative_activator_standin import knative_activator
 from knative_world import NS, SLICES, endpoint_slice, eventually, kube_api
 from procs import child, free_port, thaw_argv, wait_http_ok
 
-from knative.gateway_envoy import GatewayOptions, Snapshot, drain_script, snapshot
+from knative.gateway_envoy import (
+    BootstrapOptions,
+    GatewayOptions,
+    Snapshot,
+    bootstrap,
+    drain_script,
+    snapshot,
+)
 from knative.gateway_routes import ModelRoute, QueueEndpoint, RevisionCandidate
+from knative.gateway_run import envoy_argv, envoy_binary
 
 pytestmark = pytest.mark.slow
 
@@ -124,6 +132,11 @@ async def test_errors_leave_in_openais_shape(tmp_path: Path) -> None:
             assert [m["id"] for m in listing["data"]] == ["tiny"]
             async with http.get(f"{gw.url}/v1/models/tiny") as r:
                 assert (await r.json())["id"] == "tiny"
+            # Envoy's own metrics, for Prometheus, on the health port (admin stays on loopback).
+            stats = gw.ready_url.replace("/ready", "/stats/prometheus")
+            async with http.get(stats) as r:
+                assert r.status == 200
+                assert "envoy_http_downstream_rq_total" in await r.text()
 
 
 async def test_at_zero_knatives_activator_holds_the_request_then_pods_take_over(
@@ -256,3 +269,27 @@ async def test_thaw_knative_gateway_runs_envoy_and_drains_on_sigterm(tmp_path: P
             proc.send_signal(signal.SIGTERM)
             code = await asyncio.to_thread(proc.wait, 20)
             assert code == 0, (tmp_path / "gateway.log").read_text()
+
+
+async def test_not_ready_until_the_controller_serves_routes(tmp_path: Path) -> None:
+    """A gateway whose controller has not answered yet is not ready (its listeners are not even
+    open: Envoy waits for the first routes however long it takes), then is."""
+    async with xds_server() as xds, pod("a") as a, aiohttp.ClientSession() as http:
+        ports = [free_port() for _ in range(3)]
+        cfg = tmp_path / "envoy.json"
+        options = BootstrapOptions(
+            xds_host="127.0.0.1", xds_port=xds.port or 0, listen_host="127.0.0.1",
+            listen_port=ports[0], health_port=ports[1], admin_port=ports[2], node_id="late",
+        )  # fmt: skip
+        cfg.write_text(json.dumps(bootstrap(options)))
+        argv = envoy_argv(envoy_binary(), cfg, "late", "error")
+        with child(argv, log_path=tmp_path / "envoy.log"):
+            await asyncio.sleep(2.0)
+            with pytest.raises(aiohttp.ClientConnectionError):
+                async with http.get(f"http://127.0.0.1:{ports[1]}/ready"):
+                    pass
+            await xds.set_serving(True)
+            await xds.publish(snap(GatewayOptions(), candidate("tiny-00001", [a])))
+            await asyncio.to_thread(wait_http_ok, f"http://127.0.0.1:{ports[1]}/ready", 30)
+            status, body, _ = await post(http, f"http://127.0.0.1:{ports[0]}", {"model": "tiny"})
+            assert (status, body["pod"]) == (200, "a")
