@@ -3,7 +3,8 @@ refusal of a setting a runtime would otherwise ignore.
 
 The three runtimes read the same file (:class:`Runtime`): the local stack (``thaw up``), the
 Knative runtime (``thaw knative controller`` and ``render``, which share one policy ConfigMap; the
-controller also chooses the gateway's routes) and the simulator (``thaw sim --config``). For each runtime a key is:
+controller also chooses the gateway's routes) and the simulator (``thaw sim --config``). For
+each runtime a key is:
 
 - **honoured** — the runtime acts on it (the note says which part, where it matters);
 - **refused** — the runtime cannot act on it yet, so a file that sets it to anything but its
