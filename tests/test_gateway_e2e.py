@@ -152,8 +152,10 @@ async def test_scale_from_zero_through_the_gateway_scales_only_the_routed_revisi
                     assert not [
                         r
                         for r in api.log
-                        if r.resource == "deployments/scale" and r.verb == "patch"
-                        and r.name == other and r.body[0]["value"] > 0
+                        if r.resource == "deployments/scale"
+                        and r.verb == "patch"
+                        and r.name == other
+                        and r.body[0]["value"] > 0
                     ], other
         finally:
             stop.set()

@@ -93,9 +93,7 @@ async def test_pa_of_our_class_gets_sks_status_and_scales_0_1_0_with_proxy_first
         world = asyncio.create_task(knative_and_kubelet(api, engine_port, stop, pod_delay_s=0.5))
         try:
             reports = Recorder()
-            async with controller(
-                server, tmp_path, engine_port, grace_s=2.0, reports=reports
-            ):
+            async with controller(server, tmp_path, engine_port, grace_s=2.0, reports=reports):
                 # The SKS, shaped as Knative's MakeSKS shapes it.
                 sks = await eventually(lambda: api.get_object(*SKS, NS, "tiny-00001"), what="SKS")
                 pa = api.get_object(*PA, NS, "tiny-00001")
