@@ -15,8 +15,9 @@ Owns three lists, each written once here and imported everywhere else:
   :data:`UNKNOWN_TIER` is reported where the tier cannot be seen (the Knative controller does
   not see a node's cache).
 - **Metric names**: vLLM V1's (what the engines export, the emulator exports the same, the
-  scrapers and the Prometheus history read), Thaw's activator's buffered-requests gauge (read by
-  the Knative controller and the history), and Knative activator's queued-requests series.
+  scrapers and the Prometheus history read), Thaw's activator's buffered-requests gauge (the
+  local stack's front door; the history reads it), and Knative activator's queued-requests
+  series (the Knative controller's demand at zero, scraped from each activator pod).
 
 Plain constants and ``Literal`` types; no I/O, nothing of Thaw's imported.
 """

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
-from knative.gateway_envoy import GatewayOptions, Snapshot, snapshot
+from knative.gateway_envoy import GatewayOptions, Snapshot, SnapshotBuilder
 from knative.gateway_routes import ModelRoute, PoolInfo, RevisionCandidate, choose_routes
 from knative.gateway_xds import XdsServer
 from policy_file.schema import ThawConfig
@@ -60,11 +60,19 @@ class Gateway:
         self.server = server
         self.options = options or GatewayOptions()
         self.routes: dict[str, ModelRoute] = {}
+        self._builder = SnapshotBuilder()
+        self._last: tuple[tuple[RevisionCandidate, ...], ThawConfig, Snapshot] | None = None
 
     async def serve(self, leader: bool) -> None:
         await self.server.set_serving(leader)
 
     async def tick(self, candidates: Sequence[RevisionCandidate], config: ThawConfig) -> Snapshot:
+        """Choose, build and publish; nothing is rebuilt when neither the revisions nor the
+        policy changed since the last tick (the usual case at rest)."""
+        cands = tuple(candidates)
+        if self._last is not None and self._last[0] == cands and self._last[1] == config:
+            await self.server.publish(self._last[2])
+            return self._last[2]
         weights = {m.name: m.weights_bytes for m in config.models}
         routes = choose_routes(candidates, pools_of(config), weights)
         for model in sorted(set(routes) | set(self.routes)):
@@ -76,6 +84,7 @@ class Gateway:
             elif old is None or route_of(old) != route_of(new):
                 log.info("gateway: model %s -> %s", model, new.reason)
         self.routes = routes
-        snap = snapshot(routes, options_for(config, self.options))
+        snap = self._builder.build(routes, options_for(config, self.options))
+        self._last = (cands, config, snap)
         await self.server.publish(snap)
         return snap

@@ -96,7 +96,8 @@ class GatewayOptions:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """One tick's gateway configuration: Envoy resources by name, and which model goes where."""
+    """One tick's gateway configuration: Envoy resources by name, which model goes where, and
+    the content versions (computed once, when it is built)."""
 
     clusters: Mapping[str, Obj]
     endpoints: Mapping[str, Obj]
@@ -104,11 +105,14 @@ class Snapshot:
     #: The clusters the route configuration names (they must reach Envoy before it).
     route_clusters: frozenset[str]
     routes: Mapping[str, ModelRoute]
+    clusters_version: str
+    routes_version: str
+    endpoint_versions: Mapping[str, str]
 
     @property
     def version(self) -> str:
         return version_of(
-            {"c": dict(self.clusters), "e": dict(self.endpoints), "r": self.route_config}
+            [self.clusters_version, self.routes_version, sorted(self.endpoint_versions.items())]
         )
 
 
@@ -422,22 +426,75 @@ def _method(method: str) -> Obj:
 
 def snapshot(routes: Mapping[str, ModelRoute], options: GatewayOptions) -> Snapshot:
     """The gateway's whole configuration for these routes."""
-    clusters: dict[str, Obj] = {}
-    endpoints: dict[str, Obj] = {}
-    route_clusters: set[str] = set()
-    for route in routes.values():
-        rev = route.revision
-        clusters.update(revision_clusters(rev, options))
-        _, pods, _ = cluster_names(rev)
-        endpoints[pods] = load_assignment(rev)
-        route_clusters.add(cluster_names(rev)[0])
-    return Snapshot(
-        clusters=dict(sorted(clusters.items())),
-        endpoints=dict(sorted(endpoints.items())),
-        route_config=route_configuration(routes, options),
-        route_clusters=frozenset(route_clusters),
-        routes=dict(routes),
-    )
+    return SnapshotBuilder().build(routes, options)
+
+
+class SnapshotBuilder:
+    """:func:`snapshot` with a memory, for a controller that builds one every tick: a revision's
+    clusters are built and hashed once per (revision, public Service, options), its endpoints
+    once per set of ready pods, the route table once per set of routes. Pure: no I/O, no clock;
+    the memory holds only what the last build used."""
+
+    def __init__(self) -> None:
+        self._clusters: dict[Any, tuple[dict[str, Obj], str]] = {}
+        self._endpoints: dict[Any, tuple[Obj, str]] = {}
+        self._routes: tuple[Any, Obj, str] | None = None
+
+    def build(self, routes: Mapping[str, ModelRoute], options: GatewayOptions) -> Snapshot:
+        opts = (
+            options.public_address,
+            options.cluster_domain,
+            options.public_port,
+            options.connect_timeout_s,
+            options.refresh_delay_s,
+            options.poll_timeout_s,
+        )
+        clusters: dict[str, Obj] = {}
+        endpoints: dict[str, Obj] = {}
+        endpoint_versions: dict[str, str] = {}
+        family_versions: list[str] = []
+        keep_clusters: dict[Any, tuple[dict[str, Obj], str]] = {}
+        keep_endpoints: dict[Any, tuple[Obj, str]] = {}
+        for route in routes.values():
+            rev = route.revision
+            ckey = (rev.namespace, rev.revision, rev.public_service, opts)
+            built = self._clusters.get(ckey)
+            if built is None:
+                family = revision_clusters(rev, options)
+                built = (family, version_of(family))
+            keep_clusters[ckey] = built
+            clusters.update(built[0])
+            family_versions.append(built[1])
+            ekey = (rev.namespace, rev.revision, rev.ready)
+            assignment = self._endpoints.get(ekey)
+            if assignment is None:
+                eds = load_assignment(rev)
+                assignment = (eds, version_of(eds))
+            keep_endpoints[ekey] = assignment
+            name = cluster_names(rev)[1]
+            endpoints[name], endpoint_versions[name] = assignment
+        self._clusters, self._endpoints = keep_clusters, keep_endpoints
+        chosen = sorted((m, r.revision.namespace, r.revision.revision) for m, r in routes.items())
+        rkey = (
+            tuple(chosen),
+            options.request_timeout_s,
+            options.retries,
+            tuple(sorted(options.max_body_bytes.items())),
+        )
+        if self._routes is None or self._routes[0] != rkey:
+            table = route_configuration(routes, options)
+            self._routes = (rkey, table, version_of(table))
+        _, table, routes_version = self._routes
+        return Snapshot(
+            clusters=dict(sorted(clusters.items())),
+            endpoints=dict(sorted(endpoints.items())),
+            route_config=table,
+            route_clusters=frozenset(cluster_names(r.revision)[0] for r in routes.values()),
+            routes=dict(routes),
+            clusters_version=version_of(sorted(family_versions)),
+            routes_version=routes_version,
+            endpoint_versions=endpoint_versions,
+        )
 
 
 # -- the bootstrap ---------------------------------------------------------------------------

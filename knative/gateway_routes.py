@@ -151,9 +151,12 @@ def choose_routes(
         if c.pool is not None:
             used[c.pool] = used.get(c.pool, 0) + c.replicas
     weights = weights_bytes or {}
+    by_model: dict[str, list[RevisionCandidate]] = {}
+    for c in candidates:
+        by_model.setdefault(c.model, []).append(c)
     out: dict[str, ModelRoute] = {}
-    for model in sorted({c.model for c in candidates}):
-        route = choose_route(model, candidates, pools, used, weights.get(model))
+    for model in sorted(by_model):
+        route = choose_route(model, by_model[model], pools, used, weights.get(model))
         if route is not None:
             out[model] = route
     return out

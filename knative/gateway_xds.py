@@ -210,15 +210,19 @@ class XdsServer:
         assert snap is not None
         if type_url == CLUSTER_TYPE:
             clusters = self._clusters_for(node, snap)
-            version = version_of(clusters)
+            kept = len(clusters) != len(snap.clusters)
+            version = version_of(clusters) if kept else snap.clusters_version
             _remember(node.sent_clusters, version, clusters)
             return version, list(clusters.values())
         if type_url == ROUTE_TYPE:
             table, refs = self._routes_for(node, snap)
-            version = version_of(table)
+            version = snap.routes_version if table is snap.route_config else version_of(table)
             _remember(node.sent_routes, version, (table, refs))
             return version, [table]
         assignments = self._endpoints_for(names, snap)
+        versions = [snap.endpoint_versions.get(a["cluster_name"]) for a in assignments]
+        if len(versions) == 1 and versions[0] is not None:
+            return versions[0], assignments
         return version_of(assignments), assignments
 
     # -- HTTP -------------------------------------------------------------------------------

@@ -1,5 +1,4 @@
-"""The front door's API keys, from ``--api-key-file`` or ``THAW_API_KEYS`` (``thaw up`` and
-``thaw knative activator``)."""
+"""The front door's API keys, from ``--api-key-file`` or ``THAW_API_KEYS`` (``thaw up``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Kubernetes API flags ``thaw knative controller`` and ``thaw knative activator`` share."""
+"""The Kubernetes API flags of ``thaw knative controller`` (kept apart: the CLI only wires)."""
 
 from __future__ import annotations
 
