@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
+from pathlib import Path
 
 import pytest
+from knative_world import write_kubeconfig
 from procs import thaw_argv
 
 from knative.gateway_envoy import BootstrapOptions, bootstrap
@@ -63,3 +66,18 @@ def test_print_bootstrap_is_the_gateways_bootstrap() -> None:
             node_id="gw-7",
         )
     )
+
+
+def test_the_controller_says_when_it_cannot_serve_the_gateway(tmp_path: Path) -> None:
+    """A busy --xds-port is an error naming the flag (exit 2), not a traceback."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", "http://127.0.0.1:9")
+        done = thaw(
+            "knative", "controller", "--kubeconfig", str(kubeconfig),
+            "--xds-host", "127.0.0.1", "--xds-port", str(port),
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert f"--xds-port {port}: cannot listen" in done.stderr

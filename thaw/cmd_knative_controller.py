@@ -216,7 +216,13 @@ def run(args: argparse.Namespace) -> int:
             gateway: Gateway | None = None
             if args.xds_port:
                 server = XdsServer(clock)
-                await server.start(args.xds_host, args.xds_port)
+                try:
+                    await server.start(args.xds_host, args.xds_port)
+                except OSError as e:
+                    raise ThawError(
+                        f"--xds-host {args.xds_host} --xds-port {args.xds_port}: cannot listen: "
+                        f"{e.strerror or e}"
+                    ) from e
                 options = GatewayOptions(
                     public_address=args.public_address,
                     public_port=args.public_port,
@@ -242,5 +248,9 @@ def run(args: argparse.Namespace) -> int:
                 if gateway is not None:
                     await gateway.server.close()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except ThawError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
     return 0
