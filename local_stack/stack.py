@@ -16,6 +16,18 @@ With ``autoscaling.forecast.enabled``, each tick also feeds the model's
 activator answered + the change in requests inside it) and the requests inside it, and passes its
 ``forecast_replicas`` (None while it is not trusted) to the decider; the horizon is the policy's
 ``forecast.horizon_s``, else the model's last measured start (30 s before the first).
+
+With a ``gpu:`` section every model's engines share that one GPU: each tick the decider's counts
+become the GPU-memory arbiter's wants (:func:`autoscaler.arbiter.arbitrate`; each engine takes
+``engine.gpu_memory_utilization`` x ``gpu.memory_bytes`` awake, a model with requests buffered
+comes first) and the actuator carries out its plan, sleeps before wakes
+(:meth:`~local_stack.actuator.LocalActuator.run_plan`). Emulator engines then keep the ledger of
+an emulated GPU of that size, so a plan that overflows it fails as it would on a real GPU. Without
+it, each model's warm-pool plan acts alone (:func:`autoscaler.warm_pool.plan_actions`, which also
+feeds the arbiter).
+
+Every engine runs behind Thaw's engine guard: the stack writes a fresh credential into
+``work_dir/engine-credential`` (mode 0600) and only the actuator's sleep and wake requests carry it.
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,16 +45,19 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from activator.core import Activator
+from autoscaler.arbiter import Gpu, GpuPlan, Want, arbitrate
 from autoscaler.decider import DeciderState, Decision, ModelObservation, decide
 from autoscaler.forecast import ReplicaForecaster
-from autoscaler.warm_pool import plan_actions
+from autoscaler.warm_pool import Actions, plan_actions
 from engine.process import EngineSpec, emulator_spec, vllm_spec
+from engine.vllm_site.thaw_engine_guard import CREDENTIAL_HEADER
 from events.sink import EventSink, emitter_from_env
 from kernel.clock import Clock
 from kernel.vocab import LOAD_TIERS, REPLICA_STATES, LoadTier
 from local_stack.actuator import LocalActuator
 from model_cache.types import COLD_START_TIER
 from policy_file.schema import ModelConfig, ThawConfig, model_limits
+from policy_file.summary import warm_pool_lines
 from policy_file.support import Runtime
 from policy_file.watch import PolicyWatcher
 
@@ -50,14 +66,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: The emulated GPU's id in the emulators' ledger (one GPU per stack).
+EMULATED_GPU_ID = "local"
+
 SCALE_FROM_ZERO_BUCKETS_S = (0.5, 1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600)
+
+
+def _has_gpu() -> bool:
+    import shutil
+
+    return shutil.which("nvidia-smi") is not None
 
 
 def _cpu_sleep_note(config: ThawConfig) -> str:
     """vLLM's sleep on CPU pauses the engine and frees nothing; say so rather than pretend."""
-    import shutil
-
-    if any(m.engine.kind == "vllm" for m in config.models) and not shutil.which("nvidia-smi"):
+    if any(m.engine.kind == "vllm" for m in config.models) and not _has_gpu():
         return (
             " (vLLM on CPU: sleep only pauses the engine, no memory is freed; the wake still "
             "skips the process start and model load)"
@@ -149,12 +172,15 @@ class LocalStack:
             m.name: _ModelRun(config=m, state=DeciderState.initial()) for m in config.models
         }
         self._wake = asyncio.Event()
+        self._credential = secrets.token_urlsafe(32)
+        self._credential_path: Path | None = None
         self.actuator = LocalActuator(
             self._spec_for,
             clock,
             on_change=self._endpoints_changed,
             on_ready=self._replica_ready,
             cpu_note=_cpu_sleep_note(config),
+            control_headers={CREDENTIAL_HEADER: self._credential},
         )
         self.activator = Activator(
             models=model_limits(config),
@@ -178,11 +204,16 @@ class LocalStack:
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"{replica_id}.log"
         path, tier = await self._model_path(cfg)
+        gpu = self.config.gpu
+        utilization = ["--gpu-memory-utilization", str(engine.utilization())] if gpu else []
         if engine.kind == "emulator":
             extra: list[str] = []
             if engine.emulator is not None:
                 for name, value in engine.emulator.model_dump().items():
                     extra += [f"--{name.replace('_', '-')}", str(value)]
+            if gpu is not None:
+                extra += ["--gpu-id", EMULATED_GPU_ID, "--gpu-memory-bytes", str(gpu.memory_bytes)]
+                extra += [*utilization, "--gpu-ledger-dir", str(self.work_dir / "gpu-ledger")]
             spec = emulator_spec(
                 port=port,
                 served_model_name=cfg.name,
@@ -190,18 +221,36 @@ class LocalStack:
                 env=dict(engine.env),
                 startup_timeout_s=engine.startup_timeout_s,
                 log_path=log_path,
+                credential_file=str(self._credential_file()),
             )
             return spec, tier
+        sleep_mode = (
+            ["--enable-sleep-mode"]
+            if cfg.warm_pool.enabled and _has_gpu() and "--enable-sleep-mode" not in engine.args
+            else []
+        )
         spec = vllm_spec(
             path,
             port=port,
             served_model_name=cfg.name,
-            extra_args=list(engine.args),
+            extra_args=[*utilization, *sleep_mode, *engine.args],
             env=dict(engine.env),
             startup_timeout_s=engine.startup_timeout_s,
             log_path=log_path,
+            credential_file=str(self._credential_file()),
         )
         return spec, tier
+
+    def _credential_file(self) -> Path:
+        """The engine guard's credential, written once (mode 0600) under the work directory."""
+        if self._credential_path is None:
+            path = self.work_dir / "engine-credential"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self._credential + "\n")
+            self._credential_path = path
+        return self._credential_path
 
     async def _model_path(self, cfg: ModelConfig) -> tuple[str, LoadTier]:
         """Where the engine loads the model from, and the tier: ``remote`` if it had to be
@@ -256,9 +305,7 @@ class LocalStack:
     def _endpoints_changed(self, model: str) -> None:
         self.activator.endpoints_changed(model)
 
-    def _replica_ready(
-        self, model: str, replica_id: str, startup_s: float, tier: LoadTier
-    ) -> None:
+    def _replica_ready(self, model: str, replica_id: str, startup_s: float, tier: LoadTier) -> None:
         self.metrics.cold_starts.labels(model, tier).inc()
         self.events.cold_start(model, tier, startup_s)
         run = self._runs.get(model)
@@ -295,34 +342,80 @@ class LocalStack:
             decision, run.state = decide(obs, run.config.autoscaling, run.state, now_s)
             run.last_decision = decision
             decisions.append(decision)
-            actions = plan_actions(
-                decision.desired_replicas,
-                self.actuator.pool_view(name),
-                run.config.warm_pool,
-                now_s,
-            )
-            if decision.desired_replicas != decision.current_replicas:
-                log.info(
-                    "model %s: %d -> %d replicas (%s): %s",
-                    name,
-                    decision.current_replicas,
+        plan = self._arbitrate(decisions, now_s)
+        for decision in decisions:
+            name = decision.model
+            run = self._runs[name]
+            if plan is not None:
+                actions = plan.actions(name)
+            else:
+                actions = plan_actions(
                     decision.desired_replicas,
-                    actions.describe(),
-                    decision.reason,
+                    self.actuator.pool_view(name),
+                    run.config.warm_pool,
+                    now_s,
                 )
-                self.events.decision(
-                    name,
-                    decision.current_replicas,
-                    decision.desired_replicas,
-                    decision.reason,
-                    decision.panic,
-                )
-            elif not actions.empty:
-                log.info("model %s: warm pool: %s", name, actions.describe())
-            if not actions.empty:
+            self._log_decision(name, decision, actions)
+            if plan is None and not actions.empty:
                 self.actuator.apply(name, actions)
-            self._export(name, decision)
+        if plan is not None:
+            for unmet in plan.unmet:
+                log.info(
+                    "model %s: %d engine(s) wait for GPU memory: %s",
+                    unmet.model,
+                    unmet.engines,
+                    unmet.reason,
+                )
+            if not plan.empty:
+                log.info("GPU: %s", plan.describe())
+                self.actuator.run_plan(plan)
+        for decision in decisions:
+            self._export(decision.model, decision)
         return decisions
+
+    def _arbitrate(self, decisions: list[Decision], now_s: float) -> GpuPlan | None:
+        """The GPU-memory arbiter's plan for the one GPU, or None without a ``gpu:`` section."""
+        gpu = self.config.gpu
+        if gpu is None:
+            return None
+        wants = []
+        for decision in decisions:
+            cfg = self._runs[decision.model].config
+            ready = self.actuator.count(decision.model, "ready")
+            wants.append(
+                Want(
+                    decision.model,
+                    awake=decision.desired_replicas,
+                    awake_bytes=max(1, int(gpu.memory_bytes * cfg.engine.utilization())),
+                    waiting_requests=0 if ready else self.activator.buffered(decision.model),
+                    pool=cfg.warm_pool,
+                )
+            )
+        wanted = {w.model for w in wants}
+        for model in {e.model for e in self.actuator.gpu_view()} - wanted:  # removed models
+            wants.append(Want(model, 0, awake_bytes=gpu.memory_bytes))
+        engines = tuple(self.actuator.gpu_view())
+        return arbitrate(Gpu(gpu.memory_bytes, gpu.host_ram_budget_bytes, engines), wants, now_s)
+
+    def _log_decision(self, name: str, decision: Decision, actions: Actions) -> None:
+        if decision.desired_replicas != decision.current_replicas:
+            log.info(
+                "model %s: %d -> %d replicas (%s): %s",
+                name,
+                decision.current_replicas,
+                decision.desired_replicas,
+                actions.describe(),
+                decision.reason,
+            )
+            self.events.decision(
+                name,
+                decision.current_replicas,
+                decision.desired_replicas,
+                decision.reason,
+                decision.panic,
+            )
+        elif not actions.empty:
+            log.info("model %s: warm pool: %s", name, actions.describe())
 
     def _with_forecast(
         self, name: str, run: _ModelRun, obs: ModelObservation, now_s: float
@@ -388,6 +481,8 @@ class LocalStack:
         """Serve until ``stop`` is set, then stop every replica."""
         from activator.server import serve
 
+        for line in warm_pool_lines(self.config, cluster=False):
+            log.info("%s", line)
         await self.actuator.start()
         await self.activator.start()
         await self.events.start()

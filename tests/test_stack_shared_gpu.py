@@ -1,0 +1,99 @@
+"""``thaw up`` with two models on one emulated GPU that holds one of them awake at a time: the
+GPU-memory arbiter decides, the actuator puts one model to sleep before it wakes or starts the
+other, and the emulators' GPU ledger (which refuses a start or wake that would not fit, as a real
+GPU would run out of memory) never refuses a plan the arbiter made."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from pathlib import Path
+
+import aiohttp
+from procs import child, free_port, thaw_argv, wait_http_ok
+from test_stack_up import _tail, chat, engine_pids, get_metrics, metric, wait_for
+
+GIB = 2**30
+
+
+def write_config(path: Path, port: int, models: list[str], memory_bytes: int) -> None:
+    blocks = "".join(
+        f"""
+  - name: {m}
+    engine:
+      kind: emulator
+      startup_timeout_s: 30
+      gpu_memory_utilization: 0.6
+      emulator: {{load_time_s: 1.0, sleep_level1_s: 0.2, wake_level1_s: 0.1}}
+    autoscaling: {{min_replicas: 0, max_replicas: 1, stable_window_s: 6,
+                   scale_to_zero_grace_s: 600, metrics_stale_after_s: 5}}
+    activator: {{buffer_size: 50, wait_timeout_s: 60}}
+    warm_pool: {{enabled: true, sleep_level: 1, max_sleeping: 1, weights_bytes: {GIB}}}
+"""
+        for m in models
+    )
+    path.write_text(
+        f"listen: {{host: 127.0.0.1, port: {port}}}\ntick_s: 0.5\n"
+        f"gpu: {{memory_bytes: {memory_bytes}, host_ram_budget_bytes: {4 * GIB}}}\n"
+        f"models:{blocks}"
+    )
+
+
+def test_a_wake_on_a_full_gpu_first_sleeps_the_other_model(tmp_path: Path) -> None:
+    port = free_port()
+    tag = uuid.uuid4().hex[:6]
+    a, b = f"gpu-a-{tag}", f"gpu-b-{tag}"
+    cfg = tmp_path / "thaw.yaml"
+    write_config(cfg, port, [a, b], 80 * GIB)  # 0.6 of it each: one model awake at a time
+    work = tmp_path / "w"
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "up.log"
+
+    async def state(model: str, s: str) -> float:
+        return metric(await get_metrics(base), "thaw_model_replicas", model=model, state=s)
+
+    async def go() -> None:
+        timeout = aiohttp.ClientTimeout(total=90)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            await chat(session, base, a, 4)  # a: cold start on an empty GPU
+            a_pids = engine_pids(a)
+            # b's request finds the GPU full of a, idle but still wanted (a long grace): a sleeps
+            # first, then b starts.
+            await chat(session, base, b, 4)
+            assert await state(a, "sleeping") == 1
+            assert await state(b, "ready") == 1
+            # a again: b sleeps, then a wakes (from level 1, not a cold start).
+            await chat(session, base, a, 4)
+
+            async def b_asleep() -> bool:
+                return await state(b, "sleeping") == 1 and await state(a, "ready") == 1
+
+            await wait_for(b_asleep, 30, f"b asleep and a awake:\n{_tail(log, 4000)}")
+            t = await get_metrics(base)
+            assert metric(t, "thaw_cold_starts_total", model=a, tier="wake") == 1
+            assert metric(t, "thaw_cold_starts_total", model=a, tier="local_disk") == 1
+            assert metric(t, "thaw_cold_starts_total", model=b, tier="local_disk") == 1
+            assert engine_pids(a) == a_pids and engine_pids(b)  # a's process was never replaced
+            ledger = json.loads((work / "gpu-ledger" / "gpu-local.json").read_text())
+            held = {e["name"]: e["bytes"] for e in ledger["engines"].values()}
+            assert held == {a: int(80 * GIB * 0.6), b: 0}
+
+    argv = thaw_argv("up", "--config", str(cfg), "--work-dir", str(work))
+    with child(argv, log_path=log) as proc:
+        wait_http_ok(f"{base}/health", 30, proc)
+        asyncio.run(go())
+    text = log.read_text()
+    # The start line says what sleeping saves here.
+    assert "the models share one GPU of 86 GB" in text
+    # Sleep before wake, in one plan each time.
+    room = r"at level 1 \(idle; makes room for {} \(\d+ waiting\)\)"
+    first = rf"GPU: sleep {a}-\d+ {room.format(b)}; start a new {b} engine"
+    assert re.search(first, text), _tail(log, 6000)
+    second = rf"GPU: sleep {b}-\d+ {room.format(a)}; wake {a}-\d+"
+    assert re.search(second, text), _tail(log, 6000)
+    # The ledger never refused a plan: no engine failed to start or to wake.
+    engine_logs = "".join(p.read_text() for p in (work / "logs").glob("*.log"))
+    assert "gpu ledger: refused" not in engine_logs
+    assert "failed to start" not in text and "wake failed" not in text
