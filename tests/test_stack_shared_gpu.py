@@ -97,3 +97,17 @@ def test_a_wake_on_a_full_gpu_first_sleeps_the_other_model(tmp_path: Path) -> No
     engine_logs = "".join(p.read_text() for p in (work / "logs").glob("*.log"))
     assert "gpu ledger: refused" not in engine_logs
     assert "failed to start" not in text and "wake failed" not in text
+
+
+def test_the_readmes_shared_gpu_example_is_a_valid_policy() -> None:
+    from procs import REPO
+
+    from policy_file.load import parse_policy
+
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("wake, never more awake than the GPU holds", 1)[1]
+    example = block.split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = parse_policy(example, "README.md")
+    assert config.gpu is not None and config.gpu.memory_bytes == 80 * GIB
+    (model,) = config.models
+    assert model.engine.utilization() == 0.45 and model.warm_pool.enabled
