@@ -163,6 +163,10 @@ class GpuPlan:
     def gains(self) -> tuple[Step, ...]:
         return tuple(s for s in self.steps if s.kind in GAIN_STEPS)
 
+    @property
+    def unmet_models(self) -> frozenset[str]:
+        return frozenset(u.model for u in self.unmet)
+
     def actions(self, model: str) -> Actions:
         """The steps of one model as the per-model warm pool's :class:`Actions`."""
         mine = [s for s in self.steps if s.model == model]

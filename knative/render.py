@@ -443,9 +443,7 @@ def _guard(container: dict[str, Any], *, vllm: bool) -> list[dict[str, Any]]:
     from the guard's ConfigMap; the emulator (Thaw's image) has it installed."""
     env = container.setdefault("env", [])
     mounts = container.setdefault("volumeMounts", [])
-    env.append(
-        {"name": CREDENTIAL_FILE_ENV, "value": f"{CREDENTIAL_DIR}/{ENGINE_CREDENTIAL_KEY}"}
-    )
+    env.append({"name": CREDENTIAL_FILE_ENV, "value": f"{CREDENTIAL_DIR}/{ENGINE_CREDENTIAL_KEY}"})
     mounts.append({"name": CREDENTIAL_VOLUME, "mountPath": CREDENTIAL_DIR, "readOnly": True})
     volumes: list[dict[str, Any]] = [
         {

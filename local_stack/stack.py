@@ -172,6 +172,7 @@ class LocalStack:
             m.name: _ModelRun(config=m, state=DeciderState.initial()) for m in config.models
         }
         self._wake = asyncio.Event()
+        self._unmet: dict[str, int] = {}  # engines per model the GPU could not give, last tick
         self._credential = secrets.token_urlsafe(32)
         self._credential_path: Path | None = None
         self.actuator = LocalActuator(
@@ -355,17 +356,22 @@ class LocalStack:
                     run.config.warm_pool,
                     now_s,
                 )
-            self._log_decision(name, decision, actions)
+            waiting_for_memory = plan is not None and actions.empty and name in plan.unmet_models
+            if not waiting_for_memory:  # else said once below, not at every tick
+                self._log_decision(name, decision, actions)
             if plan is None and not actions.empty:
                 self.actuator.apply(name, actions)
         if plan is not None:
-            for unmet in plan.unmet:
-                log.info(
-                    "model %s: %d engine(s) wait for GPU memory: %s",
-                    unmet.model,
-                    unmet.engines,
-                    unmet.reason,
-                )
+            unmet = {u.model: u for u in plan.unmet}
+            for model, u in unmet.items():
+                if self._unmet.get(model) != u.engines:
+                    log.info(
+                        "model %s: %d engine(s) wait for GPU memory: %s",
+                        model,
+                        u.engines,
+                        u.reason,
+                    )
+            self._unmet = {model: u.engines for model, u in unmet.items()}
             if not plan.empty:
                 log.info("GPU: %s", plan.describe())
                 self.actuator.run_plan(plan)

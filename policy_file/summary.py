@@ -71,8 +71,10 @@ def warm_pool_lines(config: ThawConfig, *, cluster: bool = True) -> list[str]:
     if cluster and config.cluster is not None:
         unshared = [p.name for p in config.cluster.pools if not p.shared]
         if unshared:
-            out.append(
-                f"warm pool on the cluster: pools {', '.join(unshared)} are not shared "
-                f"(share 1): {NO_SHARING}"
+            which = (
+                "pools " + ", ".join(unshared) + " are"
+                if len(unshared) > 1
+                else (f"pool {unshared[0]} is")
             )
+            out.append(f"warm pool on the cluster: {which} not shared (share 1): {NO_SHARING}")
     return out

@@ -163,7 +163,7 @@ def test_policy_check_says_what_sleeping_saves_on_each_pool() -> None:
     )
     lines = summarize(config(text))
     assert (
-        "warm pool on the cluster: pools l4 are not shared (share 1): a sleeping engine still "
+        "warm pool on the cluster: pool l4 is not shared (share 1): a sleeping engine still "
         "holds its whole GPU, so sleeping saves start latency but no GPU-hours"
     ) in lines
     assert "shared: 2 engines per GPU" in lines[-1]

@@ -62,8 +62,11 @@ def test_a_wake_on_a_full_gpu_first_sleeps_the_other_model(tmp_path: Path) -> No
             # b's request finds the GPU full of a, idle but still wanted (a long grace): a sleeps
             # first, then b starts.
             await chat(session, base, b, 4)
-            assert await state(a, "sleeping") == 1
-            assert await state(b, "ready") == 1
+
+            async def a_asleep() -> bool:  # the gauges are exported once a tick
+                return await state(a, "sleeping") == 1 and await state(b, "ready") == 1
+
+            await wait_for(a_asleep, 10, f"a asleep and b awake:\n{_tail(log, 4000)}")
             # a again: b sleeps, then a wakes (from level 1, not a cold start).
             await chat(session, base, a, 4)
 
@@ -97,6 +100,8 @@ def test_a_wake_on_a_full_gpu_first_sleeps_the_other_model(tmp_path: Path) -> No
     engine_logs = "".join(p.read_text() for p in (work / "logs").glob("*.log"))
     assert "gpu ledger: refused" not in engine_logs
     assert "failed to start" not in text and "wake failed" not in text
+    # A model waiting for memory is said once, not at every tick.
+    assert text.count(f"model {a}: 1 engine(s) wait for GPU memory") <= 2, _tail(log, 6000)
 
 
 def test_the_readmes_shared_gpu_example_is_a_valid_policy() -> None:

@@ -35,7 +35,6 @@ into Thaw's controller; under ``thaw up``, a file the stack writes for its own e
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import logging
@@ -236,6 +235,8 @@ class EngineGuard:
 
     async def _ask(self, scope: Scope, path: str) -> tuple[int, bytes]:
         """GET ``path`` of the wrapped app in-process; its status and body."""
+        import asyncio  # here: importing this module (render reads its names) starts no loop
+
         sub: Scope = {
             **scope,
             "method": "GET",
