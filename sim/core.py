@@ -39,7 +39,9 @@ called, when the answer provably stays what it is and no action follows:
 
 - *at rest*: no live replica, nothing buffered, no panic, its last answer 0 with no action; each
   further tick would feed the decider the same empty observation, whose zeros only lower its
-  averages. The model is not even visited until a request comes or a sleeper's time-to-live ends;
+  averages. The model is not even visited until a request comes or a sleeper's time-to-live ends
+  (with a forecaster, nothing in the system: also until the forecast's interval or target
+  interval changes, when a new forecast is due);
 - *one replica, within its targets*: one live replica, no panic, no forecast, no scale-down
   delay, activation scale 1, min_replicas <= 1; every total the decider has in its stable window
   (waiting, concurrency, KV usage) and the one it would see now within one replica's target, so
@@ -793,11 +795,21 @@ class _Sim:
             and desired == 0
             and not acted
             and not m.buffer
-            and m.forecaster is None
             and m.state.panic_since_s is None
             and all(r.state == "sleeping" for r in m.replicas)
         ):
-            self.park(m, k, "rest", self.ttl_tick(m, k))
+            due = self.ttl_tick(m, k)
+            fc = m.forecaster
+            if fc is not None:
+                # Its forecast, asked again with the same interval and target (and nothing in
+                # the system: the service time stands still), gives the same answer; the next
+                # interval or target is a new forecast, which must be made (and later scored)
+                # as every tick would make it.
+                if any(r.load for r in m.replicas):
+                    return
+                change = fc.next_change_tick(now, self.cfg.tick_s, k)
+                due = change if due is None else min(due, change)
+            self.park(m, k, "rest", due)
 
     def forget_old(self, m: _Model, now: float) -> None:
         """Drop unseen runs the decider's window has left behind at ``now`` (bounded memory;

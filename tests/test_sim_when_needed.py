@@ -51,6 +51,8 @@ def both(
         (200, 320, "thaw", 10),
         # too few GPUs: models whose starts are refused decide every tick
         (200, 64, "thaw", 2),
+        # a forecaster at rest is asked again only for a new interval or target
+        (200, 320, "predictive", 1),
     ],
 )
 def test_report_is_byte_identical_to_deciding_every_tick_on_the_azure_slice(
@@ -62,7 +64,7 @@ def test_report_is_byte_identical_to_deciding_every_tick_on_the_azure_slice(
     assert needed.sample_replicas == every.sample_replicas
     assert needed.sample_demand == every.sample_demand
     assert needed.records == every.records
-    assert needed.decisions * fewer < every.decisions
+    assert needed.decisions * fewer <= every.decisions
 
 
 def test_the_same_on_random_policies_and_traces() -> None:
