@@ -49,7 +49,11 @@ called, when the answer provably stays what it is and no action follows:
   scale-to-zero grace still running, or a request within the stable window (with a concurrency
   target, a window's average of a request or more asks for one replica). A model in that state
   with nothing in flight (an idle replica waiting out its window) is not visited until a request
-  comes or the first tick where that last condition can fail.
+  comes or the first tick where that last condition can fail;
+- *no free GPU*: no live replica and no sleeper, requests buffered (within one replica's
+  targets, in the window too, so no panic), and none of its pools has a free GPU: the decider
+  asks for a cold start, and the start is refused (counted in ``capacity_refusals`` as it would
+  be). Checked at every tick (a GPU may have come free).
 
 A skipped tick still happened for the decider: the totals it would have seen are recorded, and
 before its next call its state is brought forward as the skipped calls would have left it (each
@@ -631,12 +635,14 @@ class _Sim:
         p = m.policy
         assert p is not None
         st = m.state
-        if live != 1 or st.panic_since_s is not None or st.started_s is None:
+        if live > 1 or st.panic_since_s is not None or st.started_s is None:
             return False
         w, c, kv = totals
         tw, tc, tkv = m.targets
         if w > tw or c > tc or kv > tkv or m.last_hot_s > now - p.stable_window_s:
             return False
+        if live == 0:  # the *no free GPU* rule
+            return not sleeping and c > 0 and self.chooser.pick(m.spec, self.free_gpus) is None
         if p.initial_replicas > 1 and now - st.started_s < p.stable_window_s:
             return False
         if sleeping and not self.sleepers_stay(m, now, sleeping):
@@ -780,6 +786,8 @@ class _Sim:
             totals, live, sleeping = self.totals(m, now)
             self.note(m, now, totals)
             if self.skippable(m, now, totals, live, sleeping):
+                if not live and now >= self.cfg.measure_from_s:
+                    self.capacity_refusals += 1  # the start it would ask for, refused
                 unseen = m.unseen
                 if unseen and unseen[-1][1] == k - 1 and unseen[-1][2:] == totals:
                     unseen[-1] = (unseen[-1][0], k, *totals)

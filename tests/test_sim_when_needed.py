@@ -49,8 +49,8 @@ def both(
         (20, 64, "thaw", 100),
         (20, 64, "kpa", 100),
         (200, 320, "thaw", 10),
-        # too few GPUs: models whose starts are refused decide every tick
-        (200, 64, "thaw", 2),
+        # too few GPUs: a start refused each tick for want of a GPU, counted as every tick would
+        (200, 64, "thaw", 3),
         # a forecaster at rest is asked again only for a new interval or target
         (200, 320, "predictive", 1),
     ],
