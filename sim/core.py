@@ -242,6 +242,8 @@ Totals = tuple[float, float, float]
 _Run = tuple[int, int, float, float, float]
 _ZERO: Totals = (0.0, 0.0, 0.0)
 _INF = math.inf
+#: Unseen runs kept before the ones the decider's window has left are dropped (in bulk).
+_FORGET_AFTER = 512
 
 
 @dataclass(slots=True)
@@ -512,10 +514,18 @@ class _Sim:
         """
         core = rep.core
         rep.version += 1
-        if self.cfg.fast_forward and not core.waiting and core.running:
-            k = min(s.max_tokens - s.generated_tokens for s in core.running)
-            if k >= 2 and all(s.first_token_s is not None for s in core.running):
-                step = core.perf.decode_step_s(len(core.running))
+        running = core.running
+        if self.cfg.fast_forward and not core.waiting and running:
+            k = -1
+            for s in running:
+                if s.first_token_s is None:
+                    k = 0
+                    break
+                left = s.max_tokens - s.generated_tokens
+                if k < 0 or left < k:
+                    k = left
+            if k >= 2:
+                step = core.perf.decode_step_s(len(running))
                 rep.plan = None
                 rep.chunk = (now, step, k)
                 self.push(now + k * step, _STEP, (m, rep, rep.version))
@@ -783,17 +793,30 @@ class _Sim:
         """Model ``m``'s tick ``k``: decide, or skip when the answer cannot change."""
         every = self.cfg.decide_every_tick
         if m.one_replica_ok and not every:
-            totals, live, sleeping = self.totals(m, now)
+            reps = m.replicas
+            if len(reps) == 1 and not m.buffer and reps[0].state == "ready":
+                # The common case, :meth:`totals` written out (same floats: 0.0 + x is x).
+                r = reps[0]
+                core = r.core
+                n = len(core.running)
+                w = float(len(core.waiting))
+                c = w + float(n)
+                totals: Totals = (w, c, self.kv_ratio(r, now) if n and c > 0 else 0.0)
+                live, sleeping = 1, 0
+            else:
+                totals, live, sleeping = self.totals(m, now)
             self.note(m, now, totals)
             if self.skippable(m, now, totals, live, sleeping):
                 if not live and now >= self.cfg.measure_from_s:
                     self.capacity_refusals += 1  # the start it would ask for, refused
                 unseen = m.unseen
-                if unseen and unseen[-1][1] == k - 1 and unseen[-1][2:] == totals:
-                    unseen[-1] = (unseen[-1][0], k, *totals)
+                last = unseen[-1] if unseen else None
+                if last is not None and last[1] == k - 1 and last[2:] == totals:
+                    unseen[-1] = (last[0], k, *totals)
                 else:
                     unseen.append((k, k, *totals))
-                    self.forget_old(m, now)
+                    if len(unseen) > _FORGET_AFTER:
+                        self.forget_old(m, now)
                 if totals == _ZERO and self.idle_replica(m):
                     self.park(m, k, "idle", self.idle_due(m, k))
                 return
@@ -825,7 +848,7 @@ class _Sim:
         is where :meth:`catch_up` cuts the window."""
         assert m.policy is not None
         runs = m.unseen
-        if len(runs) > 16:
+        if len(runs) > _FORGET_AFTER:
             cut = now - m.policy.stable_window_s
             tick = self.cfg.tick_s
             drop = 0
