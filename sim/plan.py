@@ -17,7 +17,8 @@ one batch for ``evaluate``):
    not.
 2. Bisect between them down to adjacent sizes: the found size reaches the target and one GPU
    fewer does not (both simulated). A policy that does not reach it at ``max_gpus`` is reported
-   as not reached.
+   as not reached, with a run at the largest size to the end: how close it came, and its
+   cold-start requests (scale to zero on a long tail of models cannot reach every target).
 
 The attainment need not be monotone in the GPU count (placement, a start refused at the wrong
 moment), so the found size is the boundary this search finds, not a proof that no smaller size
@@ -52,6 +53,9 @@ class Probe:
 
     policy: PolicyName
     gpus: int
+    stop_early: bool = True
+    """Stop once the misses exceed what the target allows (off: run to the end, to say how
+    far from the target a policy stays)."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,8 @@ class Found:
     gpus: int | None
     """The smallest size found that reaches the target; None: not reached at ``max_gpus``."""
     outcome: Outcome | None
-    """The run at that size (None when not reached)."""
+    """The run at that size; when not reached, the run at the largest size tried, to the end
+    (what it reached there and why)."""
     probes: tuple[Outcome, ...]
     """Every probe of this policy, in the order run."""
 
@@ -129,7 +134,8 @@ def run_probe(job: PlanJob, probe: Probe) -> Outcome:
         return targets[r.model].ttft_target_s(r.prompt_tokens)
 
     limit = allowed_misses(len(job.requests), job.target)
-    cfg = replace(cfg, stop_after_misses=limit, slo_ttft_s=ttft_target_s)
+    if probe.stop_early:
+        cfg = replace(cfg, stop_after_misses=limit, slo_ttft_s=ttft_target_s)
     res = simulate(primed, fleet, cfg)
     if res.stopped_early:
         bound = 1.0 - (limit + 1) / max(len(job.requests), 1)
@@ -179,10 +185,10 @@ class _Search:
         self.outcomes[out.probe.gpus] = out
         self.order.append(out)
 
-    def found(self) -> Found:
+    def found(self, full: Outcome | None = None) -> Found:
         best = self.passing()
         if best is None:
-            return Found(self.policy, None, None, tuple(self.order))
+            return Found(self.policy, None, full, tuple(self.order))
         return Found(self.policy, best, self.outcomes[best], tuple(self.order))
 
 
@@ -214,7 +220,15 @@ def search(
             s.record(out)
         if progress is not None:
             progress(len(batch))
-    return [s.found() for s in searches]
+    # Not reached: the largest size once more, to the end, to say how close it came and why.
+    missed = [s for s in searches if s.passing() is None and s.outcomes]
+    full = evaluate([Probe(s.policy, max(s.outcomes), stop_early=False) for s in missed])
+    if progress is not None and missed:
+        progress(len(missed))
+    at = {s.policy: o for s, o in zip(missed, full, strict=True)}
+    for s in missed:
+        s.order.append(at[s.policy])
+    return [s.found(at.get(s.policy)) for s in searches]
 
 
 def equal_slo_table(found: Sequence[Found], target: float) -> list[dict[str, Any]]:
@@ -231,6 +245,16 @@ def equal_slo_table(found: Sequence[Found], target: float) -> list[dict[str, Any
         if f.outcome is None or f.gpus is None:
             tried = max((o.probe.gpus for o in f.probes), default=0)
             row.update({"reached": False, "gpus": None, "max_gpus_tried": tried})
+            if f.outcome is not None and f.outcome.summary:
+                s = f.outcome.summary
+                row.update(
+                    {
+                        "slo_attainment_ratio": s["slo_attainment_ratio"],
+                        "cold_start_requests": s["cold_start_requests"],
+                        "slo_missed_requests": s["slo_missed_requests"],
+                        "ttft_p99_s": s["ttft_p99_s"],
+                    }
+                )
             rows.append(row)
             continue
         s = f.outcome.summary
@@ -263,10 +287,14 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = [head]
     for r in rows:
         if not r["reached"]:
-            lines.append(
-                f"{r['policy']:12s} {'-':>6s} not reached at {r['max_gpus_tried']} GPUs "
-                "(raise --max-gpus)"
-            )
+            text = f"{r['policy']:12s} {'-':>6s} not reached at {r['max_gpus_tried']} GPUs"
+            if "slo_attainment_ratio" in r:
+                text += (
+                    f": {r['slo_attainment_ratio']:.4f} there, {r['slo_missed_requests']:,} "
+                    f"requests late, {r['cold_start_requests']:,} waited on a cold start or wake "
+                    "(--max-gpus, --slo-target, the SLO or the policy)"
+                )
+            lines.append(text)
             continue
         pools = ",".join(f"{k}:{v}" for k, v in r["gpus_by_pool"].items())
         gh = r["gpu_hours_vs_always_on"]

@@ -81,11 +81,15 @@ def test_the_search_finds_the_boundary_from_any_start(start: int) -> None:
     assert again == log
 
 
-def test_a_target_not_reached_within_max_gpus_is_reported() -> None:
+def test_a_target_not_reached_within_max_gpus_is_reported_with_how_close_it_came() -> None:
     log: list[Probe] = []
     (f,) = search(["kpa"], 4, 50, 0.99, fake({"kpa": 1000}, log))  # type: ignore[arg-type]
-    assert f.gpus is None and f.outcome is None
+    assert f.gpus is None
     assert max(p.gpus for p in log) == 50
+    assert log[-1] == Probe("kpa", 50, stop_early=False)  # the largest size, to the end
+    assert f.outcome is not None and f.outcome.probe == log[-1]
+    (row,) = equal_slo_table([f], 0.99)
+    assert row["reached"] is False and row["max_gpus_tried"] == 50
 
 
 def sparse_models() -> tuple[Request, ...]:

@@ -108,7 +108,9 @@ run in a process pool over --workers cores; the plan is the same whatever the wo
 Prints the equal-SLO table first and writes DIR/report.json (its first key, equal_slo, is that
 table; search: every probe; policies: each policy's report at its fleet), DIR/plan.png (SLO
 attainment against GPUs per policy, the target, the sizes found) and the plots of `thaw sim` for
-each policy on its own fleet.
+each policy on its own fleet. A policy that does not reach the target within --max-gpus is
+reported with what it reached at the largest size and its cold-start requests: scale to zero on
+a long tail of models may not reach a target that only GPUs held idle can.
 """
 
 PLAN_EPILOG = """\
@@ -618,8 +620,9 @@ def _plan(args: argparse.Namespace) -> int:
     )
     for line in format_table(rows):
         print(line)
+    # Each policy's run at its fleet (when not reached: at the largest size tried, to the end).
     results = [f.outcome.result for f in found if f.outcome and f.outcome.result]
-    fleets = {f.policy: job.fleet_of(f.gpus) for f in found if f.gpus is not None}
+    fleets = {f.policy: job.fleet_of(f.outcome.probe.gpus) for f in found if f.outcome is not None}
     extra = {
         "equal_slo": rows,
         "search": {
@@ -651,7 +654,8 @@ def _plan(args: argparse.Namespace) -> int:
     for p in paths:
         print(p)
     lines = [
-        f"{f.policy}: does not reach {args.slo_target:.2%} at {max_gpus} GPUs (--max-gpus)"
+        f"{f.policy}: does not reach {args.slo_target:.2%} with up to {max_gpus} GPUs "
+        "(--max-gpus); its report in report.json is at the largest size tried"
         for f in found
         if f.gpus is None
     ]
@@ -672,7 +676,9 @@ def _plan_plot(out: Path, found: list[Found], target: float) -> Path:
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for f in found:
         colour = POLICY_COLOURS.get(f.policy)
-        pts = sorted((o.probe.gpus, o.attainment_ratio, o.stopped_early) for o in f.probes)
+        # a size run twice (early, then to the end): the full run's figure
+        by_size = {o.probe.gpus: (o.attainment_ratio, o.stopped_early) for o in f.probes}
+        pts = sorted((g, a, e) for g, (a, e) in by_size.items())
         ax.plot(
             [g for g, _, _ in pts],
             [a for _, a, _ in pts],
