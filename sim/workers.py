@@ -8,6 +8,7 @@ in this process.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -19,8 +20,12 @@ _JOB: PlanJob | None = None
 
 
 def _init(job: PlanJob) -> None:
+    """A worker's start: keep the job for its probes (this process's own state), out of the
+    garbage collector's scans (it lives as long as the worker)."""
     global _JOB
     _JOB = job
+    gc.collect()
+    gc.freeze()
 
 
 def _run(probe: Probe) -> Outcome:
