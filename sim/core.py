@@ -795,13 +795,36 @@ class _Sim:
         if m.one_replica_ok and not every:
             reps = m.replicas
             if len(reps) == 1 and not m.buffer and reps[0].state == "ready":
-                # The common case, :meth:`totals` written out (same floats: 0.0 + x is x).
+                # The common case, :meth:`totals`, :meth:`note` and :meth:`skippable` written
+                # out (same floats: 0.0 + x is x).
                 r = reps[0]
                 core = r.core
                 n = len(core.running)
                 w = float(len(core.waiting))
                 c = w + float(n)
-                totals: Totals = (w, c, self.kv_ratio(r, now) if n and c > 0 else 0.0)
+                if c > 0:  # busy: only the targets and the window's hot samples can stop it
+                    kv = self.kv_ratio(r, now) if n else 0.0
+                    tw, tc, tkv = m.targets
+                    m.last_demand_s = now
+                    m.idle_since_s = None
+                    if w > tw or c > tc or kv > tkv:
+                        m.last_hot_s = now
+                    else:
+                        p = m.policy
+                        st = m.state
+                        assert p is not None
+                        window = p.stable_window_s
+                        if (
+                            m.last_hot_s <= now - window
+                            and st.panic_since_s is None
+                            and st.started_s is not None
+                            and not (p.initial_replicas > 1 and now - st.started_s < window)
+                        ):
+                            self.unseen_tick(m, k, now, (w, c, kv))
+                            return
+                    self.decide(m, now)
+                    return
+                totals: Totals = (w, c, 0.0)
                 live, sleeping = 1, 0
             else:
                 totals, live, sleeping = self.totals(m, now)
@@ -809,14 +832,7 @@ class _Sim:
             if self.skippable(m, now, totals, live, sleeping):
                 if not live and now >= self.cfg.measure_from_s:
                     self.capacity_refusals += 1  # the start it would ask for, refused
-                unseen = m.unseen
-                last = unseen[-1] if unseen else None
-                if last is not None and last[1] == k - 1 and last[2:] == totals:
-                    unseen[-1] = (last[0], k, *totals)
-                else:
-                    unseen.append((k, k, *totals))
-                    if len(unseen) > _FORGET_AFTER:
-                        self.forget_old(m, now)
+                self.unseen_tick(m, k, now, totals)
                 if totals == _ZERO and self.idle_replica(m):
                     self.park(m, k, "idle", self.idle_due(m, k))
                 return
@@ -841,6 +857,18 @@ class _Sim:
                 change = fc.next_change_tick(now, self.cfg.tick_s, k)
                 due = change if due is None else min(due, change)
             self.park(m, k, "rest", due)
+
+    def unseen_tick(self, m: _Model, k: int, now: float, totals: Totals) -> None:
+        """Tick ``k`` skipped: its totals join the runs the decider has not seen."""
+        unseen = m.unseen
+        if unseen:
+            last = unseen[-1]
+            if last[1] == k - 1 and last[2:] == totals:
+                unseen[-1] = (last[0], k, *totals)
+                return
+        unseen.append((k, k, *totals))
+        if len(unseen) > _FORGET_AFTER:
+            self.forget_old(m, now)
 
     def forget_old(self, m: _Model, now: float) -> None:
         """Drop unseen runs the decider's window has left behind at ``now`` (bounded memory;
@@ -1184,7 +1212,7 @@ def _first_tick(tick_s: float, start: int, done: Callable[[float], bool], near_s
     """The first tick index ``k >= start`` with ``done(k * tick_s)``, for a predicate that stays
     true once true, searched from the tick nearest ``near_s`` (exact: the same float expressions
     the decider evaluates decide, the estimate only saves steps)."""
-    k = max(start, math.ceil(near_s / tick_s))
+    k = max(start, math.ceil(near_s / tick_s)) if math.isfinite(near_s) else start
     while k > start and done((k - 1) * tick_s):
         k -= 1
     while not done(k * tick_s):

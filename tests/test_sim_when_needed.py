@@ -111,3 +111,19 @@ def test_the_same_on_random_policies_and_traces() -> None:
         assert a.decisions <= b.decisions
         assert report_json([a], fleet, None, {}) == report_json([b], fleet, None, {}), auto
         assert (a.sample_replicas, a.sample_sleeping) == (b.sample_replicas, b.sample_sleeping)
+
+
+def test_an_idle_replica_that_never_saw_a_request_parks_and_matches() -> None:
+    # min_replicas 1 starts a replica at once; its first request comes minutes later
+    fleet = parse_fleet(FLEET)
+    thaw = ThawConfig.model_validate(
+        {"models": [{"name": "any", "engine": {"kind": "emulator"},
+                     "autoscaling": {"min_replicas": 1, "max_replicas": 2}}]}
+    )  # fmt: skip
+    reqs = tuple(Request(300.0 + r.arrival_s, r.prompt_tokens, r.output_tokens, r.model)
+                 for r in poisson(0.5, 300.0, 4, 200, 16))  # fmt: skip
+    cfg = replace(sim_config("thaw", reqs, fleet, thaw, 0.0), sample_every_s=1.0)
+    a = simulate(reqs, fleet, cfg)
+    b = simulate(reqs, fleet, replace(cfg, decide_every_tick=True))
+    assert report_json([a], fleet, None, {}) == report_json([b], fleet, None, {})
+    assert a.decisions < b.decisions / 2
