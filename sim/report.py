@@ -32,10 +32,13 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sim.core import SimResult
 from sim.fleet import Fleet, Slo
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 _DIGITS = 6
 
@@ -275,55 +278,83 @@ def write_report(
 def _plots(
     out_dir: Path, results: Sequence[SimResult], fleets: Fleets, override: SloOverride | None
 ) -> list[Path]:
+    if not results:
+        return []
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
 
-    meta = {"Software": None}
-    paths: list[Path] = []
     summaries = {
         res.policy: summarize(res, fleet_for(fleets, res.policy), override) for res in results
     }
-    gpus_of = {
-        res.policy: sum(p.count for p in fleet_for(fleets, res.policy).pools) for res in results
+    figures = {
+        "replicas.png": replicas_figure(results, fleets),
+        "ttft_cdf.png": ttft_figure(results),
+        "cold_starts.png": cold_start_figure(results, summaries),
+        "cost_vs_slo.png": cost_figure(results, fleets, summaries),
     }
-    one_fleet = len(set(gpus_of.values())) == 1
+    paths = []
+    for name, fig in figures.items():
+        p = out_dir / name
+        fig.savefig(p, dpi=90, metadata={"Software": None})
+        plt.close(fig)
+        paths.append(p)
+    return paths
 
-    if not results:
-        return paths
+
+def _gpus(fleets: Fleets, results: Sequence[SimResult]) -> dict[str, int]:
+    return {r.policy: sum(p.count for p in fleet_for(fleets, r.policy).pools) for r in results}
+
+
+def replicas_figure(results: Sequence[SimResult], fleets: Fleets) -> Figure:
+    """Replicas holding a GPU, asleep, and demand over time, one panel per policy, each series
+    one colour in every panel (``gid`` names it), the fleet's GPUs drawn, the legend above the
+    panels."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    gpus_of = _gpus(fleets, results)
+    one_fleet = len(set(gpus_of.values())) == 1
     fig, axes = plt.subplots(
         len(results), 1, figsize=(10, 2.6 * len(results) + 0.6), squeeze=False, sharex=True
     )
     for ax, res in zip(axes[:, 0], results, strict=True):
         t = [x / 60.0 for x in res.sample_times_s]
-        ax.step(t, res.sample_replicas, where="post", color=SERIES["replicas"], lw=1.0)
-        ax.step(t, res.sample_sleeping, where="post", ls=":", color=SERIES["asleep"], lw=1.0)
-        ax.plot(t, res.sample_demand, lw=0.6, alpha=0.7, color=SERIES["demand"])
-        ax.axhline(gpus_of[res.policy], color=SERIES["capacity"], ls="--", lw=0.8)
+        ax.step(
+            t, res.sample_replicas, where="post", color=SERIES["replicas"], lw=1.0, gid="replicas"
+        )
+        ax.step(
+            t,
+            res.sample_sleeping,
+            where="post",
+            ls=":",
+            color=SERIES["asleep"],
+            lw=1.0,
+            gid="asleep",
+        )
+        ax.plot(t, res.sample_demand, lw=0.6, alpha=0.7, color=SERIES["demand"], gid="demand")
+        ax.axhline(gpus_of[res.policy], color=SERIES["capacity"], ls="--", lw=0.8, gid="capacity")
         title = res.policy if one_fleet else f"{res.policy} ({gpus_of[res.policy]} GPUs)"
         ax.set_title(title, fontsize=9, loc="left")
         ax.set_ylabel("count")
     axes[-1, 0].set_xlabel("time (min)")
+    capacity = f"fleet GPUs ({next(iter(gpus_of.values()))})" if one_fleet else "fleet GPUs"
     handles = [
         Line2D([], [], color=SERIES["replicas"], label="replicas holding a GPU"),
         Line2D([], [], color=SERIES["asleep"], ls=":", label="replicas asleep (no GPU)"),
         Line2D([], [], color=SERIES["demand"], label="demand (requests in system)"),
-        Line2D(
-            [],
-            [],
-            color=SERIES["capacity"],
-            ls="--",
-            label=f"fleet GPUs ({next(iter(gpus_of.values()))})" if one_fleet else "fleet GPUs",
-        ),
+        Line2D([], [], color=SERIES["capacity"], ls="--", label=capacity),
     ]
     fig.legend(handles=handles, loc="upper center", ncol=4, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (2.6 * len(results) + 0.6)))
-    p = out_dir / "replicas.png"
-    fig.savefig(p, dpi=90, metadata=meta)
-    plt.close(fig)
-    paths.append(p)
+    return fig
+
+
+def ttft_figure(results: Sequence[SimResult]) -> Figure:
+    """The TTFT CDF (served and unserved requests; the unserved drawn at infinity) and its
+    tail, one colour per policy, the legend above the panels."""
+    import matplotlib.pyplot as plt
 
     fig, (ax, tail) = plt.subplots(1, 2, figsize=(12, 4.8))
     right = 1.0
@@ -343,7 +374,7 @@ def _plots(
         if res.unserved_requests:  # the CDF stays below 1: the rest never got a first token
             top = ys[-1] if ys else 0.0
             ax.plot([ttft[-1] if ttft else right, inf_x], [top, top], ls=":", color=colour)
-            ax.plot([inf_x], [top], marker=">", color=colour)
+            ax.plot([inf_x], [top], marker=">", color=colour, gid="unserved")
         slower = [(total - k - 1) / total for k in range(len(ttft))]
         if res.unserved_requests:
             tail.step(
@@ -369,10 +400,15 @@ def _plots(
         handles=ax.get_legend_handles_labels()[0],
     )
     fig.tight_layout(rect=(0, 0, 1, 0.92))
-    p = out_dir / "ttft_cdf.png"
-    fig.savefig(p, dpi=90, metadata=meta)
-    plt.close(fig)
-    paths.append(p)
+    return fig
+
+
+def cold_start_figure(
+    results: Sequence[SimResult], summaries: Mapping[Any, Mapping[str, Any]]
+) -> Figure:
+    """Cold-start requests per policy (what report.json leads with), replica starts by tier
+    beside them."""
+    import matplotlib.pyplot as plt
 
     fig, (req_ax, start_ax) = plt.subplots(1, 2, figsize=(11, 4), width_ratios=(1, 2))
     names = [res.policy for res in results]
@@ -399,11 +435,16 @@ def _plots(
     start_ax.set_title("Replica starts by tier", fontsize=9)
     start_ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
-    p = out_dir / "cold_starts.png"
-    fig.savefig(p, dpi=90, metadata=meta)
-    plt.close(fig)
-    paths.append(p)
+    return fig
 
+
+def cost_figure(
+    results: Sequence[SimResult], fleets: Fleets, summaries: Mapping[Any, Mapping[str, Any]]
+) -> Figure:
+    """Cost against SLO attainment per policy, the legend beside the axes."""
+    import matplotlib.pyplot as plt
+
+    one_fleet = len(set(_gpus(fleets, results).values())) == 1
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for res in results:
         s = summaries[res.policy]
@@ -423,8 +464,4 @@ def _plots(
     )
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
-    p = out_dir / "cost_vs_slo.png"
-    fig.savefig(p, dpi=90, metadata=meta)
-    plt.close(fig)
-    paths.append(p)
-    return paths
+    return fig
