@@ -27,6 +27,7 @@ from sim.plan import (
 from sim.sizing import fill_always_on, scaled_fleet, sized_gpus
 from sim.traces import Request, bursty, load_trace, spread_zipf
 from sim.workers import ProbePool
+from thaw.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -211,3 +212,34 @@ def test_scale_to_zero_shares_gpus_at_equal_slo() -> None:
     assert rows["thaw"]["gpu_hours_vs_always_on"] < 0.5
     assert rows["always-on"]["gpu_hours_vs_always_on"] == 1.0
     assert allowed_misses(len(job.requests), 0.95) == int(len(job.requests) * 0.05)
+
+
+def test_size_for_slo_is_the_same_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = ["TIMESTAMP,ContextTokens,GeneratedTokens"]
+    for r in bursty(2.0, 20.0, 100.0, 400.0, 3, 200, 16):
+        whole = int(r.arrival_s)
+        lines.append(
+            f"2023-11-16 18:{whole // 60:02d}:{whole % 60:02d}.{f'{r.arrival_s - whole:.7f}'[2:]},"
+            f"{r.prompt_tokens},{r.output_tokens}"
+        )
+    (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "fleet.yaml").write_text(FLEET)
+    common = ["--trace", str(tmp_path / "t.csv"), "--fleet", str(tmp_path / "fleet.yaml"),
+              "--models", "3", "--warmup-s", "0", "--pools", "big", "--workers", "1",
+              "--no-progress"]  # fmt: skip
+    assert main(["sim", *common, "--size-for-slo", "0.9", "--compare", "kpa",
+                 "--out", str(tmp_path / "a")]) == 0  # fmt: skip
+    first = capsys.readouterr().out
+    assert main(["sim", "plan", *common, "--slo-target", "0.9", "--policies", "thaw,kpa",
+                 "--out", str(tmp_path / "b")]) == 0  # fmt: skip
+    assert capsys.readouterr().out.splitlines()[:5] == first.splitlines()[:5]
+    a = json.loads((tmp_path / "a" / "report.json").read_text())
+    b = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert a["equal_slo"] == b["equal_slo"]
+    assert [r["policy"] for r in a["equal_slo"]] == ["thaw", "kpa", "always-on"]
+    assert main(["sim", "plan", *common, "--slo-target", "1.5", "--out", "x"]) == 2
+    assert "--slo-target = 1.5: must be in (0, 1]" in capsys.readouterr().err
+    assert main(["sim", "plan", *common, "--pools", "h200", "--out", "x"]) == 2
+    assert "--pools 'h200': must be pools of the fleet file: big, small" in (
+        capsys.readouterr().err
+    )
