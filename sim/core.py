@@ -325,7 +325,7 @@ class _Sim:
             if plan is not None:
                 m.forecaster = plan.start()
             if policy is not None:
-                m.one_replica_ok = m.forecaster is None and _one_replica_ok(policy, cfg.tick_s)
+                m.one_replica_ok = _one_replica_ok(policy, cfg.tick_s)
                 m.targets = (
                     _or_inf(policy.target_waiting_per_replica),
                     _or_inf(policy.target_concurrency_per_replica),
@@ -792,6 +792,9 @@ class _Sim:
     def visit(self, m: _Model, k: int, now: float) -> None:
         """Model ``m``'s tick ``k``: decide, or skip when the answer cannot change."""
         every = self.cfg.decide_every_tick
+        if m.forecaster is not None:
+            self.visit_forecasting(m, k, now)
+            return
         if m.one_replica_ok and not every:
             reps = m.replicas
             if len(reps) == 1 and not m.buffer and reps[0].state == "ready":
@@ -845,18 +848,58 @@ class _Sim:
             and m.state.panic_since_s is None
             and all(r.state == "sleeping" for r in m.replicas)
         ):
-            due = self.ttl_tick(m, k)
-            fc = m.forecaster
-            if fc is not None:
-                # Its forecast, asked again with the same interval and target (and nothing in
-                # the system: the service time stands still), gives the same answer; the next
-                # interval or target is a new forecast, which must be made (and later scored)
-                # as every tick would make it.
-                if any(r.load for r in m.replicas):
-                    return
-                change = fc.next_change_tick(now, self.cfg.tick_s, k)
-                due = change if due is None else min(due, change)
-            self.park(m, k, "rest", due)
+            self.park(m, k, "rest", self.ttl_tick(m, k))
+
+    def visit_forecasting(self, m: _Model, k: int, now: float) -> None:
+        """A forecasting model's tick: decide, then park it while the answer cannot change.
+
+        Its forecast, asked again with the same interval and target and nothing in the system
+        (the service time it learns stands still), gives the same answer, and asking has no
+        other effect; the next interval or target is a new forecast, which must be made (and
+        later scored) as every tick would make it. So: at rest, parked until then; one idle
+        replica that the forecast keeps at one (or none, then the one-replica rule's grace and
+        window), parked until then too."""
+        every = self.cfg.decide_every_tick
+        fc = m.forecaster
+        assert fc is not None
+        track = m.one_replica_ok and not every
+        if track:
+            totals, _, _ = self.totals(m, now)
+            self.note(m, now, totals)
+        desired, acted = self.decide(m, now)
+        if every or acted or m.buffer or m.state.panic_since_s is not None:
+            return
+        if any(r.load for r in m.replicas):
+            return
+        change = fc.next_change_tick(now, self.cfg.tick_s, k)
+        if desired == 0 and all(r.state == "sleeping" for r in m.replicas):
+            ttl = self.ttl_tick(m, k)
+            self.park(m, k, "rest", change if ttl is None else min(ttl, change))
+            return
+        if not track or desired != 1 or not self.idle_replica(m):
+            return
+        p = m.policy
+        st = m.state
+        assert p is not None and st.started_s is not None
+        nxt = (k + 1) * self.cfg.tick_s
+        window = p.stable_window_s
+        if m.last_hot_s > nxt - window:
+            return
+        if p.initial_replicas > 1 and nxt - st.started_s < window:
+            return
+        sleeping = sum(1 for r in m.replicas if r.state == "sleeping")
+        if sleeping and not self.sleepers_stay(m, nxt, sleeping):
+            return
+        floor = fc.last.replicas if fc.last is not None else None
+        wanted = 0 if floor is None else max(0, math.ceil(floor - 1e-9))
+        if wanted > 1:
+            return
+        if wanted == 1:  # the forecast keeps one replica whatever the window says
+            ttl = self.ttl_tick(m, k)
+            due = change if ttl is None else min(ttl, change)
+        else:
+            due = min(self.idle_due(m, k), change)
+        self.park(m, k, "idle", due)
 
     def unseen_tick(self, m: _Model, k: int, now: float, totals: Totals) -> None:
         """Tick ``k`` skipped: its totals join the runs the decider has not seen."""
@@ -899,7 +942,7 @@ class _Sim:
                 return False
         return ready == 1
 
-    def idle_due(self, m: _Model, k: int) -> int | None:
+    def idle_due(self, m: _Model, k: int) -> int:
         """The first tick after ``k`` where an idle one-replica model might stop being
         skippable: the grace ends and the last request leaves the stable window, or a sleeper's
         time-to-live ends."""

@@ -70,7 +70,7 @@ def test_report_is_byte_identical_to_deciding_every_tick_on_the_azure_slice(
 def test_the_same_on_random_policies_and_traces() -> None:
     rng = random.Random(14)
     fleet = parse_fleet(FLEET)
-    for _ in range(12):
+    for _ in range(16):
         seed = rng.randrange(1000)
         auto: dict[str, Any] = {
             "max_replicas": rng.choice([1, 2, 4]),
@@ -102,7 +102,7 @@ def test_the_same_on_random_policies_and_traces() -> None:
         else:
             reqs = diurnal(1.0, 300.0, 1.0, 600.0, seed, 200, 32)
         reqs = spread_zipf(reqs, rng.choice([1, 3, 8]), 1.0, seed)
-        policy: PolicyName = rng.choice(["thaw", "kpa"])
+        policy: PolicyName = rng.choice(["thaw", "kpa", "predictive"])
         primed, first = with_warmup(reqs, rng.choice([0.0, 100.0]))
         cfg = sim_config(policy, reqs, fleet, thaw, 0.0, first_measured=first)
         cfg = replace(cfg, sample_every_s=1.0)
@@ -127,3 +127,17 @@ def test_an_idle_replica_that_never_saw_a_request_parks_and_matches() -> None:
     b = simulate(reqs, fleet, replace(cfg, decide_every_tick=True))
     assert report_json([a], fleet, None, {}) == report_json([b], fleet, None, {})
     assert a.decisions < b.decisions / 2
+
+
+def test_a_forecaster_that_starts_replicas_ahead_matches_deciding_every_tick() -> None:
+    from test_sim_predictive import SEASONAL, bursts, fleet_text
+    from test_sim_predictive import thaw_config as predictive_config
+
+    fleet = parse_fleet(fleet_text("[dear]"))
+    reqs = spread_zipf(bursts(), 3, 1.0, 2)
+    cfg = sim_config("predictive", reqs, fleet, predictive_config(), 0.0, forecast=SEASONAL)
+    a = simulate(reqs, fleet, cfg)
+    b = simulate(reqs, fleet, replace(cfg, decide_every_tick=True))
+    assert report_json([a], fleet, None, {}) == report_json([b], fleet, None, {})
+    assert a.sample_replicas == b.sample_replicas
+    assert a.decisions < b.decisions
