@@ -49,7 +49,9 @@ called, when the answer provably stays what it is and no action follows:
   scale-to-zero grace still running, or a request within the stable window (with a concurrency
   target, a window's average of a request or more asks for one replica). A model in that state
   with nothing in flight (an idle replica waiting out its window) is not visited until a request
-  comes or the first tick where that last condition can fail;
+  comes or the first tick where that last condition can fail (with a forecaster: its tick is
+  decided, and while its replica is idle and its forecast asks for at most one, it is parked
+  until a new forecast is due);
 - *no free GPU*: no live replica and no sleeper, requests buffered (within one replica's
   targets, in the window too, so no panic), and none of its pools has a free GPU: the decider
   asks for a cold start, and the start is refused (counted in ``capacity_refusals`` as it would
