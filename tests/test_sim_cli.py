@@ -154,7 +154,7 @@ def test_errors_name_the_flag_that_fixes_them(
     assert "(the policy file given by --config)" in err
     code, err = run()
     assert code == 2
-    assert "--out DIR is required" in err
+    assert "--out required" in err
     for flag, value in (("--slo-ttft-s", "0"), ("--models", "-1"), ("--slo-tpot-s", "-2")):
         code, err = run("--out", out, flag, value)
         assert code == 2

@@ -526,9 +526,12 @@ def _run(args: argparse.Namespace) -> int:
     from sim.runner import run_policies
 
     try:
-        if args.out is None:
+        missing = [flag for flag, v in (("--trace", args.trace), ("--out", args.out)) if v is None]
+        if missing:
             raise InputError(
-                "--out DIR is required (or `thaw sim plan`, `thaw sim calibrate`); see --help", 2
+                f"{' and '.join(missing)} required (or `thaw sim plan`, `thaw sim calibrate`); "
+                "see `thaw sim --help`",
+                2,
             )
         policies = _policies(["thaw"], args.compare, "--compare")
         inputs = load_inputs(args)
