@@ -52,10 +52,11 @@ called, when the answer provably stays what it is and no action follows:
   comes or the first tick where that last condition can fail (with a forecaster: its tick is
   decided, and while its replica is idle and its forecast asks for at most one, it is parked
   until a new forecast is due);
-- *no free GPU*: no live replica and no sleeper, requests buffered (within one replica's
-  targets, in the window too, so no panic), and none of its pools has a free GPU: the decider
-  asks for a cold start, and the start is refused (counted in ``capacity_refusals`` as it would
-  be). Checked at every tick (a GPU may have come free).
+- *no free GPU*: no live replica and at most one sleeper (asleep), requests buffered (within one
+  replica's targets, in the window too, so no panic), and none of its pools has a free GPU: the
+  decider asks for one replica, and the start (or the wake, which then starts one elsewhere) is
+  refused (counted in ``capacity_refusals`` as it would be). Checked at every tick (a GPU may
+  have come free).
 
 A skipped tick still happened for the decider: the totals it would have seen are recorded, and
 before its next call its state is brought forward as the skipped calls would have left it (each
@@ -654,7 +655,22 @@ class _Sim:
         if w > tw or c > tc or kv > tkv or m.last_hot_s > now - p.stable_window_s:
             return False
         if live == 0:  # the *no free GPU* rule
-            return not sleeping and c > 0 and self.chooser.pick(m.spec, self.free_gpus) is None
+            if sleeping > 1 or not c > 0:
+                return False
+            if sleeping:
+                # it would wake its one sleeper, whose pool has no free GPU, so start one
+                # elsewhere, refused: one refusal a tick, as without a sleeper, if it asks for
+                # exactly one replica (no initial_replicas above one) and the sleeper is asleep
+                (r,) = (r for r in m.replicas if r.state == "sleeping")
+                if r.gpu_since_s is not None or r.going_to_sleep:
+                    return False
+                if p.initial_replicas > 1 and now - st.started_s < p.stable_window_s:
+                    return False
+            free = self.free_gpus
+            # no pool of its with a free GPU: placement finds none (no need to ask it)
+            return all(free[p] < 1 for p in m.spec.pools) or (
+                self.chooser.pick(m.spec, free) is None
+            )
         if p.initial_replicas > 1 and now - st.started_s < p.stable_window_s:
             return False
         if sleeping and not self.sleepers_stay(m, now, sleeping):
