@@ -143,3 +143,21 @@ def test_a_forecaster_that_starts_replicas_ahead_matches_deciding_every_tick() -
     assert report_json([a], fleet, None, {}) == report_json([b], fleet, None, {})
     assert a.sample_replicas == b.sample_replicas
     assert a.decisions < b.decisions
+
+
+def test_the_thaw_policys_own_forecast_matches_deciding_every_tick() -> None:
+    # The thaw policy runs the policy file's forecaster when autoscaling.forecast.enabled is set:
+    # the same parking rules as predictive's, so the same report as deciding every tick.
+    from test_sim_predictive import SEASONAL, bursts, fleet_text
+    from test_sim_predictive import thaw_config as predictive_config
+
+    fleet = parse_fleet(fleet_text("[dear]"))
+    reqs = spread_zipf(bursts(), 3, 1.0, 2)
+    thaw = predictive_config(forecast=SEASONAL.model_dump())
+    cfg = sim_config("thaw", reqs, fleet, thaw, 0.0)
+    assert cfg.forecasts  # the file's forecast is on
+    a = simulate(reqs, fleet, cfg)
+    b = simulate(reqs, fleet, replace(cfg, decide_every_tick=True))
+    assert report_json([a], fleet, None, {}) == report_json([b], fleet, None, {})
+    assert a.sample_replicas == b.sample_replicas
+    assert a.decisions < b.decisions
