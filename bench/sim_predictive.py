@@ -40,6 +40,7 @@ cost of provisioning for a busier interval).
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,7 +53,7 @@ from policy_file.load import load_policy
 from policy_file.schema import ThawConfig
 from sim.core import PolicyName
 from sim.fleet import load_fleet
-from sim.report import summarize
+from sim.report import SloOverride, summarize
 from sim.runner import run_policies, with_warmup
 from sim.traces import Request, bursty, diurnal, load_trace, model_names, spread_zipf
 
@@ -141,7 +142,8 @@ def main() -> None:
                 tier=args.tier, forecast=fc.model_copy(update={"quantile": q}),
             )  # fmt: skip
             took = time.perf_counter() - t0
-            rows.append((name, label, summarize(res, fleet, args.slo_ttft_s), took))
+            flat = SloOverride(ttft_base_s=args.slo_ttft_s, ttft_per_prompt_token_s=0.0)
+            rows.append((name, label, summarize(res, fleet, flat), took))
             colds = [r for r in res.records if r.cold_start]
             where.append(
                 (
@@ -183,7 +185,8 @@ def main() -> None:
             cost = float(s["cost_usd"])
             print(
                 f"{name:8s} {label:11s} {cold:8d} {cold / ref_cold:7.2f} "
-                f"{float(s['ttft_p99_s']):9.3f} {float(s['slo_attainment_ratio']):7.4f} "
+                f"{float(s['ttft_p99_s'] or math.inf):9.3f} "
+                f"{float(s['slo_attainment_ratio']):7.4f} "
                 f"{h:7.2f} {h / max(float(ref['gpu_hours']), 1e-9):7.3f} {cost:8.2f} "
                 f"{cost / max(float(ref['cost_usd']), 1e-9):7.3f} {took:6.1f}"
             )

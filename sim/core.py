@@ -4,10 +4,10 @@ Owns virtual time: a heap of events (replica ready, engine step end, replica asl
 tick) merged with the sorted arrivals of a trace. Per model it keeps a simulated activator buffer
 (requests that arrive while no replica is ready wait there: they *waited on a cold start*) and
 replicas, each an :class:`~engine.perf_model.EngineCore` (the same continuous-batching scheduler
-as ``thaw emulator``). Every ``tick_s`` — and at once when a request is buffered at zero, as the
-activator pokes the autoscaler — it builds a :class:`~autoscaler.decider.ModelObservation` from
-the simulated replicas, calls the real :func:`autoscaler.decider.decide`, and turns the desired
-count into actions with the real warm-pool planner :func:`autoscaler.warm_pool.plan_actions`
+as ``thaw emulator``). At each ``tick_s`` — and at once when a request is buffered at zero, as the
+activator pokes the autoscaler — a model builds a :class:`~autoscaler.decider.ModelObservation`
+from its simulated replicas, calls the real :func:`autoscaler.decider.decide`, and turns the
+desired count into actions with the real warm-pool planner :func:`autoscaler.warm_pool.plan_actions`
 (wake sleepers before starting cold replicas; on scale-down sleep within the host-RAM budget,
 else stop). As the local actuator does: a stopped replica that still has requests drains first
 (no new requests); a replica put to sleep finishes its requests, then sleeps.
@@ -21,19 +21,56 @@ Replica life and costs:
   when the RAM is taken), level 2 holds nothing; going to sleep at level 1 keeps the GPU for the
   copy-out time. Waking needs a free GPU in the sleeper's pool (else a cold start elsewhere) and
   takes the derived ``wake_level1`` / ``wake_level2`` time;
-- GPU time counts from a replica taking its GPU until it gives it back, within the measured part.
+- GPU time counts from a replica taking its GPU until it gives it back, within the measured
+  window: from ``SimConfig.measure_from_s`` to the last arrival (or ``horizon_s``, if later). Every
+  policy is billed for the same window; requests still finishing after it are measured (their
+  latency) but their GPU time is not, nor is ``drain_s``.
 
 Measurement: requests before ``SimConfig.first_measured`` only prime the fleet (a warm-up whose
 requests, GPU time, cold starts and samples are not reported); times in :class:`SimResult` are
-seconds from ``SimConfig.measure_from_s``.
+seconds from ``SimConfig.measure_from_s``. A start refused for want of a free GPU counts in
+``capacity_refusals`` when measured, and always when it is always-on's placement at t=0 (those
+replicas are missing for the whole run).
+
+Deciding only when the answer can change (``SimConfig.decide_every_tick`` off, the default): the
+decider is a function of its observation, its state (the totals it saw within its stable window,
+when demand last stopped, panic) and the time. A model's tick is skipped, and no decider is
+called, when the answer provably stays what it is and no action follows:
+
+- *at rest*: no live replica, nothing buffered, no panic, its last answer 0 with no action; each
+  further tick would feed the decider the same empty observation, whose zeros only lower its
+  averages. The model is not even visited until a request comes or a sleeper's time-to-live ends
+  (with a forecaster, nothing in the system: also until the forecast's interval or target
+  interval changes, when a new forecast is due);
+- *one replica, within its targets*: one live replica, no panic, no forecast, no scale-down
+  delay, activation scale 1, min_replicas <= 1; every total the decider has in its stable window
+  (waiting, concurrency, KV usage) and the one it would see now within one replica's target, so
+  that every signal asks for at most one replica; and at least one: demand now, the
+  scale-to-zero grace still running, or a request within the stable window (with a concurrency
+  target, a window's average of a request or more asks for one replica). A model in that state
+  with nothing in flight (an idle replica waiting out its window) is not visited until a request
+  comes or the first tick where that last condition can fail (with a forecaster: its tick is
+  decided, and while its replica is idle and its forecast asks for at most one, it is parked
+  until a new forecast is due);
+- *no free GPU*: no live replica and at most one sleeper (asleep), requests buffered (within one
+  replica's targets, in the window too, so no panic), and none of its pools has a free GPU: the
+  decider asks for one replica, and the start (or the wake, which then starts one elsewhere) is
+  refused (counted in ``capacity_refusals`` as it would be). Checked at every tick (a GPU may
+  have come free).
+
+A skipped tick still happened for the decider: the totals it would have seen are recorded, and
+before its next call its state is brought forward as the skipped calls would have left it (each
+call appends its totals to the window and drops samples older than the stable window; demand
+sets or clears the idle time; at rest the scale-down delay records zeros). Same results, byte for
+byte, as calling it every tick (``decide_every_tick=True``; tests and bench/sim_speed.py compare).
 
 Policies: ``thaw`` (the policy file's autoscaling, its forecast when enabled, and warm pool),
 ``kpa`` (the same decider with Knative KPA's defaults, :func:`autoscaler.policy.kpa_policy`, and
-no warm pool), ``always-on`` (a fixed count sized for the trace's peak, never scaled, ready from
-the start) and ``predictive`` (``thaw`` with a demand forecaster for every model, fed the
-simulated arrivals, whose ``forecast_replicas`` one cold start ahead the decider takes as a floor;
-see :mod:`sim.predictive`). A new replica takes the pool
-:class:`~sim.predictive.PoolChooser` picks (placement when the model lists several pools).
+no warm pool), ``always-on`` (a fixed count per model, never scaled, ready from the start) and
+``predictive`` (``thaw`` with a demand forecaster for every model, fed the simulated arrivals,
+whose ``forecast_replicas`` one cold start ahead the decider takes as a floor; see
+:mod:`sim.predictive`). A new replica takes the pool :class:`~sim.predictive.PoolChooser` picks
+(placement when the model lists several pools).
 
 No I/O, no clock reads; the optional ``progress`` callback is the only way out.
 """
@@ -42,10 +79,11 @@ from __future__ import annotations
 
 import heapq
 import math
+from bisect import bisect_right, insort
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import Literal, NamedTuple
 
 from autoscaler.decider import DeciderState, ModelObservation, ReplicaObservation, decide
 from autoscaler.policy import AutoscalingPolicy, WarmPoolConfig
@@ -77,7 +115,11 @@ class SimConfig:
     tier: FineLoadTier = "local_disk"
     """Where a new engine loads its weights from: ``local_disk`` or ``remote``."""
     always_on_replicas: Mapping[str, int] = field(default_factory=dict)
-    """Per trace model, the fixed count for ``always-on``."""
+    """Per trace model, the fixed count for ``always-on`` (absent: 1). Started at t=0 in the
+    mapping's order, round by round: every model's first replica, then every second one, ..."""
+    always_on_starts: tuple[str, ...] = ()
+    """``always-on``'s replicas as a start order instead (one trace model name a replica; see
+    :func:`sim.sizing.fill_always_on`); when given, ``always_on_replicas`` is not used."""
     horizon_s: float = 0.0
     """Keep simulating (ticks, GPU time) at least until here (simulation time)."""
     first_measured: int = 0
@@ -90,22 +132,33 @@ class SimConfig:
     requests are still buffered for a model that cannot get a GPU; they end unserved."""
     fast_forward: bool = True
     """Run identical decode steps as one event (same results; off: one event per step)."""
-    skip_idle: bool = True
-    """Skip the ticks of models at rest and replay the last stable window's worth of them when
-    the model is next needed (same results; off: every model decides every tick)."""
+    decide_every_tick: bool = False
+    """Call the decider for every model at every tick (the reference the default, deciding only
+    when the answer can change, must match byte for byte; see the module doc)."""
     forecasts: Mapping[str, ForecastPlan] = field(default_factory=dict)
     """Per trace model, its demand forecaster (``predictive``); absent: no forecast."""
+    stop_after_misses: int | None = None
+    """Stop early once this many measured requests are known to have missed (rejected, or no
+    first token within ``slo_ttft_s``): a capacity search needs only to know that a fleet fails
+    its target. None: run to the end. Results of a stopped run are marked ``stopped_early``."""
+    slo_ttft_s: Callable[[Request], float] | None = None
+    """The TTFT target of a request, for ``stop_after_misses``."""
 
 
-@dataclass(frozen=True)
-class RequestRecord:
-    """What happened to one request."""
+class RequestRecord(NamedTuple):
+    """What happened to one served request (times in seconds)."""
 
     model: str
     arrival_s: float
+    """From the start of measurement."""
     ttft_s: float
     e2e_s: float
     cold_start: bool
+    """It arrived while its model had no ready replica and waited at the activator."""
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    wait_s: float = 0.0
+    """Time at the activator before an engine took it (0 when a replica was ready)."""
 
 
 @dataclass(frozen=True)
@@ -116,14 +169,18 @@ class SimResult:
     records: tuple[RequestRecord, ...]
     """The measured requests that finished."""
     rejected_requests: int
-    """Measured requests the engine refuses (prompt + output over the model's context)."""
+    """Measured requests the engine refuses: prompt + output over the model's context length
+    (``rejected_too_long`` in the report)."""
     unserved_requests: int
     """Measured requests still unfinished at the end: their model never got a replica (no free
     GPU) within ``SimConfig.drain_s`` of the last arrival."""
     capacity_refusals: int
+    """Replica starts refused for want of a free GPU: always-on's placement at t=0, then every
+    refusal in the measured part."""
     cold_starts_by_tier: Mapping[str, int]
     gpu_seconds_by_pool: Mapping[str, float]
     end_s: float
+    """When the simulation stopped (the last request done, or the drain's end)."""
     sample_times_s: tuple[float, ...]
     sample_replicas: tuple[int, ...]
     """Replicas holding a GPU (starting, ready, draining, going to sleep) at each sample."""
@@ -135,6 +192,16 @@ class SimResult:
     """Events processed (arrivals and heap events, superseded ones included), for benchmarks."""
     decisions: int = 0
     """Calls of the decider, for benchmarks."""
+    window_s: float = 0.0
+    """The measured window GPU time is billed for: measurement start to the last arrival (or
+    the horizon)."""
+    model_classes: Mapping[str, str] = field(default_factory=dict)
+    """Per trace model, the fleet model it ran as (its SLO class)."""
+    unserved_prompt_tokens: tuple[int, ...] = ()
+    """Prompt sizes of the unserved requests."""
+    stopped_early: bool = False
+    """The run stopped at ``SimConfig.stop_after_misses``: its figures cover only part of the
+    trace (good enough to say that the target was missed)."""
 
 
 # -- mutable simulation state (private to one run) -------------------------------------------
@@ -172,9 +239,21 @@ class _Replica:
         return self.core.num_running + self.core.num_waiting
 
 
+#: The totals the decider derives from one observation: (waiting, concurrency, kv_usage_sum).
+Totals = tuple[float, float, float]
+#: Ticks the decider did not see: (first tick, last tick, totals of each).
+_Run = tuple[int, int, float, float, float]
+_ZERO: Totals = (0.0, 0.0, 0.0)
+_INF = math.inf
+#: Unseen runs kept before the ones the decider's window has left are dropped (in bulk).
+_FORGET_AFTER = 512
+
+
 @dataclass(slots=True)
 class _Model:
     name: str
+    index: int
+    """Position in name order: models decide in this order within a tick."""
     spec: FleetModel
     policy: AutoscalingPolicy | None
     warm_pool: WarmPoolConfig
@@ -182,14 +261,29 @@ class _Model:
     replicas: list[_Replica] = field(default_factory=list)
     buffer: deque[tuple[int, Request]] = field(default_factory=deque)
     next_id: int = 0
-    rest_tick: int | None = None
-    """At rest since this tick (see ``_Run.at_rest``): its ticks are skipped, then replayed."""
-    rest_until_tick: int | None = None
-    """The tick where a sleeper's time-to-live ends, which ends the rest; None: no such tick."""
     forecaster: SimForecaster | None = None
     """Fed each arrival; gives the decider ``forecast_replicas`` (``predictive``)."""
     obs: ModelObservation | None = None
     """The last observation the decider got (reused while nothing changes)."""
+    # -- deciding only when needed (see the module doc) --
+    one_replica_ok: bool = False
+    """Its policy allows skipping ticks with one live replica within its targets."""
+    targets: Totals = (_INF, _INF, _INF)
+    """Its (waiting, concurrency, kv) targets for one replica; inf where disabled."""
+    unseen: list[_Run] = field(default_factory=list)
+    """Skipped ticks whose totals the decider has not been given yet, oldest first."""
+    idle_since_s: float | None = None
+    """The decider's ``idle_since_s`` as of the last tick, seen or skipped."""
+    last_hot_s: float = -_INF
+    """The last tick (or poke) whose totals exceeded one replica's target."""
+    last_demand_s: float = -_INF
+    """The last tick (or poke) with a request in the system."""
+    parked: Literal["", "rest", "idle"] = ""
+    """Not visited at ticks: ``rest`` (at zero) or ``idle`` (one idle replica); see the doc."""
+    parked_from: int = 0
+    """The first tick not visited while parked."""
+    due_tick: int | None = None
+    """While parked: the tick at which it must be visited again (None: only on a request)."""
 
     def find(self, rid: str) -> _Replica | None:
         for r in self.replicas:
@@ -202,7 +296,11 @@ _READY, _STEP, _TICK, _ASLEEP = 0, 1, 2, 3
 _Payload = tuple[_Model, _Replica, int]
 
 
-class _Run:
+class _Stop(Exception):
+    """``stop_after_misses`` reached."""
+
+
+class _Sim:
     def __init__(self, requests: Sequence[Request], fleet: Fleet, cfg: SimConfig) -> None:
         self.requests = requests
         self.fleet = fleet
@@ -210,25 +308,44 @@ class _Run:
         self.heap: list[tuple[float, int, int, _Payload | None]] = []
         self.seq = 0
         self.free_gpus = {p.name: p.count for p in fleet.pools}
+        self.gpus = sum(self.free_gpus.values())
+        self.replica_count = 0
         self.free_ram = {p.name: p.host_ram_bytes * fleet.pool_nodes(p.name) for p in fleet.pools}
         self.gpu_s = {p.name: 0.0 for p in fleet.pools}
         self.cold_by_tier: dict[str, int] = dict.fromkeys(FINE_LOAD_TIERS, 0)
         self.capacity_refusals = 0
         self.rejected = 0
         self.models: dict[str, _Model] = {}
-        for name in sorted({r.model for r in requests} | set(cfg.specs)):
+        last = requests[-1].arrival_s if requests else 0.0
+        self.window_end_s = max(cfg.horizon_s, last)
+        for index, name in enumerate(sorted({r.model for r in requests} | set(cfg.specs))):
             if name not in cfg.specs:
                 raise KeyError(f"trace model {name!r} has no fleet model")
             policy = None if cfg.policy == "always-on" else cfg.autoscaling.get(name)
             warm = cfg.warm_pools.get(name, _NO_WARM_POOL)
-            self.models[name] = _Model(name, cfg.specs[name], policy, warm)
+            m = _Model(name, index, cfg.specs[name], policy, warm)
             plan = cfg.forecasts.get(name)
             if plan is not None:
-                self.models[name].forecaster = plan.start()
+                m.forecaster = plan.start()
+            if policy is not None:
+                m.one_replica_ok = _one_replica_ok(policy, cfg.tick_s)
+                m.targets = (
+                    _or_inf(policy.target_waiting_per_replica),
+                    _or_inf(policy.target_concurrency_per_replica),
+                    _or_inf(policy.target_kv_cache_usage_ratio),
+                )
+            self.models[name] = m
+        #: Models visited at every tick, in name order (the others are parked or always-on).
+        self.awake: list[tuple[int, _Model]] = sorted(
+            (m.index, m) for m in self.models.values() if m.policy is not None
+        )
+        #: (tick, model index, model) of parked models that must be visited at that tick.
+        self.due: list[tuple[int, int, _Model]] = []
         self.chooser = PoolChooser(fleet)
         self.perfs: dict[tuple[str, str], EnginePerf] = {}
         self.first_token: list[float] = [math.nan] * len(requests)
         self.finished: list[float] = [math.nan] * len(requests)
+        self.routed: list[float] = [math.nan] * len(requests)
         self.cold: list[bool] = [False] * len(requests)
         self.outstanding = 0
         self.samples_t: list[float] = []
@@ -237,6 +354,10 @@ class _Run:
         self.samples_d: list[int] = []
         self.decisions = 0
         self.tick_k = -1
+        self.misses = 0
+        self.missed: list[bool] = [False] * len(requests)
+        self.miss_limit = cfg.stop_after_misses
+        self.slo_of = cfg.slo_ttft_s
 
     def engine_perf(self, spec: FleetModel, pool: str) -> EnginePerf:
         """The model's engine on ``pool`` (the pool's GPU speed), computed once per pair."""
@@ -264,7 +385,7 @@ class _Run:
         if rep.gpu_since_s is None:
             return
         self.free_gpus[rep.pool] += 1
-        held = now - max(rep.gpu_since_s, self.cfg.measure_from_s)
+        held = min(now, self.window_end_s) - max(rep.gpu_since_s, self.cfg.measure_from_s)
         if held > 0:
             self.gpu_s[rep.pool] += held
         rep.gpu_since_s = None
@@ -282,6 +403,7 @@ class _Run:
             rep = _Replica(f"{m.name}-{m.next_id}", pool_name, core, now)
             self.take_gpu(rep, now)
             m.replicas.append(rep)
+            self.replica_count += 1
             if ready_now:
                 rep.state = "ready"
             else:
@@ -289,7 +411,7 @@ class _Run:
                 self.count_start(self.cfg.tier, now)
                 self.push(now + delay, _READY, (m, rep, rep.epoch))
             return True
-        if now >= self.cfg.measure_from_s:
+        if ready_now or now >= self.cfg.measure_from_s:
             self.capacity_refusals += 1
         return False
 
@@ -298,6 +420,7 @@ class _Run:
         rep.epoch += 1
         rep.version += 1
         m.replicas.remove(rep)
+        self.replica_count -= 1
         self.give_gpu(rep, now)
         self.give_ram(rep)
 
@@ -371,6 +494,7 @@ class _Run:
             self.cold[idx] = True
             m.buffer.append((idx, req))
             return
+        self.routed[idx] = now
         best.core.add(EngineSeq(str(idx), req.prompt_tokens, req.output_tokens, req.arrival_s))
         if best.chunk is not None:
             self.split_chunk(m, best, now)
@@ -393,10 +517,18 @@ class _Run:
         """
         core = rep.core
         rep.version += 1
-        if self.cfg.fast_forward and not core.waiting and core.running:
-            k = min(s.max_tokens - s.generated_tokens for s in core.running)
-            if k >= 2 and all(s.first_token_s is not None for s in core.running):
-                step = core.perf.decode_step_s(len(core.running))
+        running = core.running
+        if self.cfg.fast_forward and not core.waiting and running:
+            k = -1
+            for s in running:
+                if s.first_token_s is None:
+                    k = 0
+                    break
+                left = s.max_tokens - s.generated_tokens
+                if k < 0 or left < k:
+                    k = left
+            if k >= 2:
+                step = core.perf.decode_step_s(len(running))
                 rep.plan = None
                 rep.chunk = (now, step, k)
                 self.push(now + k * step, _STEP, (m, rep, rep.version))
@@ -471,13 +603,164 @@ class _Run:
         in_system = len(m.buffer) + sum(r.load for r in m.replicas)
         return ModelObservation(m.name, tuple(reps), len(m.buffer), fc.replicas(now, in_system))
 
-    def decide(self, m: _Model, now: float) -> bool:
-        """Call the real decider and carry out its count; True when nothing changed (at 0)."""
-        if m.policy is None:
+    def totals(self, m: _Model, now: float) -> tuple[Totals, int, int]:
+        """The totals the decider would derive from :meth:`observe` now (step 1 of
+        :func:`autoscaler.decider.decide`, summed in the same order, so bit for bit the same
+        floats), with the live (ready + starting) and sleeping replica counts."""
+        waiting = running = kv = 0.0
+        live = sleeping = 0
+        for r in m.replicas:
+            state = r.state
+            if state == "ready":
+                live += 1
+                core = r.core
+                waiting += float(len(core.waiting))
+                n = len(core.running)
+                if n:
+                    running += float(n)
+                    kv += self.kv_ratio(r, now)
+            elif state == "starting":
+                live += 1
+            elif state == "sleeping":
+                sleeping += 1
+        waiting += len(m.buffer)
+        concurrency = waiting + running
+        if not concurrency > 0:
+            kv = 0.0
+        return (waiting, concurrency, kv), live, sleeping
+
+    def note(self, m: _Model, t: float, totals: Totals) -> None:
+        """Track what the skip rule needs from each set of totals the decider has seen."""
+        w, c, kv = totals
+        tw, tc, tkv = m.targets
+        if w > tw or c > tc or kv > tkv:
+            m.last_hot_s = t
+        if c > 0:
+            m.last_demand_s = t
+            m.idle_since_s = None
+        elif m.idle_since_s is None:
+            m.idle_since_s = t
+
+    def skippable(self, m: _Model, now: float, totals: Totals, live: int, sleeping: int) -> bool:
+        """Whether the decider, called now with these totals, would answer one replica, with no
+        panic and no action (the *one replica, within its targets* rule of the module doc).
+        ``m.idle_since_s`` must already account for ``totals``."""
+        p = m.policy
+        assert p is not None
+        st = m.state
+        if live > 1 or st.panic_since_s is not None or st.started_s is None:
             return False
+        w, c, kv = totals
+        tw, tc, tkv = m.targets
+        if w > tw or c > tc or kv > tkv or m.last_hot_s > now - p.stable_window_s:
+            return False
+        if live == 0:  # the *no free GPU* rule
+            if sleeping > 1 or not c > 0:
+                return False
+            if sleeping:
+                # it would wake its one sleeper, whose pool has no free GPU, so start one
+                # elsewhere, refused: one refusal a tick, as without a sleeper, if it asks for
+                # exactly one replica (no initial_replicas above one) and the sleeper is asleep
+                (r,) = (r for r in m.replicas if r.state == "sleeping")
+                if r.gpu_since_s is not None or r.going_to_sleep:
+                    return False
+                if p.initial_replicas > 1 and now - st.started_s < p.stable_window_s:
+                    return False
+            free = self.free_gpus
+            # no pool of its with a free GPU: placement finds none (no need to ask it)
+            return all(free[p] < 1 for p in m.spec.pools) or (
+                self.chooser.pick(m.spec, free) is None
+            )
+        if p.initial_replicas > 1 and now - st.started_s < p.stable_window_s:
+            return False
+        if sleeping and not self.sleepers_stay(m, now, sleeping):
+            return False
+        if c > 0:
+            return True
+        idle = m.idle_since_s
+        if idle is not None and now - idle < p.scale_to_zero_grace_s:
+            return True
+        return tc < _INF and m.last_demand_s > now - p.stable_window_s
+
+    def sleepers_stay(self, m: _Model, now: float, sleeping: int) -> bool:
+        """plan_actions at ``now`` with the live count as wanted stops no sleeper."""
+        w = m.warm_pool
+        if not w.enabled or sleeping > w.max_sleeping:
+            return False
+        ttl = w.sleep_ttl_s
+        for r in m.replicas:
+            if r.state == "sleeping":
+                since = r.asleep_since_s
+                if since is not None and now - since >= ttl:
+                    return False
+        return True
+
+    def catch_up(self, m: _Model) -> None:
+        """Give the decider's state the skipped ticks, as calling it at each would have left it.
+
+        Each call appends its totals to the stable window and drops samples at or before
+        ``now - stable_window_s`` (the latest call's cut covers every earlier one); demand clears
+        the idle time, its absence starts it; at rest the scale-down delay records 0 each tick.
+        Panic, its maximum and the start time do not move: skipped ticks have no panic.
+        """
+        if m.parked:
+            self.unpark(m)
+        runs = m.unseen
+        if not runs:
+            return
+        assert m.policy is not None
+        p = m.policy
+        tick = self.cfg.tick_s
+        st = m.state
+        last_t = runs[-1][1] * tick
+        cut = last_t - p.stable_window_s
+        keep = bisect_right(st.sample_times_s, cut)
+        times = list(st.sample_times_s[keep:])
+        ws = list(st.waiting_samples[keep:])
+        cs = list(st.concurrency_samples[keep:])
+        ks = list(st.kv_usage_samples[keep:])
+        # The idle time as of the last tick: tracked tick by tick for a model the one-replica
+        # rule may skip; at rest (the only skip otherwise) it was set before and stays.
+        idle = m.idle_since_s if m.one_replica_ok else st.idle_since_s
+        for k0, k1, w, c, kv in runs:
+            first = _first_tick_after(cut, tick, k0)
+            if first > k1:
+                continue
+            times.extend([k * tick for k in range(first, k1 + 1)])
+            count = k1 + 1 - first
+            ws.extend([w] * count)
+            cs.extend([c] * count)
+            ks.extend([kv] * count)
+        update: dict[str, object] = {
+            "sample_times_s": tuple(times),
+            "waiting_samples": tuple(ws),
+            "concurrency_samples": tuple(cs),
+            "kv_usage_samples": tuple(ks),
+            "idle_since_s": idle,
+        }
+        d = p.scale_down_delay_s
+        if d > 0:  # only at rest (the one-replica rule needs no delay): each tick wanted 0
+            dcut = last_t - d
+            dkeep = bisect_right(st.delay_times_s, dcut)
+            dtimes = list(st.delay_times_s[dkeep:])
+            dwant = list(st.delay_desired[dkeep:])
+            for k0, k1, *_ in runs:
+                first = _first_tick_after(dcut, tick, k0)
+                dtimes.extend([k * tick for k in range(first, k1 + 1)])
+                dwant.extend([0] * max(0, k1 + 1 - first))
+            update["delay_times_s"] = tuple(dtimes)
+            update["delay_desired"] = tuple(dwant)
+        m.state = replace(st, **update)  # type: ignore[arg-type]
+        runs.clear()
+
+    def decide(self, m: _Model, now: float) -> tuple[int, bool]:
+        """Call the real decider and carry out its count; returns (desired, whether it acted)."""
+        assert m.policy is not None
+        self.catch_up(m)
         self.decisions += 1
         decision, m.state = decide(self.observe(m, now), m.policy, m.state, now)
         desired = decision.desired_replicas
+        m.idle_since_s = m.state.idle_since_s
         live = sleepers = 0
         for r in m.replicas:
             if r.state == "sleeping":
@@ -485,7 +768,7 @@ class _Run:
             elif r.state != "draining":
                 live += 1
         if desired == live and not sleepers:
-            return desired == 0  # plan_actions would return no action
+            return desired, False  # plan_actions would return no action
         view = [
             PoolReplica(
                 r.rid,
@@ -499,7 +782,7 @@ class _Run:
         ]
         actions = plan_actions(desired, view, m.warm_pool, now)
         if actions.empty:
-            return desired == 0
+            return desired, False
         for rid in actions.wake:
             rep = m.find(rid)
             if rep is not None:
@@ -515,105 +798,329 @@ class _Run:
             rep = m.find(rid)
             if rep is not None:
                 self.stop(m, rep, now)
-        return False
+        return desired, True
 
-    # models at rest
-    def at_rest(self, m: _Model) -> bool:
-        """Nothing can change for ``m`` until a request comes or a sleeper's TTL ends.
+    def poke(self, m: _Model, now: float) -> None:
+        """The activator's poke: a request buffered at zero gets a decision at once."""
+        if m.one_replica_ok and not self.cfg.decide_every_tick:
+            totals, _, _ = self.totals(m, now)
+            self.note(m, now, totals)
+        self.decide(m, now)
 
-        After a tick whose decision was 0 replicas with no action: no buffered request, no
-        replica but sleepers fully asleep, no panic. Each further tick would feed the decider the
-        same empty observation; only the last stable window (or scale-down delay) of them shapes
-        its state, so :meth:`catch_up` replays just those.
-        """
-        if m.buffer or m.state.panic_since_s is not None or m.forecaster is not None:
+    def visit(self, m: _Model, k: int, now: float) -> None:
+        """Model ``m``'s tick ``k``: decide, or skip when the answer cannot change."""
+        every = self.cfg.decide_every_tick
+        if m.forecaster is not None:
+            self.visit_forecasting(m, k, now)
+            return
+        if m.one_replica_ok and not every:
+            reps = m.replicas
+            if len(reps) == 1 and not m.buffer and reps[0].state == "ready":
+                # The common case, :meth:`totals`, :meth:`note` and :meth:`skippable` written
+                # out (same floats: 0.0 + x is x).
+                r = reps[0]
+                core = r.core
+                n = len(core.running)
+                w = float(len(core.waiting))
+                c = w + float(n)
+                if c > 0:  # busy: only the targets and the window's hot samples can stop it
+                    kv = self.kv_ratio(r, now) if n else 0.0
+                    tw, tc, tkv = m.targets
+                    m.last_demand_s = now
+                    m.idle_since_s = None
+                    if w > tw or c > tc or kv > tkv:
+                        m.last_hot_s = now
+                    else:
+                        p = m.policy
+                        st = m.state
+                        assert p is not None
+                        window = p.stable_window_s
+                        if (
+                            m.last_hot_s <= now - window
+                            and st.panic_since_s is None
+                            and st.started_s is not None
+                            and not (p.initial_replicas > 1 and now - st.started_s < window)
+                        ):
+                            self.unseen_tick(m, k, now, (w, c, kv))
+                            return
+                    self.decide(m, now)
+                    return
+                totals: Totals = (w, c, 0.0)
+                live, sleeping = 1, 0
+            else:
+                totals, live, sleeping = self.totals(m, now)
+            self.note(m, now, totals)
+            if self.skippable(m, now, totals, live, sleeping):
+                if not live and now >= self.cfg.measure_from_s:
+                    self.capacity_refusals += 1  # the start it would ask for, refused
+                self.unseen_tick(m, k, now, totals)
+                if totals == _ZERO and self.idle_replica(m):
+                    self.park(m, k, "idle", self.idle_due(m, k))
+                return
+        desired, acted = self.decide(m, now)
+        if (
+            not every
+            and desired == 0
+            and not acted
+            and not m.buffer
+            and m.state.panic_since_s is None
+            and all(r.state == "sleeping" for r in m.replicas)
+        ):
+            self.park(m, k, "rest", self.ttl_tick(m, k))
+
+    def visit_forecasting(self, m: _Model, k: int, now: float) -> None:
+        """A forecasting model's tick: decide, then park it while the answer cannot change.
+
+        Its forecast, asked again with the same interval and target and nothing in the system
+        (the service time it learns stands still), gives the same answer, and asking has no
+        other effect; the next interval or target is a new forecast, which must be made (and
+        later scored) as every tick would make it. So: at rest, parked until then; one idle
+        replica that the forecast keeps at one (or none, then the one-replica rule's grace and
+        window), parked until then too."""
+        every = self.cfg.decide_every_tick
+        fc = m.forecaster
+        assert fc is not None
+        track = m.one_replica_ok and not every
+        if track:
+            totals, _, _ = self.totals(m, now)
+            self.note(m, now, totals)
+        desired, acted = self.decide(m, now)
+        if every or acted or m.buffer or m.state.panic_since_s is not None:
+            return
+        if any(r.load for r in m.replicas):
+            return
+        change = fc.next_change_tick(now, self.cfg.tick_s, k)
+        if desired == 0 and all(r.state == "sleeping" for r in m.replicas):
+            ttl = self.ttl_tick(m, k)
+            self.park(m, k, "rest", change if ttl is None else min(ttl, change))
+            return
+        if not track or desired != 1 or not self.idle_replica(m):
+            return
+        p = m.policy
+        st = m.state
+        assert p is not None and st.started_s is not None
+        nxt = (k + 1) * self.cfg.tick_s
+        window = p.stable_window_s
+        if m.last_hot_s > nxt - window:
+            return
+        if p.initial_replicas > 1 and nxt - st.started_s < window:
+            return
+        sleeping = sum(1 for r in m.replicas if r.state == "sleeping")
+        if sleeping and not self.sleepers_stay(m, nxt, sleeping):
+            return
+        floor = fc.last.replicas if fc.last is not None else None
+        wanted = 0 if floor is None else max(0, math.ceil(floor - 1e-9))
+        if wanted > 1:
+            return
+        if wanted == 1:  # the forecast keeps one replica whatever the window says
+            ttl = self.ttl_tick(m, k)
+            due = change if ttl is None else min(ttl, change)
+        else:
+            due = min(self.idle_due(m, k), change)
+        self.park(m, k, "idle", due)
+
+    def unseen_tick(self, m: _Model, k: int, now: float, totals: Totals) -> None:
+        """Tick ``k`` skipped: its totals join the runs the decider has not seen."""
+        unseen = m.unseen
+        if unseen:
+            last = unseen[-1]
+            if last[1] == k - 1 and last[2:] == totals:
+                unseen[-1] = (last[0], k, *totals)
+                return
+        unseen.append((k, k, *totals))
+        if len(unseen) > _FORGET_AFTER:
+            self.forget_old(m, now)
+
+    def forget_old(self, m: _Model, now: float) -> None:
+        """Drop unseen runs the decider's window has left behind at ``now`` (bounded memory;
+        the idle time they carry is kept in ``m.idle_since_s``). The last run stays: its tick
+        is where :meth:`catch_up` cuts the window."""
+        assert m.policy is not None
+        runs = m.unseen
+        if len(runs) > _FORGET_AFTER:
+            cut = now - m.policy.stable_window_s
+            tick = self.cfg.tick_s
+            drop = 0
+            while drop < len(runs) - 1 and runs[drop][1] * tick <= cut:
+                drop += 1
+            del runs[:drop]
+
+    def idle_replica(self, m: _Model) -> bool:
+        """One ready replica with nothing in flight, nothing starting, nothing buffered: its
+        observation changes only when a request comes."""
+        if m.buffer:
             return False
-        return all(
-            r.state == "sleeping" and r.gpu_since_s is None and not r.going_to_sleep
-            for r in m.replicas
-        )
+        ready = 0
+        for r in m.replicas:
+            if r.state == "ready":
+                if r.core.waiting or r.core.running:
+                    return False
+                ready += 1
+            elif r.state == "starting":
+                return False
+        return ready == 1
 
-    def ttl_tick(self, m: _Model) -> int | None:
-        """The first tick at which plan_actions would stop one of ``m``'s sleepers (TTL)."""
-        if not m.replicas:
+    def idle_due(self, m: _Model, k: int) -> int:
+        """The first tick after ``k`` where an idle one-replica model might stop being
+        skippable: the grace ends and the last request leaves the stable window, or a sleeper's
+        time-to-live ends."""
+        p = m.policy
+        assert p is not None and m.idle_since_s is not None
+        tick = self.cfg.tick_s
+        idle, grace, window = m.idle_since_s, p.scale_to_zero_grace_s, p.stable_window_s
+        due = _first_tick(tick, k + 1, lambda t: not t - idle < grace, idle + grace)
+        if m.targets[1] < _INF:
+            last = m.last_demand_s
+            due = max(due, _first_tick(tick, k + 1, lambda t: not last > t - window, last + window))
+        ttl = self.ttl_tick(m, k)
+        return due if ttl is None else min(due, ttl)
+
+    def park(self, m: _Model, k: int, why: Literal["rest", "idle"], due: int | None) -> None:
+        m.parked = why
+        m.parked_from = k + 1
+        m.due_tick = due
+        self.awake.remove((m.index, m))
+        if due is not None:
+            heapq.heappush(self.due, (due, m.index, m))
+
+    def unpark(self, m: _Model, upto: int | None = None) -> None:
+        """Wake a parked model: its ticks until ``upto`` (default: the last tick processed)
+        become unseen runs of the totals it was parked with."""
+        last = self.tick_k if upto is None else upto
+        if last >= m.parked_from:
+            m.unseen.append((m.parked_from, last, *_ZERO))
+            self.forget_old(m, last * self.cfg.tick_s)
+            if m.idle_since_s is None:
+                m.idle_since_s = m.parked_from * self.cfg.tick_s
+        m.parked = ""
+        m.due_tick = None
+        insort(self.awake, (m.index, m))
+
+    def touch(self, m: _Model) -> None:
+        """Something ``m``'s decider observes changed (a request came, a replica became ready)."""
+        if m.parked:
+            self.unpark(m)
+
+    def ttl_tick(self, m: _Model, k: int) -> int | None:
+        """The first tick after ``k`` at which plan_actions would stop one of ``m``'s sleepers
+        (time-to-live); None without sleepers."""
+        sleepers = [r for r in m.replicas if r.state == "sleeping"]
+        if not sleepers:
             return None
         if not m.warm_pool.enabled:  # no sleepers without a warm pool; decide every tick
-            return self.tick_k + 1
+            return k + 1
         tick, ttl = self.cfg.tick_s, m.warm_pool.sleep_ttl_s
+        if not math.isfinite(ttl):
+            return None
         first: int | None = None
-        for r in m.replicas:
+        for r in sleepers:
             since = r.asleep_since_s if r.asleep_since_s is not None else 0.0
-            k = max(math.ceil((since + ttl) / tick), self.tick_k + 1)
-            while k * tick - since < ttl:
-                k += 1
-            while k - 1 > self.tick_k and (k - 1) * tick - since >= ttl:
-                k -= 1
-            first = k if first is None else min(first, k)
+            due = _first_tick(tick, k + 1, _expired(since, ttl), since + ttl)
+            first = due if first is None else min(first, due)
         return first
 
-    def catch_up(self, m: _Model, last_k: int) -> None:
-        """Replay the skipped ticks of a model at rest that still shape its decider state."""
-        assert m.rest_tick is not None and m.policy is not None
-        p = m.policy
-        span = math.ceil(max(p.stable_window_s, p.scale_down_delay_s) / self.cfg.tick_s) + 1
-        first = max(last_k - span, m.rest_tick + 1)
-        m.rest_tick, m.rest_until_tick = None, None
-        for k in range(first, last_k + 1):
-            self.decide(m, k * self.cfg.tick_s)
-
     def sample(self, now: float) -> None:
-        awake = asleep = demand = 0
-        for m in self.models.values():
-            demand += len(m.buffer)
-            for r in m.replicas:
-                if r.gpu_since_s is None:
-                    asleep += 1
-                else:
-                    awake += 1
-                demand += r.load
+        """Replicas holding a GPU (= GPUs taken), replicas asleep, requests in the system."""
+        awake = self.gpus - sum(self.free_gpus.values())
         self.samples_t.append(now - self.cfg.measure_from_s)
         self.samples_r.append(awake)
-        self.samples_s.append(asleep)
-        self.samples_d.append(demand)
+        self.samples_s.append(self.replica_count - awake)
+        self.samples_d.append(self.outstanding)
+
+    def miss(self, idx: int) -> None:
+        """Measured request ``idx`` is known to have missed its SLO (counted once)."""
+        if self.missed[idx]:
+            return
+        self.missed[idx] = True
+        self.misses += 1
+        if self.miss_limit is not None and self.misses > self.miss_limit:
+            raise _Stop
+
+    def expire_buffered(self, now: float) -> None:
+        """Count the buffered requests that have already waited past their TTFT target (for
+        ``stop_after_misses``: a model that never gets a GPU must not keep a search waiting)."""
+        slo_of = self.slo_of
+        assert slo_of is not None
+        first = self.cfg.first_measured
+        for m in self.models.values():
+            buf = m.buffer
+            if not buf:
+                continue
+            for idx, req in buf:
+                if now - req.arrival_s <= slo_of(req):
+                    break
+                if idx >= first:
+                    self.miss(idx)
+
+    def start_always_on(self) -> None:
+        """Every model's always-on replicas, ready at t=0: in ``always_on_starts``' order, else
+        round by round."""
+        if self.cfg.always_on_starts:
+            for name in self.cfg.always_on_starts:
+                self.start_replica(self.models[name], 0.0, ready_now=True)
+            return
+        counts = {n: max(1, self.cfg.always_on_replicas.get(n, 1)) for n in self.models}
+        order = list(self.cfg.always_on_replicas) + sorted(
+            n for n in self.models if n not in self.cfg.always_on_replicas
+        )
+        for round_ in range(max(counts.values(), default=0)):
+            for name in order:
+                if counts[name] > round_:
+                    self.start_replica(self.models[name], 0.0, ready_now=True)
 
     def run(self, progress: Callable[[int], None] | None) -> SimResult:
+        stopped = False
+        try:
+            now = self.loop(progress)
+        except _Stop:
+            stopped = True
+            now = self.stop_now
+        return self.result(now, stopped)
+
+    def loop(self, progress: Callable[[int], None] | None) -> float:
         cfg = self.cfg
         if cfg.policy == "always-on":
-            for m in self.models.values():
-                for _ in range(max(1, cfg.always_on_replicas.get(m.name, 1))):
-                    self.start_replica(m, 0.0, ready_now=True)
+            self.start_always_on()
         self.push(0.0, _TICK, None)
         ticks = 0
         reqs = self.requests
         n = len(reqs)
         i = 0
         now = 0.0
+        self.stop_now = 0.0
         next_sample = cfg.measure_from_s
         horizon = max(cfg.horizon_s, reqs[-1].arrival_s if n else 0.0)
         heap = self.heap
         heappop = heapq.heappop
         models = self.models
         first_token, finished = self.first_token, self.finished
+        first_measured = cfg.first_measured
+        slo_of = self.slo_of
+        watch = self.miss_limit is not None and slo_of is not None
+        due = self.due
         popped = 0
+        self.popped = 0
         while True:
             if i < n and (not heap or reqs[i].arrival_s <= heap[0][0]):
                 req = reqs[i]
-                now = req.arrival_s
+                now = self.stop_now = req.arrival_s
                 m = models[req.model]
                 if req.prompt_tokens + req.output_tokens > m.spec.perf.max_model_len_tokens:
-                    if i >= cfg.first_measured:
+                    if i >= first_measured:
                         self.rejected += 1  # the engine would refuse it (AdmissionError)
+                        if watch:
+                            self.miss(i)
                     i += 1
                     continue
                 self.outstanding += 1
-                if m.rest_tick is not None:
-                    self.catch_up(m, self.tick_k)
+                if m.parked:
+                    self.unpark(m)
                 if m.forecaster is not None:
                     m.forecaster.observe(now)
                 at_zero = not m.buffer
                 self.route(m, i, req, now)
-                if at_zero and m.buffer:
-                    self.decide(m, now)  # the activator's poke
+                if at_zero and m.buffer and m.policy is not None:
+                    self.poke(m, now)  # the activator's poke
                 i += 1
                 if progress is not None and i % 4096 == 0:
                     progress(4096)
@@ -621,20 +1128,23 @@ class _Run:
             if not heap:
                 break
             popped += 1
+            self.popped = popped
             now, _, kind, payload = heappop(heap)
+            self.stop_now = now
             if kind == _TICK:
                 if now >= next_sample:
                     self.sample(now)
                     next_sample = now + cfg.sample_every_s
                 k_now = self.tick_k = ticks
-                for m in self.models.values():
-                    if m.rest_tick is not None:
-                        if m.rest_until_tick is None or k_now < m.rest_until_tick:
-                            continue
-                        self.catch_up(m, k_now - 1)
-                    if self.decide(m, now) and cfg.skip_idle and self.at_rest(m):
-                        m.rest_tick = k_now
-                        m.rest_until_tick = self.ttl_tick(m)
+                while due and due[0][0] <= k_now:
+                    _, _, m = heapq.heappop(due)
+                    if m.parked and m.due_tick == k_now:
+                        self.unpark(m, k_now - 1)
+                for _, m in list(self.awake):
+                    if not m.parked:
+                        self.visit(m, k_now, now)
+                if watch:
+                    self.expire_buffered(now)
                 if i < n or now < horizon or (self.outstanding > 0 and now < horizon + cfg.drain_s):
                     ticks += 1
                     self.push(ticks * cfg.tick_s, _TICK, None)
@@ -645,6 +1155,7 @@ class _Run:
                 if tag != rep.epoch:
                     continue
                 rep.state = "ready"
+                self.touch(m)
                 self.route_buffer(m, now)
             elif kind == _ASLEEP:
                 if tag != rep.epoch:
@@ -663,42 +1174,69 @@ class _Run:
                     assert rep.plan is not None
                     plan = rep.plan
                 res = rep.core.finish_step(plan)
+                end = res.end_s
                 for s in res.first_tokens:
-                    first_token[int(s.request_id)] = res.end_s
+                    idx = int(s.request_id)
+                    first_token[idx] = end
+                    if watch and idx >= first_measured:
+                        assert slo_of is not None
+                        r = reqs[idx]
+                        if end - r.arrival_s > slo_of(r):
+                            self.miss(idx)
                 if res.finished:
                     for s in res.finished:
-                        finished[int(s.request_id)] = res.end_s
+                        finished[int(s.request_id)] = end
                     self.outstanding -= len(res.finished)
                 self.plan(m, rep, now)
         if progress is not None and n % 4096:
             progress(n % 4096)
+        return now
+
+    def result(self, now: float, stopped: bool) -> SimResult:
+        cfg = self.cfg
+        reqs = self.requests
+        n = len(reqs)
+        horizon = max(cfg.horizon_s, reqs[-1].arrival_s if n else 0.0)
         end = max(now, horizon)
         for m in self.models.values():
             for rep in list(m.replicas):
                 self.remove(m, rep, end)
         t0 = cfg.measure_from_s
-        records = tuple(
-            RequestRecord(
-                r.model,
-                r.arrival_s - t0,
-                self.first_token[k] - r.arrival_s,
-                self.finished[k] - r.arrival_s,
-                self.cold[k],
-            )
-            for k, r in enumerate(reqs)
-            if k >= cfg.first_measured and not math.isnan(self.finished[k])
+        first_token, finished, routed, cold = (
+            self.first_token,
+            self.finished,
+            self.routed,
+            self.cold,
         )
+        records = []
+        unserved: list[int] = []
+        isnan = math.isnan
+        limit = {name: m.spec.perf.max_model_len_tokens for name, m in self.models.items()}
+        for k in range(cfg.first_measured, n):
+            r = reqs[k]
+            done = finished[k]
+            if isnan(done):
+                if r.prompt_tokens + r.output_tokens <= limit[r.model]:
+                    unserved.append(r.prompt_tokens)
+                continue
+            a = r.arrival_s
+            records.append(
+                RequestRecord(
+                    r.model,
+                    a - t0,
+                    first_token[k] - a,
+                    done - a,
+                    cold[k],
+                    r.prompt_tokens,
+                    r.output_tokens,
+                    routed[k] - a,
+                )
+            )
         return SimResult(
             policy=cfg.policy,
-            records=records,
+            records=tuple(records),
             rejected_requests=self.rejected,
-            unserved_requests=sum(
-                1
-                for k in range(cfg.first_measured, n)
-                if math.isnan(self.finished[k])
-                and reqs[k].prompt_tokens + reqs[k].output_tokens
-                <= self.models[reqs[k].model].spec.perf.max_model_len_tokens
-            ),
+            unserved_requests=len(unserved),
             capacity_refusals=self.capacity_refusals,
             cold_starts_by_tier=dict(self.cold_by_tier),
             gpu_seconds_by_pool=dict(self.gpu_s),
@@ -707,9 +1245,55 @@ class _Run:
             sample_replicas=tuple(self.samples_r),
             sample_sleeping=tuple(self.samples_s),
             sample_demand=tuple(self.samples_d),
-            events=n + popped,
+            events=n + self.popped,
             decisions=self.decisions,
+            window_s=max(self.window_end_s - t0, 0.0),
+            model_classes={name: m.spec.name for name, m in self.models.items()},
+            unserved_prompt_tokens=tuple(unserved),
+            stopped_early=stopped,
         )
+
+
+def _or_inf(x: float | None) -> float:
+    return _INF if x is None else x
+
+
+def _one_replica_ok(p: AutoscalingPolicy, tick_s: float) -> bool:
+    """The policy settings under which the one-replica skip rule holds (see the module doc):
+    no scale-down delay, activation scale 1, min_replicas <= 1, and a concurrency target small
+    enough that one request in a full window's average still asks for a replica."""
+    if p.scale_down_delay_s > 0 or p.activation_scale != 1 or p.min_replicas > 1:
+        return False
+    target = p.target_concurrency_per_replica
+    samples = p.stable_window_s / tick_s + 2
+    return target is None or target * samples < 1e6
+
+
+def _first_tick(tick_s: float, start: int, done: Callable[[float], bool], near_s: float) -> int:
+    """The first tick index ``k >= start`` with ``done(k * tick_s)``, for a predicate that stays
+    true once true, searched from the tick nearest ``near_s`` (exact: the same float expressions
+    the decider evaluates decide, the estimate only saves steps)."""
+    k = max(start, math.ceil(near_s / tick_s)) if math.isfinite(near_s) else start
+    while k > start and done((k - 1) * tick_s):
+        k -= 1
+    while not done(k * tick_s):
+        k += 1
+    return k
+
+
+def _expired(since_s: float, ttl_s: float) -> Callable[[float], bool]:
+    """plan_actions' time-to-live test of a sleeper asleep since ``since_s``."""
+    return lambda t: t - since_s >= ttl_s
+
+
+def _first_tick_after(cut: float, tick_s: float, start: int) -> int:
+    """The first tick index ``k >= start`` with ``k * tick_s > cut``."""
+    k = max(start, math.floor(cut / tick_s))
+    while k > start and (k - 1) * tick_s > cut:
+        k -= 1
+    while not k * tick_s > cut:
+        k += 1
+    return k
 
 
 def simulate(
@@ -719,24 +1303,4 @@ def simulate(
     progress: Callable[[int], None] | None = None,
 ) -> SimResult:
     """Replay ``requests`` (sorted by arrival) on ``fleet`` under ``cfg``; see the module doc."""
-    return _Run(requests, fleet, cfg).run(progress)
-
-
-def peak_replicas(
-    requests: Sequence[Request], spec: FleetModel, window_s: float = 60.0, utilization: float = 0.7
-) -> int:
-    """Replicas that carry the busiest ``window_s`` of ``requests`` at ``utilization``.
-
-    Work per request is its prefill plus its output at a full batch's step time (Little's law:
-    busy sequences = sum of service times / window), divided by ``max_num_seqs`` per replica.
-    """
-    perf = spec.perf
-    step = perf.decode_step_s(perf.max_num_seqs)
-    buckets: dict[int, float] = {}
-    for r in requests:
-        k = int(r.arrival_s // window_s)
-        buckets[k] = buckets.get(k, 0.0) + perf.prefill_s(r.prompt_tokens) + r.output_tokens * step
-    if not buckets:
-        return 1
-    busy = max(buckets.values()) / window_s
-    return max(1, math.ceil(busy / (perf.max_num_seqs * utilization)))
+    return _Sim(requests, fleet, cfg).run(progress)

@@ -18,6 +18,10 @@ Going to sleep at level 1 copies the weights out (weights / host_to_gpu_bytes_pe
 discards them (no time). The engine model's own ``sleep_*`` / ``wake_*`` fields are the
 emulator's typed-in figures and are not used here.
 
+SLOs (:class:`Slo`): per model class (a fleet model; every trace model that runs as it), else the
+fleet's: a TTFT target sized to the prompt (base + budget per prompt token) and an optional time
+per output token; the report counts a request as meeting it or not.
+
 Engine speed per pool (:meth:`Fleet.engine_perf`): a model's ``perf`` figures were measured on the
 GPU type of its ``perf_pool`` (default: its first pool). Each pool's :class:`GpuSpeed` indexes its
 GPU type: on a pool, prefill runs ``speed.prefill_ratio / perf_pool's`` times as fast and a decode
@@ -129,6 +133,36 @@ class Pool(_Frozen):
         return value
 
 
+class Slo(_Frozen):
+    """A latency target per request, sized to its prompt: time to first token within
+    ``ttft_base_s + ttft_per_prompt_token_s x prompt tokens`` (a long prompt's prefill takes
+    longer on any GPU), and, when set, each further token within ``tpot_s`` on average."""
+
+    ttft_base_s: float = Field(
+        1.0,
+        gt=0,
+        description="TTFT target of an empty prompt, seconds: queueing, scheduling, the first "
+        "decode step.",
+    )
+    ttft_per_prompt_token_s: float = Field(
+        0.0002,
+        ge=0,
+        description="TTFT budget added per prompt token, seconds (0.0002: 5,000 prompt tokens a "
+        "second, a third of an 8B model's prefill rate on an A100, so a 15,000-token prompt "
+        "gets 4 s). 0: the same target for every prompt.",
+    )
+    tpot_s: float | None = Field(
+        None,
+        gt=0,
+        description="Time per output token after the first, seconds, averaged over the "
+        "request ((e2e - ttft) / (output tokens - 1)); null: not part of the SLO.",
+    )
+
+    def ttft_target_s(self, prompt_tokens: int) -> float:
+        """The TTFT target of a request with ``prompt_tokens`` prompt tokens."""
+        return self.ttft_base_s + self.ttft_per_prompt_token_s * prompt_tokens
+
+
 class FleetModel(_Frozen):
     """One model as the simulator serves it."""
 
@@ -161,6 +195,11 @@ class FleetModel(_Frozen):
         description="A sleeping engine's resume overhead once its weights are back on the GPU "
         "(KV cache re-allocated, scheduler resumed), seconds.",
     )
+    slo: Slo | None = Field(
+        None,
+        description="This model class's SLO (every trace model that runs as this model); null: "
+        "the fleet's slo.",
+    )
 
 
 class Fleet(_Frozen):
@@ -168,6 +207,11 @@ class Fleet(_Frozen):
 
     pools: tuple[Pool, ...] = Field(..., min_length=1, description="GPU pools.")
     models: tuple[FleetModel, ...] = Field(..., min_length=1, description="Models served.")
+    slo: Slo = Field(
+        default_factory=Slo,
+        description="The SLO of every model without its own: TTFT within a base plus a budget "
+        "per prompt token, optionally a time per output token.",
+    )
 
     @model_validator(mode="after")
     def _check_refs(self) -> Fleet:
@@ -227,6 +271,11 @@ class Fleet(_Frozen):
             if m.name == name:
                 return m
         raise KeyError(name)
+
+    def slo_of(self, model_name: str) -> Slo:
+        """The SLO of fleet model ``model_name``: its own, else the fleet's."""
+        own = self.model(model_name).slo
+        return own if own is not None else self.slo
 
     def engine_perf(self, model: FleetModel, pool_name: str) -> EnginePerf:
         """``model``'s engine on pool ``pool_name``: its perf scaled by the pool's GPU speed

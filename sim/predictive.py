@@ -16,6 +16,7 @@ the pool a new replica takes when a model fits several. Pure: no I/O, no clock.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -49,6 +50,21 @@ class SimForecaster:
     def observe(self, t_s: float) -> None:
         """One arrival at ``t_s``."""
         self.forecaster.observe(t_s)
+
+    def next_change_tick(self, now_s: float, tick_s: float, k: int) -> int:
+        """The first tick after ``k`` (now ``now_s``) whose forecast is for another interval or
+        another target interval than now's (the forecaster's cache key; same float
+        expressions), when asking again could give another answer."""
+        interval = self.plan.config.interval_s
+        horizon = self.plan.horizon_s
+        key = (math.floor(now_s / interval), math.floor((now_s + horizon) / interval))
+        t = k + 1
+        while (
+            math.floor(t * tick_s / interval),
+            math.floor((t * tick_s + horizon) / interval),
+        ) == key:
+            t += 1
+        return t
 
     def replicas(self, now_s: float, in_system: float) -> float | None:
         """``forecast_replicas`` for the decision at ``now_s``; None when not trusted."""

@@ -8,7 +8,9 @@ and warm pool; a warm pool with ``weights_bytes: 0`` gets the fleet model's weig
 the one given, enabled either way); a forecaster's horizon is its ``horizon_s``, else the model's
 derived cold-start time on its first pool from the run's tier;
 ``kpa`` gets Knative's defaults with the same ``max_replicas`` and no warm pool; ``always-on``
-gets :func:`~sim.core.peak_replicas` per model.
+gets :func:`~sim.sizing.peak_replicas` per model from its load (prefill included) on its first
+pool, or, with ``fill``, the whole fleet shared out by load (:func:`~sim.sizing.fill_always_on`:
+how ``thaw sim plan`` sizes it).
 
 It also owns the warm-up: :func:`with_warmup` puts the first ``warmup_s`` of the trace in front
 of it, unmeasured, so that every policy meets the measured trace with the fleet it would have
@@ -24,9 +26,10 @@ from dataclasses import replace
 from autoscaler.policy import ForecastConfig, WarmPoolConfig, kpa_policy
 from kernel.vocab import FineLoadTier
 from policy_file.schema import ThawConfig
-from sim.core import PolicyName, SimConfig, SimResult, peak_replicas, simulate
+from sim.core import PolicyName, SimConfig, SimResult, simulate
 from sim.fleet import Fleet, FleetModel, cold_start_s
 from sim.predictive import ForecastPlan
+from sim.sizing import fill_always_on, model_load, peak_replicas
 from sim.traces import Request
 
 
@@ -49,6 +52,14 @@ def with_warmup(requests: Sequence[Request], warmup_s: float) -> tuple[tuple[Req
     return prime + shifted, len(prime)
 
 
+def by_model(requests: Sequence[Request], names: Sequence[str]) -> dict[str, list[Request]]:
+    """``requests`` split per trace model (every name present, maybe empty)."""
+    out: dict[str, list[Request]] = {n: [] for n in names}
+    for r in requests:
+        out[r.model].append(r)
+    return out
+
+
 def sim_config(
     policy: PolicyName,
     requests: Sequence[Request],
@@ -60,11 +71,13 @@ def sim_config(
     first_measured: int = 0,
     tier: FineLoadTier = "local_disk",
     forecast: ForecastConfig | None = None,
+    fill: bool = False,
 ) -> SimConfig:
     """The :class:`SimConfig` of ``policy`` for this trace (``requests`` without the warm-up).
 
     ``forecast``: the ``predictive`` policy's forecaster settings for every model (None: each
-    model's own ``autoscaling.forecast``).
+    model's own ``autoscaling.forecast``). ``fill``: always-on takes every GPU of ``fleet``,
+    shared out by load, instead of each model's peak replicas.
     """
     specs = assign_specs(requests, fleet)
     chosen = {n: thaw.model(n) or thaw.models[0] for n in specs}
@@ -93,11 +106,15 @@ def sim_config(
                 horizon = cold_start_s(spec, fleet.pool(spec.pools[0]), tier)
             plans[n] = ForecastPlan(fc, horizon, auto[n].target_concurrency_per_replica)
     always: dict[str, int] = {}
+    starts: tuple[str, ...] = ()
     if policy == "always-on":
-        per_model: dict[str, list[Request]] = {n: [] for n in specs}
-        for r in requests:
-            per_model[r.model].append(r)
-        always = {n: peak_replicas(rs, specs[n]) for n, rs in per_model.items()}
+        per_model = by_model(requests, list(specs))
+        perfs = {n: fleet.engine_perf(s, s.pools[0]) for n, s in specs.items()}
+        if fill:
+            loads = {n: model_load(rs, perfs[n]) for n, rs in per_model.items()}
+            starts = fill_always_on(loads, specs, fleet)
+        else:
+            always = {n: peak_replicas(rs, specs[n], perf=perfs[n]) for n, rs in per_model.items()}
     return SimConfig(
         policy=policy,
         autoscaling=auto,
@@ -106,6 +123,7 @@ def sim_config(
         tick_s=thaw.tick_s,
         tier=tier,
         always_on_replicas=always,
+        always_on_starts=starts,
         horizon_s=horizon_s + warmup_s if horizon_s > 0 else 0.0,
         first_measured=first_measured,
         measure_from_s=warmup_s,

@@ -8,8 +8,12 @@ diurnal; numpy ``Generator`` seeded, so the same seed gives the same trace) and
 pays off on a long tail of rarely used models).
 
 Parsing is pure (:func:`parse_azure_csv`, :func:`parse_mooncake_jsonl` take text); the ``load_*``
-functions are the thin file adapters. A bad row raises :class:`TraceError` naming the file, the
-line number, the field and the value.
+functions are the thin file adapters. :func:`detect_format` tells the format from the file's
+first line (a JSON object: Mooncake; the ``TIMESTAMP,...`` header: Azure), else its extension
+(``.jsonl`` / ``.json`` / ``.ndjson``: Mooncake; ``.csv``: Azure). A bad row raises
+:class:`TraceError` naming the file, the line number, the field and the value (at most 60
+characters of it), and, from :func:`load_trace`, how the format was chosen and the flag that
+overrides it.
 """
 
 from __future__ import annotations
@@ -68,6 +72,12 @@ def _naive_seconds(head: str) -> float:
     return float((dt - datetime(1970, 1, 1)).total_seconds())
 
 
+def _clip(value: object, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters (an error quotes the value, not the file)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _int_field(source: str, line: int, field: str, value: str) -> int:
     try:
         n = int(value.strip())
@@ -89,7 +99,7 @@ def parse_azure_csv(
         raise TraceError(f"{source}: empty file; expected the header {','.join(_AZURE_HEADER)}")
     header = tuple(h.strip() for h in lines[0].split(","))
     if header != _AZURE_HEADER:
-        raise TraceError(f"{source}:1: header {lines[0]!r}: must be {','.join(_AZURE_HEADER)}")
+        raise TraceError(f"{source}:1: header {_clip(lines[0])}: must be {','.join(_AZURE_HEADER)}")
     rows: list[tuple[float, int, int]] = []
     for i, row in enumerate(lines[1:], start=2):
         if not row.strip():
@@ -97,7 +107,7 @@ def parse_azure_csv(
         parts = row.split(",")
         if len(parts) != 3:
             raise TraceError(
-                f"{source}:{i}: row {row!r}: must have 3 fields "
+                f"{source}:{i}: row {_clip(row)}: must have 3 fields "
                 f"({','.join(_AZURE_HEADER)}), has {len(parts)}"
             )
         try:
@@ -135,9 +145,9 @@ def parse_mooncake_jsonl(
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise TraceError(f"{source}:{i}: not JSON ({e.msg}): {line[:60]!r}") from None
+            raise TraceError(f"{source}:{i}: not JSON ({e.msg}): {_clip(line)}") from None
         if not isinstance(obj, dict):
-            raise TraceError(f"{source}:{i}: value {line[:60]!r}: must be a JSON object")
+            raise TraceError(f"{source}:{i}: value {_clip(line)}: must be a JSON object")
         values: list[float] = []
         for key in ("timestamp", "input_length", "output_length"):
             if key not in obj:
@@ -152,7 +162,7 @@ def parse_mooncake_jsonl(
                     if key == "timestamp"
                     else "a non-negative integer"
                 )
-                raise TraceError(f"{source}:{i}: {key} = {v!r}: must be {kind}")
+                raise TraceError(f"{source}:{i}: {key} = {_clip(v)}: must be {kind}")
             values.append(float(v))
         rows.append((values[0] / 1000.0, int(values[1]), int(values[2])))
     if not rows:
@@ -163,16 +173,57 @@ def parse_mooncake_jsonl(
     return tuple(reqs)
 
 
-def load_trace(path: str | Path, fmt: TraceFormat = "azure") -> tuple[Request, ...]:
-    """Read a trace file (the adapter around the parsers)."""
+_FORMAT_NAMES: dict[TraceFormat, str] = {
+    "azure": "an Azure CSV trace (TIMESTAMP,ContextTokens,GeneratedTokens)",
+    "mooncake": "a Mooncake JSONL trace (timestamp ms, input_length, output_length)",
+}
+_JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
+
+
+def detect_format(name: str, text: str) -> tuple[TraceFormat, str]:
+    """The trace format of a file called ``name`` holding ``text``, and how it was told.
+
+    The first non-empty line decides when it can (a JSON object, or the Azure header); else the
+    extension. Raises :class:`TraceError` (naming ``--trace-format``) when neither tells.
+    """
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if first.startswith("{"):
+        return "mooncake", "its first line is a JSON object"
+    if first.split(",")[0].strip() == _AZURE_HEADER[0]:
+        return "azure", "its header"
+    suffix = Path(name).suffix.lower()
+    if suffix in _JSON_SUFFIXES:
+        return "mooncake", f"its extension {suffix}"
+    if suffix == ".csv":
+        return "azure", "its extension .csv"
+    raise TraceError(
+        f"{name}: cannot tell the trace format: the first line is neither the Azure header "
+        f"({','.join(_AZURE_HEADER)}) nor a JSON object, and the extension {suffix or '(none)'} "
+        "is neither .csv nor .jsonl; give --trace-format azure or --trace-format mooncake"
+    )
+
+
+def load_trace(path: str | Path, fmt: TraceFormat | None = None) -> tuple[Request, ...]:
+    """Read a trace file (the adapter around the parsers); ``fmt`` None: detect it."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise TraceError(f"{p}: cannot read the trace: {e}") from e
-    if fmt == "azure":
-        return parse_azure_csv(text, str(p))
-    return parse_mooncake_jsonl(text, str(p))
+        raise TraceError(f"{p}: cannot read the trace ({e}); check --trace") from e
+    how = "as given by --trace-format"
+    if fmt is None:
+        fmt, why = detect_format(str(p), text)
+        how = f"detected from {why}"
+    try:
+        if fmt == "azure":
+            return parse_azure_csv(text, str(p))
+        return parse_mooncake_jsonl(text, str(p))
+    except TraceError as e:
+        other: TraceFormat = "mooncake" if fmt == "azure" else "azure"
+        raise TraceError(
+            f"{e}\n  (read as {_FORMAT_NAMES[fmt]}, {how}; --trace-format {other} reads it as "
+            f"{_FORMAT_NAMES[other]})"
+        ) from None
 
 
 def load_azure_csv(path: str | Path) -> tuple[Request, ...]:

@@ -6,9 +6,11 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
 from procs import thaw_argv
 
 from sim.traces import poisson
+from thaw.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,14 +28,17 @@ def write_azure(path: Path) -> None:
 
 
 def sim(tmp: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    defaults = {
+        "--fleet": str(ROOT / "sim/examples/fleet.yaml"),
+        "--config": str(ROOT / "sim/examples/policy.yaml"),
+    }
+    for flag in extra:
+        defaults.pop(flag, None)
     argv = thaw_argv(
         "sim",
         "--trace",
         str(tmp / "t.csv"),
-        "--fleet",
-        str(ROOT / "sim/examples/fleet.yaml"),
-        "--config",
-        str(ROOT / "sim/examples/policy.yaml"),
+        *(x for kv in defaults.items() for x in kv),
         "--no-progress",
         *extra,
     )
@@ -127,3 +132,74 @@ def test_cli_compares_the_predictive_policy(tmp_path: Path) -> None:
             thaw_argv("sim", "--help"), capture_output=True, text=True, timeout=60
         ).stdout
     )
+
+
+def test_errors_name_the_flag_that_fixes_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_azure(tmp_path / "t.csv")
+    (tmp_path / "fleet.yaml").write_text("pools: []\nmodels: []\n")
+    (tmp_path / "policy.yaml").write_text("models: [{name: x, autoscaling: {max_replicas: -1}}]\n")
+    out = str(tmp_path / "out")
+
+    def run(*args: str) -> tuple[int, str]:
+        code = main(["sim", "--trace", str(tmp_path / "t.csv"), "--no-progress", *args])
+        return code, capsys.readouterr().err
+
+    code, err = run("--out", out, "--fleet", str(tmp_path / "fleet.yaml"))
+    assert code == 1
+    assert "(the fleet file given by --fleet)" in err
+    code, err = run("--out", out, "--config", str(tmp_path / "policy.yaml"))
+    assert code == 1
+    assert "(the policy file given by --config)" in err
+    code, err = run()
+    assert code == 2
+    assert "--out required" in err
+    for flag, value in (("--slo-ttft-s", "0"), ("--models", "-1"), ("--slo-tpot-s", "-2")):
+        code, err = run("--out", out, flag, value)
+        assert code == 2
+        assert f"{flag} = " in err
+    code, err = run("--out", out, "--trace", str(tmp_path / "absent.csv"))
+    assert code == 1
+    assert "check --trace" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_jsonl_trace_needs_no_format_flag(tmp_path: Path) -> None:
+    lines = [
+        json.dumps(
+            {
+                "timestamp": int(r.arrival_s * 1000),
+                "input_length": r.prompt_tokens,
+                "output_length": r.output_tokens,
+            }
+        )
+        for r in poisson(0.5, 120.0, 3, 300, 12)
+    ]
+    (tmp_path / "t.jsonl").write_text("\n".join(lines) + "\n")
+    argv = thaw_argv(
+        "sim", "--trace", str(tmp_path / "t.jsonl"), "--no-progress", "--out", str(tmp_path / "o")
+    )
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["meta"]["trace_format"] == (
+        "mooncake"
+    )
+
+
+def test_a_warning_block_ends_a_run_with_unserved_or_refused_requests(tmp_path: Path) -> None:
+    write_azure(tmp_path / "t.csv")
+    fleet = (ROOT / "sim/examples/fleet.yaml").read_text()
+    for count in ("count: 16", "count: 32"):
+        fleet = fleet.replace(count, "count: 1")
+    (tmp_path / "small.yaml").write_text(fleet)
+    args = ("--models", "8", "--compare", "always-on", "--fleet", str(tmp_path / "small.yaml"))
+    done = sim(tmp_path, "--out", str(tmp_path / "out"), *args)
+    assert done.returncode == 0, done.stderr
+    block = done.stderr[done.stderr.index("WARNING") :]
+    assert "always-on:" in block
+    assert "requests never served" in block
+    assert "replica starts refused" in block
+    assert "thaw sim plan" in block
+    fine = sim(tmp_path, "--out", str(tmp_path / "fine"), "--models", "2")
+    assert "WARNING" not in fine.stderr

@@ -80,7 +80,7 @@ def test_same_seed_same_report_byte_for_byte() -> None:
     def once(seed: int) -> str:
         reqs = spread_zipf(poisson(2.0, 120.0, seed, 200, 16), 3, 1.0, seed)
         results = run(reqs, ["thaw", "kpa", "always-on"])
-        return report_json(results, fleet, 1.0, {"seed": seed})
+        return report_json(results, fleet, None, {"seed": seed})
 
     assert once(5) == once(5)
     assert once(5) != once(6)
@@ -98,7 +98,7 @@ def test_the_real_decider_caps_replicas_at_max_replicas() -> None:
 def test_always_on_has_no_cold_start_requests() -> None:
     reqs = poisson(1.0, 120.0, 2, 200, 16)
     (res,) = run(reqs, ["always-on"])
-    s = summarize(res, parse_fleet(FLEET), 1.0)
+    s = summarize(res, parse_fleet(FLEET))
     assert s["cold_start_requests"] == 0
     assert set(s["cold_starts_by_tier"].values()) == {0}
     assert s["requests"] == len(reqs)
@@ -159,8 +159,8 @@ def test_requests_left_unserved_for_want_of_gpus_miss_the_slo() -> None:
     models_seen = {r.model for r in reqs}
     assert len(models_seen) == 12
     (res,) = run(reqs, ["always-on"])
-    s = summarize(res, fleet, 1.0)
+    s = summarize(res, fleet)
     assert s["unserved_requests"] > 0
     assert s["requests"] == len(reqs)
-    assert s["served_requests"] == len(reqs) - s["unserved_requests"] - s["rejected_requests"]
+    assert s["served_requests"] == len(reqs) - s["unserved_requests"] - s["rejected_too_long"]
     assert s["slo_attainment_ratio"] <= s["served_requests"] / s["requests"] + 1e-6  # rounded

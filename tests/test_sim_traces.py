@@ -12,6 +12,7 @@ from sim.traces import (
     Request,
     TraceError,
     bursty,
+    detect_format,
     diurnal,
     load_trace,
     parse_azure_csv,
@@ -108,3 +109,51 @@ def test_spread_zipf_is_popularity_ordered_and_seeded() -> None:
         counts[r.model] = counts.get(r.model, 0) + 1
     assert counts["model-00"] > 3 * counts.get("model-09", 0)
     assert [r.arrival_s for r in spread] == [r.arrival_s for r in reqs]
+
+
+MOONCAKE = '{"timestamp": 0, "input_length": 12000, "output_length": 20}\n' * 2
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "fmt", "how"),
+    [
+        ("m.jsonl", MOONCAKE, "mooncake", "JSON object"),
+        ("m.csv", MOONCAKE, "mooncake", "JSON object"),  # the content wins
+        ("a.txt", AZURE, "azure", "header"),
+        ("a.jsonl", AZURE, "azure", "header"),
+        ("e.jsonl", "\n", "mooncake", "extension .jsonl"),
+        ("e.CSV", "\n", "azure", "extension .csv"),
+    ],
+)
+def test_the_format_is_detected_from_content_then_extension(
+    tmp_path: Path, name: str, text: str, fmt: str, how: str
+) -> None:
+    assert detect_format(name, text)[0] == fmt
+    assert how in detect_format(name, text)[1]
+    if text.strip():
+        (tmp_path / name).write_text(text)
+        assert len(load_trace(tmp_path / name)) == len(text.strip().splitlines()) - (fmt == "azure")
+
+
+def test_an_undetectable_trace_names_the_flag(tmp_path: Path) -> None:
+    with pytest.raises(TraceError, match="--trace-format azure or --trace-format mooncake"):
+        detect_format("t.dat", "time;in;out\n")
+
+
+def test_a_wrong_format_gives_a_short_message_naming_the_override(tmp_path: Path) -> None:
+    long_line = '{"timestamp": 0, "input_length": 5, "output_length": 2, "hash_ids": [' + ", ".join(
+        str(i) for i in range(200)
+    )
+    path = tmp_path / "m.jsonl"
+    path.write_text(long_line + "]}\n")
+    with pytest.raises(TraceError) as e:
+        load_trace(path, "azure")  # forced: the header check fails on a JSON line
+    text = str(e.value)
+    assert len(text) < 400
+    assert "--trace-format mooncake" in text
+    assert "as given by --trace-format" in text
+    assert len(load_trace(path)) == 1  # detected, it reads
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"timestamp": 0, "input_length": "many", "output_length": 2}\n')
+    with pytest.raises(TraceError, match=r"detected from its first line.*--trace-format azure"):
+        load_trace(bad)
