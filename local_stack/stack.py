@@ -163,6 +163,7 @@ class LocalStack:
             clock=clock,
             registry=self.registry,
             api_keys=api_keys,
+            server=config.activator,
         )
         self._cache: ModelCache | None = None
 
