@@ -50,6 +50,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Settings the running stack cannot change: the listening socket and the opened model cache.
+RESTART_KEYS = ("listen.host", "listen.port", "cache.dir", "cache.budget_bytes",
+                "cache.s3_endpoint_url", "cache.s3_region")  # fmt: skip
+
+
+def restart_needed(old: ThawConfig, new: ThawConfig) -> list[tuple[str, object, object]]:
+    """``(key, old value, new value)`` for each of :data:`RESTART_KEYS` that differs."""
+    out: list[tuple[str, object, object]] = []
+    for key in RESTART_KEYS:
+        block, name = key.split(".")
+        before = getattr(getattr(old, block), name)
+        after = getattr(getattr(new, block), name)
+        if before != after:
+            out.append((key, before, after))
+    return out
+
+
 SCALE_FROM_ZERO_BUCKETS_S = (0.5, 1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600)
 
 
@@ -98,6 +115,14 @@ class StackMetrics:
             "thaw_cold_starts_total",
             f"Replica starts, by the tier the engine loaded from ({'|'.join(LOAD_TIERS)}).",
             ["model", "tier"],
+            registry=registry,
+        )
+        self.metrics_stale = Gauge(
+            "thaw_replica_metrics_stale",
+            "1 while a ready replica's /metrics has not been scraped for longer than its model's "
+            "autoscaling.metrics_stale_after_s (the decider does not scale down on missing data), "
+            "else 0.",
+            ["model", "replica"],
             registry=registry,
         )
         self.scale_from_zero = Histogram(
@@ -149,6 +174,8 @@ class LocalStack:
             m.name: _ModelRun(config=m, state=DeciderState.initial()) for m in config.models
         }
         self._wake = asyncio.Event()
+        self._stale: dict[str, set[str]] = {}  # model -> replica ids exported; stale ones below
+        self._stale_now: set[str] = set()
         self.actuator = LocalActuator(
             self._spec_for,
             clock,
@@ -206,7 +233,8 @@ class LocalStack:
 
     async def _model_path(self, cfg: ModelConfig) -> tuple[str, LoadTier]:
         """Where the engine loads the model from, and the tier: ``remote`` if it had to be
-        pulled from S3 now, else ``local_disk``. No model configured: the tiny Llama."""
+        pulled from S3 now, else ``local_disk``. No model configured: the tiny Llama (built
+        once, for vLLM only; the emulator loads nothing)."""
         model = cfg.engine.model
         if model and model.startswith("s3://"):
             result = await asyncio.to_thread(self._model_cache().ensure, cfg.name, model)
@@ -222,12 +250,16 @@ class LocalStack:
             return str(result.path), tier
         if model:
             return model, "local_disk"
+        if cfg.engine.kind == "emulator":  # it loads no weights: nothing to build
+            return "", "local_disk"
         target = self.work_dir / "models" / "tiny-llama"
         if not (target / "config.json").exists():
-            from model_cache.tiny_model import build_tiny_llama
+            from model_cache.tiny_model import ensure_tiny_llama
 
             log.info("building the tiny Llama into %s (no model configured)", target)
-            await asyncio.to_thread(build_tiny_llama, target)
+            # One build at a time: replicas starting together wait for the first one's.
+            built = await asyncio.to_thread(ensure_tiny_llama, target)
+            log.info("the tiny Llama is in %s (%s)", target, "built" if built else "found")
         return str(target), "local_disk"
 
     def _model_cache(self) -> ModelCache:
@@ -283,7 +315,7 @@ class LocalStack:
 
     async def tick(self) -> list[Decision]:
         """One pass over every model: scrape, observe, decide, actuate, export."""
-        self._maybe_reload()
+        await self._maybe_reload()
         await self.actuator.scrape()
         now_s = self.clock.monotonic()
         decisions: list[Decision] = []
@@ -291,6 +323,7 @@ class LocalStack:
             buffered = self.activator.buffered(name)
             if buffered and run.zero_since_s is None and not self.actuator.ready_replicas(name):
                 run.zero_since_s = now_s
+            self._check_staleness(name, run, now_s)
             obs = self.actuator.observe(name, buffered, now_s, self.activator.outstanding)
             obs = self._with_forecast(name, run, obs, now_s)
             decision, run.state = decide(obs, run.config.autoscaling, run.state, now_s)
@@ -324,6 +357,42 @@ class LocalStack:
                 self.actuator.apply(name, actions)
             self._export(name, decision)
         return decisions
+
+    def _check_staleness(self, name: str, run: _ModelRun, now_s: float) -> None:
+        """Export each ready replica's staleness, and say once per episode when its metrics
+        go stale (with the last scrape's error) and when they are fresh again."""
+        after_s = run.config.autoscaling.metrics_stale_after_s
+        exported = self._stale.setdefault(name, set())
+        live: set[str] = set()
+        for r in self.actuator.replicas(name):
+            if r.state != "ready":
+                continue
+            rid = r.replica_id
+            live.add(rid)
+            since_s = r.scraped_at_s if r.scraped_at_s is not None else r.ready_at_s
+            age_s = now_s - since_s if since_s is not None else 0.0
+            # Failing, for longer than the policy allows (a slow tick alone is not staleness).
+            stale = r.scrape_error is not None and age_s > after_s
+            if stale and rid not in self._stale_now:
+                self._stale_now.add(rid)
+                log.warning(
+                    "replica %s: metrics stale (no scrape for %.1f s, over metrics_stale_after_s "
+                    "= %g; last error: %s); model %s will not scale down on missing data",
+                    rid,
+                    age_s,
+                    after_s,
+                    r.scrape_error,
+                    name,
+                )
+            elif not stale and rid in self._stale_now:
+                self._stale_now.discard(rid)
+                log.info("replica %s: metrics fresh again", rid)
+            self.metrics.metrics_stale.labels(name, rid).set(1 if stale else 0)
+        for gone in exported - live:
+            self._stale_now.discard(gone)
+            with contextlib.suppress(KeyError):
+                self.metrics.metrics_stale.remove(name, gone)
+        self._stale[name] = live
 
     def _with_forecast(
         self, name: str, run: _ModelRun, obs: ModelObservation, now_s: float
@@ -366,12 +435,24 @@ class LocalStack:
         self.metrics.desired.labels(model).set(decision.desired_replicas)
         self.metrics.panic.labels(model).set(1 if decision.panic else 0)
 
-    def _maybe_reload(self) -> None:
+    async def _maybe_reload(self) -> None:
+        """Apply a changed policy file. Reading and parsing run off the event loop (a large
+        file must not stall the front door); settings the running stack cannot change are
+        named in a warning and keep their old values."""
         if self._watcher is None:
             return
-        new = self._watcher.poll()
+        new = await asyncio.to_thread(self._watcher.poll)
         if new is None:
             return
+        kept = restart_needed(self.config, new)
+        if kept:
+            log.warning(
+                "policy reload: %s changed but needs a restart of thaw up; still using the "
+                "old value%s",
+                ", ".join(f"{k} ({old!r} -> {v!r})" for k, old, v in kept),
+                "s" if len(kept) > 1 else "",
+            )
+            new = new.model_copy(update={"listen": self.config.listen, "cache": self.config.cache})
         old_names = set(self._runs)
         for m in new.models:
             if m.name in self._runs:
@@ -383,7 +464,12 @@ class LocalStack:
             del self._runs[gone]
         self.config = new
         self.activator.set_models(model_limits(new))
-        log.info("policy reloaded: %d models", len(new.models))
+        self.activator.set_server_limits(new.activator)
+        log.info(
+            "policy reloaded: %d models; applied: models, activator limits, tick_s%s",
+            len(new.models),
+            f"; kept until a restart: {', '.join(k for k, _, _ in kept)}" if kept else "",
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then stop every replica."""
