@@ -2,7 +2,8 @@
 
 It owns the request path from a client to an engine replica: read the body once, find ``model``,
 pick the ready replica with the fewest outstanding requests (ties: lower KV usage, then fewer
-waiting), forward the original bytes unchanged through one pooled aiohttp session, and answer
+waiting), forward the original bytes unchanged over a pooled keep-alive connection
+(:mod:`activator.upstream`), and answer
 with the upstream's bytes — a ``Content-Length`` answer in one send, SSE passed through chunk by
 chunk unparsed.
 
@@ -48,6 +49,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from activator.rest import build_rest_app
 from activator.routing import choose_replica, free_slots
 from activator.types import DemandSink, EndpointSource, ModelLimits, Replica, ServerLimits
+from activator.upstream import UpstreamError, UpstreamPool, UpstreamResponse, header
 from kernel.clock import Clock
 from kernel.vocab import THAW_ACTIVATOR_BUFFERED_REQUESTS, THAW_ACTIVATOR_MODEL_LABEL
 
@@ -134,7 +136,6 @@ class _ModelState:
     (done, skipped when met); ``waiting`` is the true count."""
 
     limits: ModelLimits
-    timeout: aiohttp.ClientTimeout
     buffer: deque[asyncio.Future[None]] = field(default_factory=deque)
     waiting: int = 0  # requests in the buffer now
     buffer_bytes: int = 0  # their bodies' bytes
@@ -143,26 +144,15 @@ class _ModelState:
 
     @classmethod
     def of(cls, limits: ModelLimits) -> _ModelState:
-        return cls(limits, _client_timeout(limits))
+        return cls(limits)
 
     def set_limits(self, limits: ModelLimits) -> None:
         self.limits = limits
-        self.timeout = _client_timeout(limits)
 
     def compact(self) -> None:
         """Drop the futures of waiters that left, once they outnumber the live ones."""
         if len(self.buffer) > 2 * self.waiting + 64:
             self.buffer = deque(f for f in self.buffer if not f.done())
-
-
-def _client_timeout(limits: ModelLimits) -> aiohttp.ClientTimeout:
-    """aiohttp's timeouts for one upstream request: ``sock_read`` runs from the request sent to
-    the first byte, then between reads (switched to the idle timeout once a stream began)."""
-    return aiohttp.ClientTimeout(
-        total=None,
-        sock_connect=limits.upstream_connect_timeout_s,
-        sock_read=limits.upstream_first_byte_timeout_s,
-    )
 
 
 class _Watch:
@@ -281,7 +271,8 @@ class Activator:
         self._recheck_s = recheck_s
         self._outstanding: dict[str, int] = {}
         self._ejected: dict[str, str] = {}  # replica id -> model, while out of routing
-        self._session: aiohttp.ClientSession | None = None
+        self._upstream: UpstreamPool | None = None  # the hot path's connections to replicas
+        self._session: aiohttp.ClientSession | None = None  # probes of ejected replicas
         self._tasks: set[asyncio.Task[None]] = set()
         self._draining = False
         self._max_body_bytes = _largest_body(self._models.values())
@@ -298,15 +289,12 @@ class Activator:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the one pooled upstream session (call inside the serving event loop)."""
+        """Open the upstream connection pool, and the session that probes ejected replicas
+        (call inside the serving event loop)."""
+        if self._upstream is None:
+            self._upstream = UpstreamPool()
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
-                timeout=aiohttp.ClientTimeout(total=None),  # each request passes its model's
-                auto_decompress=False,
-                # No Accept-Encoding: the answer's bytes go to a client that did not ask for gzip.
-                skip_auto_headers=("Accept-Encoding", "User-Agent"),
-            )
+            self._session = aiohttp.ClientSession()
 
     def drain(self) -> None:
         """Shutting down: every buffered request is answered 503 with ``Retry-After`` now, and
@@ -323,6 +311,9 @@ class Activator:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._upstream is not None:
+            await self._upstream.close()
+            self._upstream = None
 
     # -- the narrow surface the autoscaler and the actuator use --------------------------------
 
@@ -740,82 +731,78 @@ class Activator:
     ) -> int:
         """Send ``body`` to ``replica`` and its answer to the client; the upstream's status.
         Raises :class:`_UpstreamFailed` only while the client has seen nothing."""
-        if self._session is None:
+        if self._upstream is None:
             raise RuntimeError("Activator.start() was not awaited")
         rid = replica.replica_id
+        lim = st.limits
         self._outstanding[rid] = self._outstanding.get(rid, 0) + 1
+        resp: UpstreamResponse | None = None
         try:
             try:
-                resp = await self._session.post(
-                    replica.base_url + path,
-                    data=body,
-                    headers={"Content-Type": "application/json"},
-                    timeout=st.timeout,
+                resp = await self._upstream.post(
+                    replica.base_url,
+                    path,
+                    body,
+                    connect_timeout_s=lim.upstream_connect_timeout_s,
+                    first_byte_timeout_s=lim.upstream_first_byte_timeout_s,
                 )
-            except (TimeoutError, aiohttp.ClientError, OSError) as e:
+            except UpstreamError as e:
                 raise _failed(e) from e
-            async with resp:
-                if resp.status in RETRYABLE_STATUS:
-                    raise _UpstreamFailed(f"answered {resp.status}")
-                headers = [(k, v) for k, v in resp.raw_headers if k.lower() not in SKIP_HEADERS]
-                if resp.content_type != "text/event-stream":
-                    try:
-                        data = await resp.read()
-                    except (TimeoutError, aiohttp.ClientError, OSError) as e:
-                        raise _failed(e) from e
-                    watch.armed = False
-                    if resp.status in COME_BACK_STATUS and not any(
-                        k.lower() == b"retry-after" for k, _ in headers
-                    ):
-                        headers += self._retry_after
-                    headers.append((b"content-length", str(len(data)).encode()))
-                    await send(
-                        {"type": "http.response.start", "status": resp.status, "headers": headers}
-                    )
-                    await send({"type": "http.response.body", "body": data})
-                    return resp.status
+            if resp.status in RETRYABLE_STATUS:
+                raise _UpstreamFailed(f"answered {resp.status}")
+            headers = [(k, v) for k, v in resp.raw_headers if k.lower() not in SKIP_HEADERS]
+            if resp.content_type != "text/event-stream":
                 try:
-                    first = await resp.content.readany()
-                except (TimeoutError, aiohttp.ClientError, OSError) as e:
+                    data = await resp.read()
+                except UpstreamError as e:
                     raise _failed(e) from e
-                self._idle_timeout(resp, st.limits)
+                watch.armed = False
+                if resp.status in COME_BACK_STATUS and header(headers, b"retry-after") is None:
+                    headers += self._retry_after
+                headers.append((b"content-length", str(len(data)).encode()))
                 await send(
                     {"type": "http.response.start", "status": resp.status, "headers": headers}
                 )
-                # From here on the client has bytes: no retry, an error event instead.
-                await send({"type": "http.response.body", "body": first, "more_body": True})
-                try:
-                    async for chunk in resp.content.iter_any():
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                except (TimeoutError, aiohttp.ClientError, OSError) as e:
-                    silent = isinstance(e, TimeoutError)
-                    log.warning(
-                        "replica %s failed mid-stream: %s",
-                        rid,
-                        f"silent for {st.limits.upstream_idle_timeout_s:g} s" if silent else e,
-                    )
-                    if silent:
-                        self.metrics.upstream_timeouts.labels(model, "idle").inc()
-                        self._eject(model, replica, "silent mid-stream")
-                    event = error_body(
-                        "the model replica "
-                        + ("went silent" if silent else "failed")
-                        + f" mid-stream ({type(e).__name__})",
-                        "upstream_error",
-                        None,
-                        502,
-                    )
-                    await send(
-                        {
-                            "type": "http.response.body",
-                            "body": b"data: " + event + b"\n\n",
-                            "more_body": True,
-                        }
-                    )
-                watch.armed = False
-                await send({"type": "http.response.body", "body": b""})
+                await send({"type": "http.response.body", "body": data})
                 return resp.status
+            try:
+                first = await resp.chunk()
+            except UpstreamError as e:
+                raise _failed(e) from e
+            resp.set_timeout(lim.upstream_idle_timeout_s)
+            await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+            # From here on the client has bytes: no retry, an error event instead.
+            await send({"type": "http.response.body", "body": first or b"", "more_body": True})
+            try:
+                while (chunk := await resp.chunk()) is not None:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except UpstreamError as e:
+                silent = e.timeout is not None
+                log.warning("replica %s failed mid-stream: %s", rid, e)
+                if silent:
+                    self.metrics.upstream_timeouts.labels(model, "idle").inc()
+                    self._eject(model, replica, "silent mid-stream")
+                event = error_body(
+                    "the model replica "
+                    + ("went silent" if silent else "failed")
+                    + f" mid-stream ({e})",
+                    "upstream_error",
+                    None,
+                    502,
+                )
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": b"data: " + event + b"\n\n",
+                        "more_body": True,
+                    }
+                )
+            watch.armed = False
+            await send({"type": "http.response.body", "body": b""})
+            return resp.status
         finally:
+            if resp is not None:
+                resp.release()
             left = self._outstanding.get(rid, 1) - 1
             if left:
                 self._outstanding[rid] = left
@@ -823,16 +810,6 @@ class Activator:
                 self._outstanding.pop(rid, None)
             if st.waiting:  # room at this replica for the head of the line
                 self._release(model, st)
-
-    @staticmethod
-    def _idle_timeout(resp: aiohttp.ClientResponse, limits: ModelLimits) -> None:
-        """The stream began: from now on the replica may be silent for the idle timeout."""
-        if limits.upstream_idle_timeout_s == limits.upstream_first_byte_timeout_s:
-            return
-        conn = resp.connection
-        if conn is not None and conn.protocol is not None and not resp.content.is_eof():
-            conn.protocol.read_timeout = limits.upstream_idle_timeout_s
-            conn.protocol.start_timeout()
 
     # -- ejection --------------------------------------------------------------------------
 
@@ -926,12 +903,13 @@ def _nests_deeper(value: Any, limit: int) -> bool:
     return False
 
 
-def _failed(e: BaseException) -> _UpstreamFailed:
-    """The upstream failure for an aiohttp error: a timeout names its phase."""
-    if isinstance(e, TimeoutError):
-        phase = "connect" if isinstance(e, aiohttp.ConnectionTimeoutError) else "first_byte"
-        return _UpstreamFailed(f"no answer in time ({type(e).__name__})", phase)
-    return _UpstreamFailed(f"{type(e).__name__}: {e}")
+def _failed(e: UpstreamError) -> _UpstreamFailed:
+    """The failure before the first forwarded byte: a timeout names its phase."""
+    if e.timeout == "connect":
+        return _UpstreamFailed(str(e), "connect")
+    if e.timeout is not None:
+        return _UpstreamFailed(str(e), "first_byte")
+    return _UpstreamFailed(str(e))
 
 
 def _retry_after(limits: ServerLimits) -> list[tuple[bytes, bytes]]:
