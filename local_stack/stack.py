@@ -9,7 +9,12 @@ Metrics (on the activator's ``/metrics``): ``thaw_model_replicas{model,state}``,
 ``thaw_autoscaler_desired_replicas{model}``, ``thaw_autoscaler_panic{model}``,
 ``thaw_autoscaler_forecast_replicas{model}``,
 ``thaw_cold_starts_total{model,tier}``, ``thaw_scale_from_zero_seconds{model}`` (first buffered
-request to first ready replica).
+request to first ready replica), ``thaw_replica_metrics_stale{model,replica}`` (1 while a ready
+replica's scrapes have failed for longer than ``metrics_stale_after_s``; a warning says so once
+per episode, with the error).
+
+Policy reloads are read and parsed off the event loop; ``listen`` and ``cache`` changes need a
+restart and are named as such (:data:`RESTART_KEYS`).
 
 With ``autoscaling.forecast.enabled``, each tick also feeds the model's
 :class:`~autoscaler.forecast.ReplicaForecaster` the arrivals since the last tick (requests the
