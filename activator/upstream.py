@@ -15,7 +15,9 @@ it does:
 - the answer's status and raw headers, then its body whole (:meth:`UpstreamResponse.read`) or
   chunk by chunk as it arrives (:meth:`UpstreamResponse.chunk`, for SSE), with reading paused
   while more than :data:`HIGH_WATER_BYTES` wait to be consumed; framing by ``Content-Length``,
-  chunked encoding or the connection's end;
+  chunked encoding or the connection's end; a connection the replica closes while idle leaves
+  the pool at once, and origins without idle connections are forgotten past
+  :data:`MAX_ORIGINS`;
 - one silence timeout per exchange, changeable mid-way (:meth:`UpstreamResponse.set_timeout`):
   the activator gives ``upstream_first_byte_timeout_s`` up to the first byte it can forward, then
   ``upstream_idle_timeout_s``. It is one loop timer per exchange, re-armed only when it fires
@@ -38,6 +40,8 @@ import httptools
 
 #: Read from a replica is paused while this much of its answer waits to be consumed.
 HIGH_WATER_BYTES = 1 << 20
+#: Origins remembered before those without idle connections are forgotten (replicas churn).
+MAX_ORIGINS = 256
 
 
 class UpstreamError(Exception):
@@ -110,6 +114,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        with contextlib.suppress(ValueError):  # closed by the replica while idle
+            self.origin.idle.remove(self)
         ex = self.exchange
         if ex is not None and not ex.complete:
             if ex.headers_done and ex.until_close:
@@ -181,9 +187,11 @@ class UpstreamResponse:
         "keep_alive",
         "last_data_s",
         "loop",
+        "paused",
         "raw_headers",
         "released",
         "status",
+        "streaming",
         "timeout_s",
         "timer",
         "until_close",
@@ -207,6 +215,8 @@ class UpstreamResponse:
         self.answered = False
         self.waiter: asyncio.Future[None] | None = None
         self.released = False
+        self.streaming = False  # read chunk by chunk: reading may pause
+        self.paused = False
         self.timeout_s = timeout_s
         self.last_data_s = loop.time()
         self.timer: asyncio.TimerHandle | None = loop.call_later(timeout_s, self._check_silence)
@@ -216,9 +226,18 @@ class UpstreamResponse:
     def feed(self, data: bytes) -> None:
         self.body.append(data)
         self.buffered += len(data)
-        if self.buffered > HIGH_WATER_BYTES and self.conn.transport is not None:
-            self.conn.transport.pause_reading()
+        if self.streaming and not self.paused and self.buffered > HIGH_WATER_BYTES:
+            self._pause(True)
         self._wake()
+
+    def _pause(self, paused: bool) -> None:
+        transport = self.conn.transport
+        if transport is not None and not transport.is_closing():
+            if paused:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+        self.paused = paused
 
     def finish(self) -> None:
         self.complete = True
@@ -286,15 +305,17 @@ class UpstreamResponse:
         return data
 
     async def chunk(self) -> bytes | None:
-        """The next piece of the body as it arrived, or None at its end."""
+        """The next piece of the body as it arrived, or None at its end. From the first call
+        on, reading from the replica pauses while :data:`HIGH_WATER_BYTES` wait here."""
+        self.streaming = True
         while not self.body:
             if self.complete:
                 return None
             await self._more()
         data = self.body.popleft()
         self.buffered -= len(data)
-        if self.buffered <= HIGH_WATER_BYTES // 4 and self.conn.transport is not None:
-            self.conn.transport.resume_reading()
+        if self.paused and self.buffered <= HIGH_WATER_BYTES // 4:
+            self._pause(False)
         return data
 
     async def _more(self) -> None:
@@ -318,6 +339,8 @@ class UpstreamResponse:
         conn = self.conn
         conn.exchange = None
         if self.complete and self.keep_alive and not conn.closed and not self.body:
+            if self.paused:
+                self._pause(False)
             conn.reused = True
             conn.origin.idle.append(conn)
         else:
@@ -344,6 +367,8 @@ class UpstreamPool:
         Raises :class:`UpstreamError` (nothing of an answer is then forwardable)."""
         origin = self._origins.get(base_url)
         if origin is None:
+            if len(self._origins) >= MAX_ORIGINS:  # replicas come and go: forget idle ones
+                self._origins = {k: o for k, o in self._origins.items() if o.idle}
             origin = self._origins[base_url] = _Origin(base_url)
         head = (
             b"POST "

@@ -338,3 +338,45 @@ async def test_a_reused_connection_closed_as_the_request_arrives_is_retried_once
             resp.release()
         await pool.close()
     assert srv.connections == 2 and len(srv.requests) == 3
+
+
+async def test_a_large_answer_read_whole_is_not_held_back() -> None:
+    """read() takes the whole body: reading never pauses for it (it would wait for ever)."""
+    big = b"x" * (5 * 2**20)
+
+    async def whole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, s: Server) -> None:
+        await s.read_request(reader)
+        writer.write(answer(big))
+        await writer.drain()
+        await s.read_request(reader)
+
+    async with server(whole) as srv:
+        pool = UpstreamPool()
+        resp = await pool.post(srv.url, "/x", b"{}", connect_timeout_s=5, first_byte_timeout_s=5)
+        assert await resp.read() == big
+        resp.release()
+        assert pool.idle_connections() == 1
+        await pool.close()
+
+
+async def test_an_idle_connection_the_server_closes_leaves_the_pool() -> None:
+    async def then_close(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, s: Server
+    ) -> None:
+        await s.read_request(reader)
+        writer.write(answer(b"{}"))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+
+    async with server(then_close) as srv:
+        pool = UpstreamPool()
+        resp = await pool.post(srv.url, "/x", b"{}", connect_timeout_s=5, first_byte_timeout_s=5)
+        await resp.read()
+        resp.release()
+        assert pool.idle_connections() == 1
+        for _ in range(100):
+            if pool.idle_connections() == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert pool.idle_connections() == 0
+        await pool.close()
