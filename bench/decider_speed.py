@@ -164,7 +164,7 @@ def outputs(mod: Any, steps: Sequence[Step]) -> list[tuple[object, ...]]:
                 d.stale_metrics, d.cold_start, dict(d.signals), d.changes,
                 state.sample_times_s, state.waiting_samples, state.concurrency_samples,
                 state.kv_usage_samples, state.panic_since_s, state.max_panic_replicas,
-                state.idle_since_s, state.delay_times_s, state.delay_desired, state.started_s,
+                state.delay_times_s, state.delay_desired, state.started_s,
             )
         )  # fmt: skip
     return rows

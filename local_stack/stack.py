@@ -39,6 +39,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from activator.core import Activator
 from autoscaler.decider import DeciderState, Decision, ModelObservation, decide
 from autoscaler.forecast import ReplicaForecaster
+from autoscaler.scale_to_zero import apply_grace
 from autoscaler.warm_pool import plan_actions
 from engine.process import EngineSpec, emulator_spec, vllm_spec
 from events.sink import EventSink, emitter_from_env
@@ -147,6 +148,7 @@ class _ModelRun:
     state: DeciderState
     last_decision: Decision | None = None
     zero_since_s: float | None = None  # first request buffered while at zero
+    wants_zero_since_s: float | None = None  # the decider first wanted 0 (the grace counts on)
     forecaster: ReplicaForecaster | None = None
     answered: float = 0.0  # requests the activator had answered at the last tick
     in_flight: int = 0  # requests inside the activator at the last tick
@@ -294,9 +296,7 @@ class LocalStack:
     def _endpoints_changed(self, model: str) -> None:
         self.activator.endpoints_changed(model)
 
-    def _replica_ready(
-        self, model: str, replica_id: str, startup_s: float, tier: LoadTier
-    ) -> None:
+    def _replica_ready(self, model: str, replica_id: str, startup_s: float, tier: LoadTier) -> None:
         self.metrics.cold_starts.labels(model, tier).inc()
         self.events.cold_start(model, tier, startup_s)
         run = self._runs.get(model)
@@ -332,6 +332,14 @@ class LocalStack:
             obs = self.actuator.observe(name, buffered, now_s, self.activator.outstanding)
             obs = self._with_forecast(name, run, obs, now_s)
             decision, run.state = decide(obs, run.config.autoscaling, run.state, now_s)
+            # The grace, as every runtime counts it; Thaw's activator is always in the path.
+            decision, run.wants_zero_since_s = apply_grace(
+                decision,
+                run.wants_zero_since_s,
+                True,
+                now_s,
+                run.config.autoscaling.scale_to_zero_grace_s,
+            )
             run.last_decision = decision
             decisions.append(decision)
             actions = plan_actions(
