@@ -46,7 +46,8 @@ from knative.cluster_config import (
     KNATIVE_NAMESPACE,
     KnativeConfig,
     KnativeConfigError,
-    knative_config,
+    parse_autoscaler,
+    parse_deployment,
 )
 from knative.contract import POOL_ANNOTATION, PRIVATE, REVISION_LABEL, SERVICE_TYPE_LABEL
 from knative.demand import DemandSource, Revision
@@ -258,15 +259,15 @@ class Controller:
         ns = self.settings.knative_namespace
         autoscaler = self.configmaps.get(ns, AUTOSCALER_CONFIGMAP)
         deployment = self.configmaps.get(ns, DEPLOYMENT_CONFIGMAP)
-        try:
-            new = knative_config(
-                (autoscaler or {}).get("data") or {}, (deployment or {}).get("data") or {}
-            )
-        except KnativeConfigError as e:
-            self.knative_problem = str(e)
-            log.error("Knative's settings not applied (the last good ones stay): %s", e)
-            return
-        self.knative_problem = None
+        # Each map on its own: a bad edit of one keeps its last good values, not the other's.
+        new, problems = self.knative, []
+        for parse, cm in ((parse_autoscaler, autoscaler), (parse_deployment, deployment)):
+            try:
+                new = parse((cm or {}).get("data") or {}, new)
+            except KnativeConfigError as e:
+                problems.append(str(e))
+                log.error("Knative's settings not applied (the last good ones stay): %s", e)
+        self.knative_problem = "; ".join(problems) or None
         if new != self.knative:
             log.info("Knative's settings: %s", new)
             self.knative = new

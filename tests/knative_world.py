@@ -111,8 +111,32 @@ def deployment(name: str, replicas: int = 0) -> dict[str, Any]:
     }
 
 
-def podautoscaler(name: str, cls: str = AUTOSCALER_CLASS) -> dict[str, Any]:
-    """A PA as Knative creates it for a revision rendered by ``thaw knative render``."""
+def podautoscaler(
+    name: str,
+    cls: str = AUTOSCALER_CLASS,
+    *,
+    reachability: str = "Reachable",
+    pool: str | None = None,
+    generation: int = 1,
+    annotations: dict[str, str | None] | None = None,
+) -> dict[str, Any]:
+    """A PA as Knative creates it for a revision rendered by ``thaw knative render``
+    (``annotations``: set, or remove with None)."""
+    pa = _podautoscaler(name, cls)
+    pa["spec"]["reachability"] = reachability
+    pa["metadata"]["labels"]["serving.knative.dev/configurationGeneration"] = str(generation)
+    anns = pa["metadata"]["annotations"]
+    if pool is not None:
+        anns["thaw.dev/pool"] = pool
+    for k, v in (annotations or {}).items():
+        if v is None:
+            anns.pop(k, None)
+        else:
+            anns[k] = v
+    return pa
+
+
+def _podautoscaler(name: str, cls: str) -> dict[str, Any]:
     return {
         "apiVersion": "autoscaling.internal.knative.dev/v1alpha1",
         "kind": "PodAutoscaler",
@@ -545,6 +569,8 @@ async def controller(
     lease_duration_s: float = 15.0,
     reports: Reports | None = None,
     release_on_stop: bool = True,
+    watch_timeout_s: float = 300.0,
+    policy: ThawConfig | None = None,
 ) -> AsyncIterator[Controller]:
     """A controller running against the harness (kubeconfig auth), stopped on exit."""
     cfg = KubeConfig.load(
@@ -559,6 +585,7 @@ async def controller(
         lease_duration_s=lease_duration_s,
         renew_every_s=lease_duration_s / 3,
         release_on_stop=release_on_stop,
+        watch_timeout_s=watch_timeout_s,
     )
     stop = asyncio.Event()
     async with (
@@ -567,7 +594,9 @@ async def controller(
     ):
         clock = FastClock(speed)
         demand = CombinedDemand([KnativeActivatorPods(kube, http, clock, pods_every_s=1.0)])
-        ctl = Controller(kube, http, config(grace_s), demand, clock, settings, reports=reports)
+        ctl = Controller(
+            kube, http, policy or config(grace_s), demand, clock, settings, reports=reports
+        )
         task = asyncio.create_task(ctl.run(stop))
         try:
             yield ctl
