@@ -64,6 +64,8 @@ from knative.reconcile import (
     SKS_VERSION,
     Observed,
     PodAutoscalerError,
+    PodAutoscalerView,
+    Resolved,
     activator_in_path,
     condition_status,
     controlled_by,
@@ -129,6 +131,10 @@ class _PaState:
     sks: Obj | None = None
     deployment_rv: int = 0
     replicas: int | None = None
+    #: The PA's view and settings, for the PA's resourceVersion and the settings' versions.
+    resolved: tuple[int, ThawConfig, KnativeConfig, PodAutoscalerView, Resolved] | None = None
+    #: The inputs of the last tick that found the PA at rest (its plan is skipped while equal).
+    rest: tuple[int, int, int, tuple[ReadyPod, ...], int, int, Resolved] | None = None
 
 
 def _newest(cached: Obj | None, written: Obj | None) -> Obj | None:
@@ -223,6 +229,7 @@ class Controller:
         self._states: dict[tuple[str, str], _PaState] = {}
         self._generations: dict[tuple[str, str], Any] = {}
         self._wake = asyncio.Event()
+        self._iso: tuple[int, str] = (-1, "")
         self.synced = asyncio.Event()
         self.elector = LeaderElector(
             kube,
@@ -300,6 +307,21 @@ class Controller:
             0.0,
         )
 
+    def _resolve(self, st: _PaState, pa: Obj) -> tuple[PodAutoscalerView, Resolved]:
+        """The PA's :func:`view` and :func:`resolve`, again only when the PA, the policy or
+        Knative's settings changed."""
+        rv, known = resource_version(pa), st.resolved
+        if (
+            known is None
+            or known[0] != rv
+            or known[1] is not self.config
+            or (known[2] is not self.knative)
+        ):
+            v = view(pa)
+            r = resolve(pa, self.config, self.knative, v)
+            known = st.resolved = (rv, self.config, self.knative, v, r)
+        return known[3], known[4]
+
     async def _spec_replicas(
         self, st: _PaState, ns: str, api_version: str, kind: str, name: str
     ) -> tuple[int, bool, str]:
@@ -326,10 +348,11 @@ class Controller:
         """One tick for one PA: observe (from the caches), decide, plan, write what changed
         (SKS, then scale, then status). ``pods``: every revision's ready pods, when the tick
         read them already."""
-        v = view(pa)
-        key = (v.namespace, v.name)
+        meta = pa.get("metadata") or {}
+        key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
         st = self._states.setdefault(key, _PaState())
         pa = _newest(pa, st.pa) or pa
+        v, r = self._resolve(st, pa)
         ns = v.namespace
         sks_collection = _collection(SKS_API, "serverlessservices", ns)
         sks_path = f"{sks_collection}/{v.name}"
@@ -354,7 +377,6 @@ class Controller:
             ReplicaObservation(f"starting-{i}", "starting", None, None, None, None)
             for i in range(starting)
         ]
-        r = resolve(pa, self.config, self.knative)
         # An Unreachable revision gets no traffic from its route: never scale it for demand
         # (Knative's ScaleBounds and scaler.scale drop its min and initial scale too).
         buffered = (
@@ -365,6 +387,20 @@ class Controller:
         obs = ModelObservation(r.model, tuple(replicas), buffered)
         now_s = self.clock.monotonic()
         decision, st.decider = decide(obs, r.policy, st.decider, now_s)
+        # At rest (the same inputs as a tick that planned no change, in a state where time alone
+        # changes nothing) the plan would be the same again: skip it.
+        rest = (
+            resource_version(pa),
+            resource_version(sks),
+            spec_replicas,
+            ready,
+            decision.desired_replicas,
+            buffered,
+            r,
+        )
+        if st.rest == rest:
+            return
+        st.rest = None
         now_iso = self._now_iso()
         p = plan(
             pa,
@@ -375,6 +411,7 @@ class Controller:
             r.policy.stable_window_s,
             self.clock.wall(),
             now_iso,
+            v,
         )
         if decision.changes or p.scale is not None:
             log.info(
@@ -388,6 +425,15 @@ class Controller:
                 decision.reason,
             )
 
+        wrote = sks is None or sks_update(sks, p.sks) is not None or p.scale is not None
+        wrote = wrote or p.status != (pa.get("status") or {})
+        active = condition_status(p.status, ACTIVE)
+        if (
+            not wrote
+            and p.want == spec_replicas == decision.desired_replicas
+            and ((active == "True" and p.want > 0) or (active == "False" and spec_replicas == 0))
+        ):
+            st.rest = rest
         # 1. The SKS (Proxy in place before any scale to zero).
         if sks is None:
             st.sks = await self.kube.create(sks_collection, p.sks)
@@ -453,8 +499,11 @@ class Controller:
 
     def _now_iso(self) -> str:
         """Condition timestamps: Kubernetes' second-resolution UTC time."""
-        wall = datetime.datetime.fromtimestamp(self.clock.wall(), datetime.UTC)
-        return wall.strftime("%Y-%m-%dT%H:%M:%SZ")
+        second = int(self.clock.wall())
+        if self._iso[0] != second:
+            wall = datetime.datetime.fromtimestamp(second, datetime.UTC)
+            self._iso = (second, wall.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        return self._iso[1]
 
     async def _write_status(self, st: _PaState, pa: Obj, status: Obj) -> None:
         meta = pa["metadata"]

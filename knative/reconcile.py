@@ -174,9 +174,10 @@ def view(pa: Obj) -> PodAutoscalerView:
     )
 
 
-def model_of(pa: Obj) -> str:
-    """The PA's model: ``thaw.dev/model``, else its service or revision label, else its name."""
-    v = view(pa)
+def model_of(pa: Obj, v: PodAutoscalerView | None = None) -> str:
+    """The PA's model: ``thaw.dev/model``, else its service or revision label, else its name
+    (``v``: the PA's :func:`view`, when the caller has it)."""
+    v = v or view(pa)
     return (
         v.annotations.get(MODEL_ANNOTATION)
         or v.labels.get(SERVICE_LABEL)
@@ -196,7 +197,9 @@ class Resolved:
     grace_s: float
 
 
-def resolve(pa: Obj, config: ThawConfig, cfg: KnativeConfig) -> Resolved:
+def resolve(
+    pa: Obj, config: ThawConfig, cfg: KnativeConfig, v: PodAutoscalerView | None = None
+) -> Resolved:
     """The PA's settings, in this precedence (highest first):
 
     - scale bounds are Knative's, as KPA resolves them (:func:`scale_settings`): the PA's
@@ -211,10 +214,11 @@ def resolve(pa: Obj, config: ThawConfig, cfg: KnativeConfig) -> Resolved:
 
     An Unreachable revision's decider has no scale-down rate limit and no scale-down delay
     (Knative's decider with ``Reachable`` false)."""
-    model = model_of(pa)
+    v = v or view(pa)
+    model = model_of(pa, v)
     found = next((m.autoscaling for m in config.models if m.name == model), None)
     base = found if found is not None else AutoscalingPolicy()
-    s = scale_settings(pa, cfg)
+    s = scale_settings(pa, cfg, v)
     high = s.max_scale if s.max_scale > 0 else base.max_replicas
     high = max(high, s.min_scale)
     update: dict[str, Any] = {
@@ -236,9 +240,11 @@ def resolve(pa: Obj, config: ThawConfig, cfg: KnativeConfig) -> Resolved:
 # -- the ServerlessService ------------------------------------------------------------------
 
 
-def desired_sks(pa: Obj, mode: SksMode, num_activators: int) -> Obj:
+def desired_sks(
+    pa: Obj, mode: SksMode, num_activators: int, v: PodAutoscalerView | None = None
+) -> Obj:
     """The SKS Knative's ``MakeSKS`` would build for this PA."""
-    v = view(pa)
+    v = v or view(pa)
     return {
         "apiVersion": f"{SKS_GROUP}/{SKS_VERSION}",
         "kind": "ServerlessService",
@@ -420,9 +426,11 @@ def _duration_annotation(annotations: Mapping[str, str], key: str) -> float | No
         ) from None
 
 
-def scale_settings(pa: Obj, cfg: KnativeConfig) -> ScaleSettings:
+def scale_settings(
+    pa: Obj, cfg: KnativeConfig, v: PodAutoscalerView | None = None
+) -> ScaleSettings:
     """The PA's scale settings as Knative's KPA resolves them (see :class:`ScaleSettings`)."""
-    v = view(pa)
+    v = v or view(pa)
     reachable = str((pa.get("spec") or {}).get("reachability", "")) != UNREACHABLE
     min_scale = 0
     if reachable:
@@ -472,10 +480,12 @@ def compute_num_activators(ready_pods: int, s: ScaleSettings) -> int:
 
 def _parse_iso_s(text: str) -> float | None:
     try:
-        when = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
+        when = datetime.datetime.fromisoformat(text)
     except (TypeError, ValueError):
         return None
-    return when.replace(tzinfo=datetime.UTC).timestamp()
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return when.timestamp()
 
 
 def in_status_for_s(status: Mapping[str, Any], want: str, now_s: float) -> float:
@@ -540,17 +550,18 @@ def plan(
     stable_window_s: float,
     now_s: float,
     now_iso: str,
+    v: PodAutoscalerView | None = None,
 ) -> Plan:
     """Knative's KPA reconcile (``kpa.go`` ``ReconcileKind``) around Thaw's decision
     (``desired_replicas``; None: not known yet). ``now_s`` is wall time in seconds (the PA's
     condition times are wall times); ``grace_s`` the scale-to-zero grace and ``stable_window_s``
     how long a PA stays active before it may go inactive."""
-    v = view(pa)
-    old_status: Obj = copy.deepcopy(pa.get("status") or {})
+    v = v or view(pa)
+    old_status: Obj = pa.get("status") or {}  # read only: the new status is built beside it
     conditions: dict[str, Obj] = {
         c["type"]: dict(c) for c in old_status.get("conditions") or [] if "type" in c
     }
-    status: Obj = {k: w for k, w in old_status.items() if k != "conditions"}
+    status: Obj = {k: copy.deepcopy(w) for k, w in old_status.items() if k != "conditions"}
     status["observedGeneration"] = v.generation
     # Required by the CRD (Go strings without omitempty): "" until the SKS names them.
     status.setdefault("serviceName", "")
@@ -605,7 +616,7 @@ def plan(
     ]
     return Plan(
         scale=scale,
-        sks=desired_sks(pa, mode, num_activators),
+        sks=desired_sks(pa, mode, num_activators, v),
         status=status,
         mode=mode,
         want=want,
