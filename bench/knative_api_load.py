@@ -53,7 +53,6 @@ import kmock  # noqa: E402
 import yaml  # noqa: E402
 from knative_world import (  # noqa: E402
     DEPLOY,
-    NS,
     PA,
     SKS,
     deployment,
@@ -246,8 +245,9 @@ async def measure_before(
             "WARNING",
         ]
         env = {**os.environ, "PYTHONPATH": str(tree)}
+        log = (tmp / "before.log").open("w")
         proc = await asyncio.create_subprocess_exec(
-            *argv, env=env, cwd=tree, stdout=subprocess.DEVNULL, stderr=(tmp / "before.log").open("w")
+            *argv, env=env, cwd=tree, stdout=subprocess.DEVNULL, stderr=log
         )
         try:
             settle_s = await wait_settled(api, n, "thaw-controller", tick_s, 900)
@@ -257,6 +257,7 @@ async def measure_before(
         finally:
             proc.terminate()
             await proc.wait()
+            log.close()
     return {"settle_s": settle_s, "req_per_s": sum(got.values()) / window_s, "requests": dict(got)}
 
 

@@ -101,10 +101,7 @@ _CACHE_KNATIVE = _theirs(
 _CACHE_SIM = _theirs("the simulator loads weights from --start-tier at the fleet's bandwidths")
 _CLUSTER_LOCAL = _theirs("the Knative runtime's (thaw knative render places models on its pools)")
 _CLUSTER_SIM = _theirs("the Knative runtime's; the fleet file (--fleet) describes simulated pools")
-_STARTUP_KNATIVE = _refused(
-    "thaw knative render does not map it to Knative yet; Knative's progress deadline "
-    "(config-deployment) decides how long a revision may take to become ready"
-)
+_STARTUP_KNATIVE = _yes("render: serving.knative.dev/progress-deadline")
 _FORECAST_KNATIVE = _refused("the Knative controller does not run the forecaster yet")
 _WARM_KNATIVE = _refused(
     "the Knative controller does not run the warm pool yet: a scale-down deletes the pod"

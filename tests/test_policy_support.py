@@ -133,11 +133,8 @@ cluster:
 
 
 def test_knative_refuses_only_non_default_values_of_what_it_does_not_honour() -> None:
+    # engine.startup_timeout_s (60) is honoured: render writes it as the progress deadline.
     assert errors_of(CLUSTER_FILE, Runtime.KNATIVE) == (
-        "models[0].engine.startup_timeout_s (line 3): value 60: thaw knative does not honour it: "
-        "thaw knative render does not map it to Knative yet; Knative's progress deadline "
-        "(config-deployment) decides how long a revision may take to become ready; accepted "
-        "here: its default, 300.0 (honoured by: thaw up)",
         "models[0].autoscaling.forecast.enabled (line 5): value True: thaw knative does not "
         "honour it: the Knative controller does not run the forecaster yet; accepted here: its "
         "default, False (honoured by: thaw up, thaw sim)",
