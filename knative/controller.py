@@ -191,12 +191,14 @@ class Controller:
             watch_timeout_s=timeout_s,
             on_event=self._on_pa,
             name="PodAutoscalers",
+            clock=clock,
         )
         self.sks = Informer(
             kube,
             _collection(SKS_API, "serverlessservices", ns),
             watch_timeout_s=timeout_s,
             name="ServerlessServices",
+            clock=clock,
         )
         self.deployments = Informer(
             kube,
@@ -204,6 +206,7 @@ class Controller:
             label_selector=REVISION_LABEL,
             watch_timeout_s=timeout_s,
             name="Deployments",
+            clock=clock,
         )
         self.slices = Informer(
             kube,
@@ -211,6 +214,7 @@ class Controller:
             label_selector=f"{REVISION_LABEL},{SERVICE_TYPE_LABEL}={PRIVATE}",
             watch_timeout_s=timeout_s,
             name="EndpointSlices",
+            clock=clock,
         )
         self.configmaps = Informer(
             kube,
@@ -218,6 +222,7 @@ class Controller:
             watch_timeout_s=timeout_s,
             on_event=self._on_configmap,
             name="Knative ConfigMaps",
+            clock=clock,
         )
         self.informers = (self.pas, self.sks, self.deployments, self.slices, self.configmaps)
         #: Knative's cluster settings, as last read (Knative's defaults until then).

@@ -21,6 +21,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from kernel.clock import Clock
 from knative.kube import Backoff, KubeClient, KubeError
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ class Informer:
         watch_timeout_s: float = 300.0,
         on_event: Callable[[str, Obj], None] | None = None,
         name: str = "",
+        clock: Clock | None = None,
+        min_watch_s: float = 1.0,
     ) -> None:
         self.kube = kube
         self.path = path
@@ -65,6 +68,11 @@ class Informer:
         self.watch_timeout_s = watch_timeout_s
         self.on_event = on_event
         self.name = name or path
+        #: A watch that ends within ``min_watch_s`` without an event is not restarted before
+        #: ``min_watch_s`` has passed (a server that closes watches at once is not hammered).
+        self.clock = clock
+        self.min_watch_s = min_watch_s
+        self._events = 0
         self._items: dict[Key, Obj] = {}
         self._rv = ""
         self.synced = asyncio.Event()
@@ -131,6 +139,7 @@ class Informer:
                 self._rv = str(rv) or self._rv
                 continue
             if etype in ("ADDED", "MODIFIED", "DELETED"):
+                self._events += 1
                 self._apply(etype, obj)
                 if rv:
                     self._rv = str(rv)
@@ -145,8 +154,14 @@ class Informer:
                 if need_list:
                     await self._list()
                     need_list = False
+                started_s = self.clock.monotonic() if self.clock is not None else None
+                events = self._events
                 await self._watch(stop)
                 backoff.succeeded()
+                if started_s is not None and self.clock is not None and events == self._events:
+                    left_s = self.min_watch_s - (self.clock.monotonic() - started_s)
+                    if left_s > 0:
+                        await _sleep(stop, left_s)
             except GoneError as e:
                 log.info("%s: %s; listing again", self.name, e.message)
                 need_list = True
@@ -157,7 +172,12 @@ class Informer:
                 need_list = True
                 delay = backoff.failed()
                 log.warning("%s list/watch: %s; again in %.1f s", self.name, e, delay)
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
-                except TimeoutError:
-                    pass
+                await _sleep(stop, delay)
+
+
+async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+    """Wait ``seconds`` (on the event loop's clock), or less if ``stop`` is set."""
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        pass

@@ -222,3 +222,43 @@ async def test_watches_resume_from_their_resource_version_and_relist_only_on_410
         finally:
             stop.set()
             await world
+
+
+def _pa_status(ready: str, reason: str, initialized: str, service: str = "r") -> dict[str, Any]:
+    return {
+        "serviceName": service,
+        "actualScale": 0,
+        "desiredScale": 0,
+        "conditions": [
+            {"type": "Ready", "status": ready, "reason": reason, "lastTransitionTime": "T"},
+            {"type": "ScaleTargetInitialized", "status": initialized, "lastTransitionTime": "T"},
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    ("pa", "ready", "active"),
+    [
+        # Never initialized and then inactive (KPA gave up activating): the revision fails.
+        (_pa_status("False", "TimedOut", "Unknown"), ("False", "ProgressDeadlineExceeded"),
+         "False"),
+        # Initialized, scaled to zero: Ready, inactive.
+        (_pa_status("False", "NoTraffic", "True"), ("True", None), "False"),
+        # Activating: not ready yet, Active Unknown with the PA's reason.
+        (_pa_status("Unknown", "Queued", "Unknown"), ("Unknown", None), "Unknown"),
+        # Initialized and active.
+        (_pa_status("True", "", "True"), ("True", None), "True"),
+    ],
+)  # fmt: skip
+def test_the_revision_reconciler_stand_in_ports_propagate_autoscaler_status(
+    pa: dict[str, Any], ready: tuple[str, str | None], active: str
+) -> None:
+    from knative_world import revision_status
+
+    status = revision_status(pa, {})
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert conds["Ready"]["status"] == ready[0]
+    if ready[1] is not None:
+        assert conds["Ready"]["reason"] == ready[1]
+        assert conds["Ready"]["message"] == "Initial scale was never achieved"
+    assert conds["Active"]["status"] == active
