@@ -92,7 +92,8 @@ def register_args(c: argparse.ArgumentParser) -> None:
         "--knative-namespace",
         metavar="NS",
         default=KNATIVE_NAMESPACE,
-        help="namespace of Knative's activator pods, scraped each tick (default: %(default)s)",
+        help="Knative's namespace: its activator pods, scraped each tick, and its "
+        "config-autoscaler and config-deployment, watched (default: %(default)s)",
     )
     pol.add_argument(
         "--activator-selector",
@@ -205,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
         identity=args.identity or os.environ.get("POD_NAME") or socket.gethostname(),
         lease_duration_s=args.lease_duration_s,
         renew_every_s=max(1.0, args.lease_duration_s / 3),
+        knative_namespace=args.knative_namespace,
     )
 
     async def main() -> None:
