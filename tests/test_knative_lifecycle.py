@@ -262,3 +262,35 @@ def test_the_revision_reconciler_stand_in_ports_propagate_autoscaler_status(
         assert conds["Ready"]["reason"] == ready[1]
         assert conds["Ready"]["message"] == "Initial scale was never achieved"
     assert conds["Active"]["status"] == active
+
+
+async def test_the_grace_is_counted_once_on_the_cluster(tmp_path: Path, engine_port: int) -> None:
+    """A grace longer than the stable window (60 s vs 6 s, on the controller's clock): the
+    revision reaches zero one stable window and one grace after its last request, as in
+    ``thaw up`` and ``thaw sim`` (it took two graces: one in the decider, one in Proxy)."""
+    async with kube_api() as (api, server), activator(api, server) as act:
+        api.put_object(*DEPLOY, deployment("tiny-00001"))
+        api.put_object(*PA, podautoscaler("tiny-00001"))
+        stop = asyncio.Event()
+        world = asyncio.create_task(knative_and_kubelet(api, engine_port, stop, pod_delay_s=0.2))
+        try:
+            async with controller(server, tmp_path, engine_port, grace_s=60.0) as ctl:
+                act.held[NS, "tiny-00001"] = 1
+                await eventually(
+                    lambda: (
+                        cond(api.get_object(*PA, NS, "tiny-00001"), "Active").get("status")
+                        == "True"
+                    ),
+                    what="active",
+                )
+                act.held[NS, "tiny-00001"] = 0
+                idle_from_s = ctl.clock.monotonic()
+                await eventually(
+                    lambda: scales(api, "tiny-00001")[-1:] == [0], timeout_s=40, what="to 0"
+                )
+                zero_after_s = ctl.clock.monotonic() - idle_from_s
+        finally:
+            stop.set()
+            await world
+    assert zero_after_s >= 60.0  # never before the grace
+    assert zero_after_s < 60.0 + STABLE_WINDOW_S + 30.0  # once, not twice (>= 120 s)
