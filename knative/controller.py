@@ -197,6 +197,7 @@ class Controller:
             kube,
             _collection(SKS_API, "serverlessservices", ns),
             watch_timeout_s=timeout_s,
+            on_event=self._on_sks,
             name="ServerlessServices",
             clock=clock,
         )
@@ -261,6 +262,15 @@ class Controller:
         if self._generations.get(key) != meta.get("generation"):
             self._generations[key] = meta.get("generation")
             self._wake.set()
+
+    def _on_sks(self, event_type: str, sks: Obj) -> None:
+        if event_type == "DELETED":
+            # Forget what we wrote: the next tick creates it again.
+            meta = sks.get("metadata") or {}
+            st = self._states.get((str(meta.get("namespace", "")), str(meta.get("name", ""))))
+            if st is not None:
+                st.sks = None
+                st.rest = None
 
     def _on_configmap(self, _event_type: str, cm: Obj) -> None:
         name = (cm.get("metadata") or {}).get("name")

@@ -580,3 +580,26 @@ async def test_api_errors_back_off_per_pa_and_recover(tmp_path: Path, engine_por
     )
     # Backoff 0.5, 1, 2, 4, 8 s on the 10x clock: a handful of tries in 30 ticks.
     assert 2 <= tries <= 7
+
+
+async def test_a_deleted_sks_is_created_again(tmp_path: Path, engine_port: int) -> None:
+    """Someone deletes the SKS: the watch reports it, and the next tick creates it again (what
+    the controller last wrote does not stand in for the object)."""
+    async with kube_api() as (api, server), activator(api, server):
+        api.put_object(*DEPLOY, deployment("tiny-00001"))
+        api.put_object(*PA, podautoscaler("tiny-00001"))
+        stop = asyncio.Event()
+        world = asyncio.create_task(knative_and_kubelet(api, engine_port, stop))
+        try:
+            async with controller(server, tmp_path, engine_port):
+                first = await eventually(
+                    lambda: api.get_object(*SKS, NS, "tiny-00001"), what="the SKS"
+                )
+                api.delete_object(*SKS, NS, "tiny-00001")
+                again = await eventually(
+                    lambda: api.get_object(*SKS, NS, "tiny-00001"), what="the SKS again"
+                )
+        finally:
+            stop.set()
+            await world
+    assert again["metadata"]["uid"] != first["metadata"]["uid"]
