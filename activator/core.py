@@ -2,17 +2,32 @@
 
 It owns the request path from a client to an engine replica: read the body once, find ``model``,
 pick the ready replica with the fewest outstanding requests (ties: lower KV usage, then fewer
-waiting), forward the original bytes unchanged through one pooled aiohttp session, and answer
+waiting), forward the original bytes unchanged over a pooled keep-alive connection
+(:mod:`activator.upstream`), and answer
 with the upstream's bytes — a ``Content-Length`` answer in one send, SSE passed through chunk by
-chunk unparsed. With no ready replica the request waits in its model's bounded buffer; the first
-one pokes the autoscaler at once, and :meth:`Activator.endpoints_changed` releases the buffer in
-arrival order. An upstream that fails before the client saw a byte (refused, reset, 502/503) is
-retried once on another replica, else the request waits as at zero; after the first byte a
-failure ends the SSE stream with an error event. A client that leaves stops its request: it
-leaves the buffer at once, or its upstream connection is dropped (vLLM then aborts the
-generation). :meth:`Activator.drain` (graceful shutdown) answers the buffer 503. Nothing is
-dropped silently: each request ends with the upstream's answer or one of 400/401/404/413/503/504
-in OpenAI's error shape.
+chunk unparsed.
+
+The buffer: with no replica that can take it (none ready, every one ejected, or every one at
+``max_concurrency_per_replica``) a request waits in its model's buffer, bounded in requests and
+in body bytes (more: 503 with ``Retry-After``); while the buffer holds anyone, a new request
+queues behind it. The first one pokes the autoscaler at once; waiters are released in arrival
+order, as many as the replicas have room for, when replicas appear
+(:meth:`Activator.endpoints_changed`), when a request at a replica ends, and when an ejected
+replica is back.
+
+Failures: an upstream that fails before the client saw a byte (refused, reset, 502/503) is
+retried once on another replica, else the request waits as at zero. An upstream that does not
+connect, or send its first byte, in time (``upstream_*_timeout_s``) is ejected from routing
+until its ``/health`` answers 200 again (probed every second); the request is retried once on
+another replica, else answered 504 with ``Retry-After``. After the first byte a failure, or a
+silence past ``upstream_idle_timeout_s``, ends the SSE stream with an error event. A client that
+leaves stops its request: it leaves the buffer at once, or its upstream connection is dropped
+(vLLM then aborts the generation). :meth:`Activator.drain` (graceful shutdown) answers the buffer
+503. Bad input is refused with a 4xx (never a 500): a body that is not a JSON object, nests
+deeper than :data:`MAX_JSON_DEPTH`, or names an over-long model; user values are quoted in
+error messages at most :data:`SHOW_CHARS` characters long. Nothing is dropped silently: each
+request ends with the upstream's answer or one of 400/401/404/408/413/503/504 in OpenAI's error
+shape, and every 503/504 (and an upstream's 429/504) carries ``Retry-After``.
 
 The proxied paths are a bare ASGI hot path; everything else (``/v1/models``, ``/health``,
 ``/metrics``, the OpenAPI document) is the FastAPI app of :mod:`activator.rest` behind it.
@@ -21,11 +36,10 @@ The proxied paths are a bare ASGI hot path; everything else (``/v1/models``, ``/
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,8 +47,9 @@ import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from activator.rest import build_rest_app
-from activator.routing import choose_replica
-from activator.types import DemandSink, EndpointSource, ModelLimits, Replica
+from activator.routing import choose_replica, free_slots
+from activator.types import DemandSink, EndpointSource, ModelLimits, Replica, ServerLimits
+from activator.upstream import UpstreamError, UpstreamPool, UpstreamResponse, header
 from kernel.clock import Clock
 from kernel.vocab import THAW_ACTIVATOR_BUFFERED_REQUESTS, THAW_ACTIVATOR_MODEL_LABEL
 
@@ -60,6 +75,19 @@ WATCH_AFTER_S = 0.05
 #: How often a buffered request re-checks for replicas on its own (a safety net for a missed
 #: ``endpoints_changed``; the normal release is the push).
 RECHECK_S = 1.0
+#: An ejected replica's ``/health`` is probed this often, each probe given this long.
+PROBE_INTERVAL_S = 1.0
+PROBE_TIMEOUT_S = 2.0
+#: Deepest JSON nesting accepted in a body (OpenAI's tool schemas nest a dozen levels or so).
+MAX_JSON_DEPTH = 100
+#: Longest ``model`` value accepted (a configured name has at most 200 characters).
+MAX_MODEL_NAME_CHARS = 256
+#: A user's value is quoted in an error message at most this long.
+SHOW_CHARS = 80
+#: Scope key the server's protocol sets when it timed out a request's body (answered 408).
+CLIENT_TIMEOUT_KEY = "thaw.client_timeout"
+#: Upstream answers that ask the client to come back: Retry-After is added if they lack one.
+COME_BACK_STATUS = frozenset({429, 503, 504})
 DURATION_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -86,7 +114,12 @@ def _answer(
 
 
 class _UpstreamFailed(Exception):
-    """The replica failed before the client saw a byte; the request may go elsewhere."""
+    """The replica failed before the client saw a byte; the request may go elsewhere.
+    ``timeout``: the phase that timed out (``connect`` or ``first_byte``), else None."""
+
+    def __init__(self, reason: str, timeout: str | None = None) -> None:
+        super().__init__(reason)
+        self.timeout = timeout
 
 
 class _Refused(Exception):
@@ -99,9 +132,27 @@ class _Refused(Exception):
 
 @dataclass
 class _ModelState:
+    """One model's limits and buffer. ``buffer`` may still hold futures of waiters that left
+    (done, skipped when met); ``waiting`` is the true count."""
+
     limits: ModelLimits
     buffer: deque[asyncio.Future[None]] = field(default_factory=deque)
+    waiting: int = 0  # requests in the buffer now
+    buffer_bytes: int = 0  # their bodies' bytes
+    released: int = 0  # released from the buffer, not yet at a replica
     in_flight: int = 0
+
+    @classmethod
+    def of(cls, limits: ModelLimits) -> _ModelState:
+        return cls(limits)
+
+    def set_limits(self, limits: ModelLimits) -> None:
+        self.limits = limits
+
+    def compact(self) -> None:
+        """Drop the futures of waiters that left, once they outnumber the live ones."""
+        if len(self.buffer) > 2 * self.waiting + 64:
+            self.buffer = deque(f for f in self.buffer if not f.done())
 
 
 class _Watch:
@@ -168,6 +219,31 @@ class ActivatorMetrics:
             ["model"],
             registry=registry,
         )
+        self.buffered_bytes = Gauge(
+            "thaw_activator_buffered_bytes",
+            "Request body bytes held in the activator's buffer (bounded by buffer_max_bytes).",
+            ["model"],
+            registry=registry,
+        )
+        self.upstream_timeouts = Counter(
+            "thaw_activator_upstream_timeouts_total",
+            "Upstream requests that timed out, by phase (connect|first_byte|idle).",
+            ["model", "phase"],
+            registry=registry,
+        )
+        self.ejected = Gauge(
+            "thaw_activator_ejected_replicas",
+            "Replicas taken out of routing after a timeout, until their /health answers 200.",
+            ["model"],
+            registry=registry,
+        )
+        self.client_timeouts = Counter(
+            "thaw_activator_client_timeouts_total",
+            "Client connections closed with a 408 for sending a request too slowly, by phase "
+            "(header|body).",
+            ["phase"],
+            registry=registry,
+        )
 
 
 class Activator:
@@ -182,20 +258,21 @@ class Activator:
         *,
         registry: CollectorRegistry | None = None,
         api_keys: Iterable[str] | None = None,
-        retry_after_s: int = 5,
-        connect_timeout_s: float = 5.0,
+        server: ServerLimits | None = None,
         recheck_s: float = RECHECK_S,
     ) -> None:
         self._endpoints = endpoints
         self._demand = demand
         self._clock = clock
-        self._models: dict[str, _ModelState] = {n: _ModelState(lim) for n, lim in models.items()}
+        self._models: dict[str, _ModelState] = {n: _ModelState.of(lim) for n, lim in models.items()}
         self._api_keys = frozenset(api_keys) if api_keys else None
-        self._retry_after = [(b"retry-after", str(retry_after_s).encode())]
-        self._connect_timeout_s = connect_timeout_s
+        self.server_limits = server if server is not None else ServerLimits()
+        self._retry_after = _retry_after(self.server_limits)
         self._recheck_s = recheck_s
         self._outstanding: dict[str, int] = {}
-        self._session: aiohttp.ClientSession | None = None
+        self._ejected: dict[str, str] = {}  # replica id -> model, while out of routing
+        self._upstream: UpstreamPool | None = None  # the hot path's connections to replicas
+        self._session: aiohttp.ClientSession | None = None  # probes of ejected replicas
         self._tasks: set[asyncio.Task[None]] = set()
         self._draining = False
         self._max_body_bytes = _largest_body(self._models.values())
@@ -212,15 +289,12 @@ class Activator:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the one pooled upstream session (call inside the serving event loop)."""
+        """Open the upstream connection pool, and the session that probes ejected replicas
+        (call inside the serving event loop)."""
+        if self._upstream is None:
+            self._upstream = UpstreamPool()
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout_s),
-                auto_decompress=False,
-                # No Accept-Encoding: the answer's bytes go to a client that did not ask for gzip.
-                skip_auto_headers=("Accept-Encoding", "User-Agent"),
-            )
+            self._session = aiohttp.ClientSession()
 
     def drain(self) -> None:
         """Shutting down: every buffered request is answered 503 with ``Retry-After`` now, and
@@ -237,6 +311,9 @@ class Activator:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._upstream is not None:
+            await self._upstream.close()
+            self._upstream = None
 
     # -- the narrow surface the autoscaler and the actuator use --------------------------------
 
@@ -247,9 +324,13 @@ class Activator:
         return self._models[model].limits
 
     def buffered(self, model: str) -> int:
-        """Requests of ``model`` waiting for a ready replica now (the autoscaler reads this)."""
+        """Requests of ``model`` waiting for a replica now (the autoscaler reads this)."""
         st = self._models.get(model)
-        return len(st.buffer) if st else 0
+        return st.waiting if st else 0
+
+    def ejected(self) -> dict[str, str]:
+        """Replicas out of routing after a timeout now: replica id -> model."""
+        return dict(self._ejected)
 
     def in_flight(self, model: str) -> int:
         """Requests of ``model`` inside the activator now: buffered or at a replica."""
@@ -272,28 +353,62 @@ class Activator:
                 self._refuse_all(name, st, lambda m: _model_gone(m, "was removed"))
         for name, lim in models.items():
             if name in self._models:
-                self._models[name].limits = lim
+                self._models[name].set_limits(lim)
+                self._release(name, self._models[name])  # room may have grown
             else:
-                self._models[name] = _ModelState(lim)
+                self._models[name] = _ModelState.of(lim)
         self._max_body_bytes = _largest_body(self._models.values())
+
+    def set_server_limits(self, limits: ServerLimits) -> None:
+        """Policy reload: new client timeouts apply to new requests, Retry-After at once."""
+        self.server_limits = limits
+        self._retry_after = _retry_after(limits)
+
+    def client_timed_out(self, phase: str) -> None:
+        """The server closed a connection with a 408 (``header`` or ``body`` too slow)."""
+        self.metrics.client_timeouts.labels(phase).inc()
+        if phase == "header":  # no request reached the app: count the answer here
+            self._record("-", 408, self._clock.monotonic())
 
     def endpoints_changed(self, model: str) -> None:
         """The model's ready replicas changed: release its buffer in arrival order."""
         st = self._models.get(model)
-        if st is None or not st.buffer or not self._endpoints.ready_replicas(model):
+        if st is not None and st.waiting:
+            self._release(model, st)
+
+    def _release(self, model: str, st: _ModelState) -> None:
+        """Release waiters in arrival order, as many as the replicas have room for now."""
+        if not st.waiting:
             return
-        while st.buffer:
+        replicas = self._endpoints.ready_replicas(model)
+        if not replicas:
+            return
+        room = free_slots(
+            replicas, self._outstanding, self._ejected, st.limits.max_concurrency_per_replica
+        )
+        room -= st.released
+        while room > 0 and st.buffer:
             fut = st.buffer.popleft()
-            if not fut.done():
-                fut.set_result(None)
-        self.metrics.buffered.labels(model).set(0)
+            if fut.done():  # its waiter left
+                continue
+            fut.set_result(None)
+            st.waiting -= 1
+            st.released += 1
+            room -= 1
+        self._export_buffer(model, st)
 
     def _refuse_all(self, model: str, st: _ModelState, answer: Callable[[str], Answer]) -> None:
         while st.buffer:
             fut = st.buffer.popleft()
             if not fut.done():
                 fut.set_exception(_Refused(answer(model)))
-        self.metrics.buffered.labels(model).set(0)
+                st.waiting -= 1
+        self._export_buffer(model, st)
+
+    def _export_buffer(self, model: str, st: _ModelState) -> None:
+        if self._models.get(model) is st:
+            self.metrics.buffered.labels(model).set(st.waiting)
+            self.metrics.buffered_bytes.labels(model).set(st.buffer_bytes)
 
     def _shutting_down(self, model: str) -> Answer:
         return _answer(
@@ -407,6 +522,8 @@ class Activator:
         while more:
             msg = await receive()
             if msg["type"] == "http.disconnect":
+                if scope.get(CLIENT_TIMEOUT_KEY):  # the server answered 408 and closed
+                    return b"", (408, b"", [])
                 return b"", (499, b"", [])
             chunk = msg.get("body", b"")
             size += len(chunk)
@@ -420,11 +537,18 @@ class Activator:
         """``model`` from the body (the only field read), its state, or the error answer."""
         try:
             payload = json.loads(body)
+        except RecursionError:
+            return "-", None, _too_deep()
         except ValueError as e:
             return "-", None, _answer(400, f"the body is not valid JSON: {e}", INVALID)
         if not isinstance(payload, dict):
             kind = type(payload).__name__
             return "-", None, _answer(400, f"the body must be a JSON object, got {kind}", INVALID)
+        # Only a body with that many brackets can nest that deep: most bodies skip the walk.
+        if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and _nests_deeper(
+            payload, MAX_JSON_DEPTH
+        ):
+            return "-", None, _too_deep()
         model = payload.get("model")
         if not isinstance(model, str) or not model:
             return (
@@ -432,13 +556,25 @@ class Activator:
                 None,
                 _answer(
                     400,
-                    f"'model' is required and must be a non-empty string, got {model!r}",
+                    f"'model' is required and must be a non-empty string, got {_show(model)}",
                     INVALID,
                     "model",
                 ),
             )
         st = self._models.get(model)
         if st is None:
+            if len(model) > MAX_MODEL_NAME_CHARS:
+                return (
+                    "-",
+                    None,
+                    _answer(
+                        400,
+                        f"'model' is {len(model)} characters long, at most "
+                        f"{MAX_MODEL_NAME_CHARS} are accepted: {_show(model)}",
+                        INVALID,
+                        "model",
+                    ),
+                )
             served = ", ".join(sorted(self._models)) or "(none)"
             return "-", None, _model_gone(model, f"does not exist; served models: {served}")
         return model, st, None
@@ -453,48 +589,91 @@ class Activator:
         send: Send,
         watch: _Watch,
     ) -> int | Answer:
-        """Forward to the best ready replica, retrying once elsewhere before the first byte and
-        waiting in the buffer when there is none. The upstream's status once it answered, else
-        the answer to give."""
+        """Forward to the best replica with room, queueing behind the buffer while it holds
+        anyone; retry once elsewhere before the first byte; wait in the buffer when no replica
+        can take it. The upstream's status once it answered, else the answer to give."""
         deadline_s = start_s + st.limits.wait_timeout_s
-        tried: set[str] = set()
-        failed = 0  # upstream failures before the first byte since the last wait
+        tried: set[str] | None = None
+        failures = 0  # upstream failures before the first byte since the last wait
+        admitted = False  # past the queue: never queues behind later arrivals again
+        timed_out: _UpstreamFailed | None = None
         while True:
-            replicas = self._endpoints.ready_replicas(model)
-            replica = None if failed > 1 else choose_replica(replicas, self._outstanding, tried)
-            if replica is None:  # none ready, or the one retry is spent: wait as at zero
+            replica = None
+            if failures < 2 and (admitted or not st.waiting):
+                exclude: Collection[str] = (
+                    self._ejected if tried is None else tried.union(self._ejected)
+                )
+                replica = choose_replica(
+                    self._endpoints.ready_replicas(model),
+                    self._outstanding,
+                    exclude,
+                    st.limits.max_concurrency_per_replica,
+                )
+            if replica is None:
+                if timed_out is not None:  # no replica to retry on: come back later
+                    return self._upstream_timed_out(model, st, timed_out)
                 watch.start()
-                answer = await self._wait(model, st, deadline_s)
+                answer = await self._wait(model, st, deadline_s, len(body), front=admitted)
                 if answer is not None:
                     return answer
-                tried.clear()
-                failed = 0
+                admitted = True
+                tried = None
+                failures = 0
                 continue
-            if failed:
+            admitted = True
+            if failures:
                 self.metrics.retries.labels(model).inc()
             try:
-                return await self._forward(path, body, replica, send, watch)
+                return await self._forward(path, body, model, st, replica, send, watch)
             except _UpstreamFailed as e:
+                failures += 1
+                if tried is None:
+                    tried = set()
                 tried.add(replica.replica_id)
-                failed += 1
+                if e.timeout is not None:
+                    timed_out = e
+                    self.metrics.upstream_timeouts.labels(model, e.timeout).inc()
+                    self._eject(model, replica, str(e))
                 log.warning("model %s: replica %s failed (%s)", model, replica.replica_id, e)
 
-    async def _wait(self, model: str, st: _ModelState, deadline_s: float) -> Answer | None:
-        """Wait in the buffer. None: go pick a replica; else the answer to give."""
+    def _upstream_timed_out(self, model: str, st: _ModelState, e: _UpstreamFailed) -> Answer:
+        lim = st.limits
+        limit_s = (
+            lim.upstream_connect_timeout_s
+            if e.timeout == "connect"
+            else lim.upstream_first_byte_timeout_s
+        )
+        what = "accept a connection" if e.timeout == "connect" else "send its first byte"
+        return _answer(
+            504,
+            f"no replica of model {model!r} could take the request: the one tried did not "
+            f"{what} within {limit_s:g} s; retry later",
+            "timeout",
+            headers=self._retry_after,
+        )
+
+    async def _wait(
+        self, model: str, st: _ModelState, deadline_s: float, size: int, *, front: bool
+    ) -> Answer | None:
+        """Wait in the buffer (at its head if ``front``: released before, room taken by
+        another). None: go pick a replica; else the answer to give."""
         if self._draining:
             return self._shutting_down(model)
-        if len(st.buffer) >= st.limits.buffer_size:
-            return _answer(
-                503,
-                f"model {model!r} is scaling up and its buffer is full "
-                f"({st.limits.buffer_size} requests); retry later",
-                "service_unavailable",
-                headers=self._retry_after,
-            )
+        lim = st.limits
+        if st.waiting >= lim.buffer_size:
+            return self._buffer_full(model, f"{lim.buffer_size} requests")
+        if st.buffer_bytes + size > lim.buffer_max_bytes:
+            return self._buffer_full(model, f"{lim.buffer_max_bytes} bytes of request bodies")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        first = not st.buffer
-        st.buffer.append(fut)
-        self.metrics.buffered.labels(model).set(len(st.buffer))
+        first = not st.waiting
+        st.compact()
+        if front:
+            st.buffer.appendleft(fut)
+        else:
+            st.buffer.append(fut)
+        st.waiting += 1
+        st.buffer_bytes += size
+        self._export_buffer(model, st)
         if first:
             self._spawn(self._poke(model))
         try:
@@ -503,9 +682,10 @@ class Activator:
                 if remaining_s <= 0:
                     return _answer(
                         504,
-                        f"no replica of model {model!r} became ready within "
-                        f"{st.limits.wait_timeout_s:g} s",
+                        f"no replica of model {model!r} could take the request within "
+                        f"{lim.wait_timeout_s:g} s; retry later",
                         "timeout",
+                        headers=self._retry_after,
                     )
                 await asyncio.wait((fut,), timeout=min(remaining_s, self._recheck_s))
                 if fut.done():
@@ -514,15 +694,24 @@ class Activator:
                     except _Refused as e:
                         return e.answer
                     return None
-                if self._endpoints.ready_replicas(model) and st.buffer and st.buffer[0] is fut:
-                    return None  # a missed push; the head of the line goes first
+                self._release(model, st)  # a safety net for a missed push
         finally:
-            if not fut.done():
+            if not fut.done():  # left: timed out, or the client went away
                 fut.cancel()
-            with contextlib.suppress(ValueError):
-                st.buffer.remove(fut)
-            if self._models.get(model) is st:
-                self.metrics.buffered.labels(model).set(len(st.buffer))
+                st.waiting -= 1
+            elif not fut.cancelled() and fut.exception() is None:
+                st.released -= 1  # released: it takes its room now (or waits again)
+            st.buffer_bytes -= size
+            self._export_buffer(model, st)
+
+    def _buffer_full(self, model: str, what: str) -> Answer:
+        return _answer(
+            503,
+            f"model {model!r} has no replica with room and its buffer is full ({what}); "
+            "retry later",
+            "service_unavailable",
+            headers=self._retry_after,
+        )
 
     async def _poke(self, model: str) -> None:
         try:
@@ -531,75 +720,142 @@ class Activator:
             log.exception("poking the autoscaler for %s failed", model)
 
     async def _forward(
-        self, path: str, body: bytes, replica: Replica, send: Send, watch: _Watch
+        self,
+        path: str,
+        body: bytes,
+        model: str,
+        st: _ModelState,
+        replica: Replica,
+        send: Send,
+        watch: _Watch,
     ) -> int:
         """Send ``body`` to ``replica`` and its answer to the client; the upstream's status.
         Raises :class:`_UpstreamFailed` only while the client has seen nothing."""
-        if self._session is None:
+        if self._upstream is None:
             raise RuntimeError("Activator.start() was not awaited")
         rid = replica.replica_id
+        lim = st.limits
         self._outstanding[rid] = self._outstanding.get(rid, 0) + 1
+        resp: UpstreamResponse | None = None
         try:
             try:
-                resp = await self._session.post(
-                    replica.base_url + path,
-                    data=body,
-                    headers={"Content-Type": "application/json"},
+                resp = await self._upstream.post(
+                    replica.base_url,
+                    path,
+                    body,
+                    connect_timeout_s=lim.upstream_connect_timeout_s,
+                    first_byte_timeout_s=lim.upstream_first_byte_timeout_s,
                 )
-            except (TimeoutError, aiohttp.ClientError, OSError) as e:
-                raise _UpstreamFailed(f"{type(e).__name__}: {e}") from e
-            async with resp:
-                if resp.status in RETRYABLE_STATUS:
-                    raise _UpstreamFailed(f"answered {resp.status}")
-                headers = [(k, v) for k, v in resp.raw_headers if k.lower() not in SKIP_HEADERS]
-                if resp.content_type != "text/event-stream":
-                    try:
-                        data = await resp.read()
-                    except (TimeoutError, aiohttp.ClientError, OSError) as e:
-                        raise _UpstreamFailed(f"{type(e).__name__}: {e}") from e
-                    watch.armed = False
-                    headers.append((b"content-length", str(len(data)).encode()))
-                    await send(
-                        {"type": "http.response.start", "status": resp.status, "headers": headers}
-                    )
-                    await send({"type": "http.response.body", "body": data})
-                    return resp.status
+            except UpstreamError as e:
+                raise _failed(e) from e
+            if resp.status in RETRYABLE_STATUS:
+                raise _UpstreamFailed(f"answered {resp.status}")
+            headers = [(k, v) for k, v in resp.raw_headers if k.lower() not in SKIP_HEADERS]
+            if resp.content_type != "text/event-stream":
                 try:
-                    first = await resp.content.readany()
-                except (TimeoutError, aiohttp.ClientError, OSError) as e:
-                    raise _UpstreamFailed(f"{type(e).__name__}: {e}") from e
+                    data = await resp.read()
+                except UpstreamError as e:
+                    raise _failed(e) from e
+                watch.armed = False
+                if resp.status in COME_BACK_STATUS and header(headers, b"retry-after") is None:
+                    headers += self._retry_after
+                headers.append((b"content-length", str(len(data)).encode()))
                 await send(
                     {"type": "http.response.start", "status": resp.status, "headers": headers}
                 )
-                # From here on the client has bytes: no retry, an error event instead.
-                await send({"type": "http.response.body", "body": first, "more_body": True})
-                try:
-                    async for chunk in resp.content.iter_any():
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                except (TimeoutError, aiohttp.ClientError, OSError) as e:
-                    log.warning("replica %s failed mid-stream: %s", rid, e)
-                    event = error_body(
-                        f"the model replica failed mid-stream ({type(e).__name__})",
-                        "upstream_error",
-                        None,
-                        502,
-                    )
-                    await send(
-                        {
-                            "type": "http.response.body",
-                            "body": b"data: " + event + b"\n\n",
-                            "more_body": True,
-                        }
-                    )
-                watch.armed = False
-                await send({"type": "http.response.body", "body": b""})
+                await send({"type": "http.response.body", "body": data})
                 return resp.status
+            try:
+                first = await resp.chunk()
+            except UpstreamError as e:
+                raise _failed(e) from e
+            resp.set_timeout(lim.upstream_idle_timeout_s)
+            await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+            # From here on the client has bytes: no retry, an error event instead.
+            await send({"type": "http.response.body", "body": first or b"", "more_body": True})
+            try:
+                while (chunk := await resp.chunk()) is not None:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except UpstreamError as e:
+                silent = e.timeout is not None
+                log.warning("replica %s failed mid-stream: %s", rid, e)
+                if silent:
+                    self.metrics.upstream_timeouts.labels(model, "idle").inc()
+                    self._eject(model, replica, "silent mid-stream")
+                event = error_body(
+                    "the model replica "
+                    + ("went silent" if silent else "failed")
+                    + f" mid-stream ({e})",
+                    "upstream_error",
+                    None,
+                    502,
+                )
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": b"data: " + event + b"\n\n",
+                        "more_body": True,
+                    }
+                )
+            watch.armed = False
+            await send({"type": "http.response.body", "body": b""})
+            return resp.status
         finally:
+            if resp is not None:
+                resp.release()
             left = self._outstanding.get(rid, 1) - 1
             if left:
                 self._outstanding[rid] = left
             else:
                 self._outstanding.pop(rid, None)
+            if st.waiting:  # room at this replica for the head of the line
+                self._release(model, st)
+
+    # -- ejection --------------------------------------------------------------------------
+
+    def _eject(self, model: str, replica: Replica, why: str) -> None:
+        """Take ``replica`` out of routing until its ``/health`` answers 200."""
+        rid = replica.replica_id
+        if rid in self._ejected:
+            return
+        self._ejected[rid] = model
+        self.metrics.ejected.labels(model).inc()
+        log.warning(
+            "model %s: replica %s ejected from routing (%s); probing its /health every %g s",
+            model,
+            rid,
+            why,
+            PROBE_INTERVAL_S,
+        )
+        self._spawn(self._probe(model, replica))
+
+    async def _probe(self, model: str, replica: Replica) -> None:
+        rid = replica.replica_id
+        timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
+        outcome = "gone from the endpoints"
+        try:
+            while True:
+                await asyncio.sleep(PROBE_INTERVAL_S)
+                if not any(r.replica_id == rid for r in self._endpoints.ready_replicas(model)):
+                    break
+                if self._session is None:
+                    return
+                try:
+                    async with self._session.get(
+                        replica.base_url + "/health", timeout=timeout
+                    ) as resp:
+                        if resp.status == 200:
+                            outcome = "back in routing: /health answered 200"
+                            break
+                except (TimeoutError, aiohttp.ClientError, OSError):
+                    continue
+        finally:
+            if self._ejected.pop(rid, None) is not None:
+                self.metrics.ejected.labels(model).dec()
+        log.info("model %s: replica %s %s", model, rid, outcome)
+        st = self._models.get(model)
+        if st is not None:
+            self._release(model, st)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -616,7 +872,48 @@ def _largest_body(states: Iterable[_ModelState]) -> int:
 
 
 def _model_gone(model: str, why: str) -> Answer:
-    return _answer(404, f"the model {model!r} {why}", "NotFoundError", "model", "model_not_found")
+    return _answer(
+        404, f"the model {_show(model)} {why}", "NotFoundError", "model", "model_not_found"
+    )
+
+
+def _show(value: Any) -> str:
+    """``repr(value)``, cut to :data:`SHOW_CHARS` characters: a user's value in a message."""
+    text = repr(value)
+    if len(text) <= SHOW_CHARS:
+        return text
+    return f"{text[: SHOW_CHARS - 25]}... ({len(text)} characters)"
+
+
+def _too_deep() -> Answer:
+    return _answer(400, f"the body nests JSON deeper than {MAX_JSON_DEPTH} levels", INVALID)
+
+
+def _nests_deeper(value: Any, limit: int) -> bool:
+    """Whether the parsed JSON ``value`` nests lists and objects deeper than ``limit``."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return False
+
+
+def _failed(e: UpstreamError) -> _UpstreamFailed:
+    """The failure before the first forwarded byte: a timeout names its phase."""
+    if e.timeout == "connect":
+        return _UpstreamFailed(str(e), "connect")
+    if e.timeout is not None:
+        return _UpstreamFailed(str(e), "first_byte")
+    return _UpstreamFailed(str(e))
+
+
+def _retry_after(limits: ServerLimits) -> list[tuple[bytes, bytes]]:
+    return [(b"retry-after", str(limits.retry_after_s).encode())]
 
 
 def _too_large(cap: int) -> Answer:
@@ -628,7 +925,7 @@ def _too_large(cap: int) -> Answer:
 async def _respond(
     send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    if status == 499:  # the client is gone; there is no one to answer
+    if status == 499 or not body:  # the client is gone (or was answered 408 by the server)
         return
     await send(
         {

@@ -131,10 +131,15 @@ def supervise(argv: Sequence[str], notify_fd: int | None, grace_s: float) -> Non
     engine = subprocess.Popen(list(argv), preexec_fn=prctl_setter(PR_SET_PDEATHSIG, signal.SIGKILL))
     status: int | None = None
     kill_at: float | None = None
+    # poll(), not select(): select() refuses a descriptor above FD_SETSIZE (1024), and the
+    # launcher's pipe is numbered above that whenever the launcher holds over 1,024 sockets.
+    watcher = select.poll()
+    if notify_fd is not None:
+        watcher.register(notify_fd, select.POLLIN | select.POLLHUP | select.POLLERR)
     while status is None:
         if notify_fd is not None:
-            readable, _, _ = select.select([notify_fd], [], [], POLL_S)
-            if readable and not os.read(notify_fd, 64):  # EOF: the launcher is gone
+            if watcher.poll(POLL_S * 1000) and not os.read(notify_fd, 64):  # EOF: launcher gone
+                watcher.unregister(notify_fd)
                 os.close(notify_fd)
                 notify_fd = None
                 stop_requested.append("launcher gone")

@@ -1,23 +1,28 @@
 """Thaw's PodAutoscaler-class controller: the Kubernetes adapter around the pure decider.
 
 Owns the loops and the I/O; the decisions are :func:`autoscaler.decider.decide` (how many
-replicas) and :func:`knative.reconcile.plan` (Knative's KPA steps: SKS mode, scale to
-apply, PA status). Each tick, for every PodAutoscaler of class ``autoscaler.thaw.dev`` (others
-are never written, nor cached):
+replicas) and :func:`knative.reconcile.plan` (Knative's KPA steps: SKS mode, scale to apply, PA
+status). It reads the cluster through watch-backed caches (:class:`~knative.informer.Informer`,
+client-go informer semantics): PodAutoscalers, ServerlessServices, Knative's revision
+Deployments (their ``spec.replicas`` is what the ``scale`` subresource reports), the revisions'
+private EndpointSlices, and Knative's ``config-autoscaler`` / ``config-deployment`` ConfigMaps
+(re-read on every change, :mod:`knative.cluster_config`). Each tick, for every PodAutoscaler of
+class ``autoscaler.thaw.dev`` (others are never written):
 
-1. read the SKS named after the PA and the scale subresource of its ``scaleTargetRef``; the
-   revisions' EndpointSlices (label ``serving.knative.dev/revision``) are listed once per
-   namespace per tick;
-2. scrape each ready endpoint's engine ``/metrics`` directly (``engine_port``), and read the
-   demand held in front of the revision (Knative's activator pods, :mod:`knative.demand`);
-3. decide, plan, then write in Knative's order: the SKS (create, or PUT its spec: Proxy goes
-   in *before* a scale to 0), the scale (JSON patch of ``/spec/replicas`` on ``/scale``), and the
-   PA status through ``/status`` (only when it changed). PUTs are retried on 409 after a re-read.
+1. read the SKS named after the PA, the Deployment's replicas and the revision's ready pods from
+   the caches (no API call);
+2. scrape each ready pod's engine ``/metrics`` directly (``engine_port``), and read the demand
+   held in front of the revision (:mod:`knative.demand`; none for an Unreachable revision);
+3. decide, plan, then write only what changed, in Knative's order: the SKS (create, or PUT its
+   spec: Proxy goes in *before* a scale to 0), the scale (JSON patch of ``/spec/replicas`` on
+   ``/scale``), and the PA status through ``/status``. PUTs are retried on 409 after a re-read.
 
-PAs come from a list+watch (re-listed when the watch ends or fails, with backoff). Only the
-replica holding the Lease acts (:class:`~knative.leader.LeaderElector`). With a
-:class:`~knative.gateway.Gateway`, each tick also publishes the gateway's routes (one call, from
-the PAs and slices the tick read), and only the leader serves them.
+At rest (nothing changes) a tick makes no API request. What a tick saw and decided for each
+revision is kept as :class:`~knative.revisions.RevisionView` values in
+:attr:`Controller.revisions`. Only the replica holding the Lease acts
+(:class:`~knative.leader.LeaderElector`). With a :class:`~knative.gateway.Gateway`, each tick
+also publishes the gateway's routes (one call, from the cached PAs and slices), and only the
+leader serves them.
 """
 
 from __future__ import annotations
@@ -32,33 +37,47 @@ from typing import Any, Protocol
 import aiohttp
 
 from autoscaler.decider import DeciderState, ModelObservation, ReplicaObservation, decide
-from autoscaler.policy import AutoscalingPolicy
 from engine.metrics import MetricsParseError, parse_engine_metrics
 from kernel.clock import Clock
 from kernel.vocab import UNKNOWN_TIER, ReportedTier
-from knative.contract import PRIVATE, REVISION_LABEL, SERVICE_TYPE_LABEL
+from knative.cluster_config import (
+    AUTOSCALER_CONFIGMAP,
+    DEPLOYMENT_CONFIGMAP,
+    KNATIVE_NAMESPACE,
+    KnativeConfig,
+    KnativeConfigError,
+    parse_autoscaler,
+    parse_deployment,
+)
+from knative.contract import POOL_ANNOTATION, PRIVATE, REVISION_LABEL, SERVICE_TYPE_LABEL
 from knative.demand import DemandSource, Revision
 from knative.endpoints import revision_candidates
 from knative.gateway import Gateway
+from knative.informer import Informer, resource_version
 from knative.kube import Backoff, KubeClient, KubeError, NotFoundError, retry_on_conflict
 from knative.leader import LeaderElector
 from knative.reconcile import (
+    ACTIVE,
     PA_GROUP,
     PA_VERSION,
     SKS_GROUP,
     SKS_VERSION,
     Observed,
     PodAutoscalerError,
+    PodAutoscalerView,
+    Resolved,
     activator_in_path,
+    condition_status,
     controlled_by,
     is_ours,
     not_owned,
     plan,
-    policy_for,
-    ready_endpoint_addresses,
+    resolve,
+    sks_is_ready,
     sks_update,
     view,
 )
+from knative.revisions import GENERATION_LABEL, ReadyPod, RevisionView, ready_pods
 from policy_file.schema import ThawConfig
 
 log = logging.getLogger(__name__)
@@ -80,6 +99,8 @@ class ControllerSettings:
     lease_duration_s: float = 15.0
     renew_every_s: float = 5.0
     watch_timeout_s: float = 300.0
+    #: Where Knative's ConfigMaps (config-autoscaler, config-deployment) live.
+    knative_namespace: str = KNATIVE_NAMESPACE
     #: Give the Lease up when stopped cleanly, so a standby takes over at once.
     release_on_stop: bool = True
 
@@ -102,17 +123,42 @@ CLUSTER_TIER: ReportedTier = UNKNOWN_TIER
 @dataclass
 class _PaState:
     decider: DeciderState = field(default_factory=DeciderState.initial)
-    proxy_since_s: float | None = None
     retry_at_s: float = 0.0
     cold_start_since_s: float | None = None
     backoff: Backoff = field(default_factory=Backoff)
+    #: What this controller last wrote (read-your-writes until the watch delivers it).
+    pa: Obj | None = None
+    sks: Obj | None = None
+    deployment_rv: int = 0
+    replicas: int | None = None
+    #: The PA's view and settings, for the PA's resourceVersion and the settings' versions.
+    resolved: tuple[int, ThawConfig, KnativeConfig, PodAutoscalerView, Resolved] | None = None
+    #: The inputs of the last tick that found the PA at rest (its plan is skipped while equal).
+    rest: tuple[int, int, int, tuple[ReadyPod, ...], int, int, Resolved] | None = None
 
 
-def _rv(obj: Obj) -> int:
+def _newest(cached: Obj | None, written: Obj | None) -> Obj | None:
+    if written is None:
+        return cached
+    if cached is None or resource_version(written) > resource_version(cached):
+        return written
+    return cached
+
+
+def _collection(group_version: str, plural: str, namespace: str | None) -> str:
+    base = f"/apis/{group_version}" if "/" in group_version else f"/api/{group_version}"
+    return f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
+
+
+def _int(text: str | None) -> int:
     try:
-        return int(obj.get("metadata", {}).get("resourceVersion", "0"))
+        return int(text or 0)
     except ValueError:
         return 0
+
+
+SKS_API = f"{SKS_GROUP}/{SKS_VERSION}"
+PA_API = f"{PA_GROUP}/{PA_VERSION}"
 
 
 class Controller:
@@ -137,9 +183,59 @@ class Controller:
         self.clock = clock
         self.settings = settings
         self.reports = reports
-        self.pas: dict[tuple[str, str], Obj] = {}
+        ns = settings.namespace
+        timeout_s = settings.watch_timeout_s
+        self.pas = Informer(
+            kube,
+            _collection(PA_API, "podautoscalers", ns),
+            watch_timeout_s=timeout_s,
+            on_event=self._on_pa,
+            name="PodAutoscalers",
+            clock=clock,
+        )
+        self.sks = Informer(
+            kube,
+            _collection(SKS_API, "serverlessservices", ns),
+            watch_timeout_s=timeout_s,
+            on_event=self._on_sks,
+            name="ServerlessServices",
+            clock=clock,
+        )
+        self.deployments = Informer(
+            kube,
+            _collection("apps/v1", "deployments", ns),
+            label_selector=REVISION_LABEL,
+            watch_timeout_s=timeout_s,
+            name="Deployments",
+            clock=clock,
+        )
+        self.slices = Informer(
+            kube,
+            _collection("discovery.k8s.io/v1", "endpointslices", ns),
+            label_selector=f"{REVISION_LABEL},{SERVICE_TYPE_LABEL}={PRIVATE}",
+            watch_timeout_s=timeout_s,
+            name="EndpointSlices",
+            clock=clock,
+        )
+        self.configmaps = Informer(
+            kube,
+            _collection("v1", "configmaps", settings.knative_namespace),
+            watch_timeout_s=timeout_s,
+            on_event=self._on_configmap,
+            name="Knative ConfigMaps",
+            clock=clock,
+        )
+        self.informers = (self.pas, self.sks, self.deployments, self.slices, self.configmaps)
+        #: Knative's cluster settings, as last read (Knative's defaults until then).
+        self.knative = KnativeConfig()
+        #: The last problem with Knative's ConfigMaps (None: they parsed).
+        self.knative_problem: str | None = None
+        #: What the last tick saw and decided, per PA (namespace, name).
+        self.revisions: dict[tuple[str, str], RevisionView] = {}
         self._states: dict[tuple[str, str], _PaState] = {}
+        self._generations: dict[tuple[str, str], Any] = {}
         self._wake = asyncio.Event()
+        self._iso: tuple[int, str] = (-1, "")
         self.synced = asyncio.Event()
         self.elector = LeaderElector(
             kube,
@@ -151,84 +247,60 @@ class Controller:
             settings.renew_every_s,
         )
 
-    # -- paths ---------------------------------------------------------------------------------
+    # -- the caches ----------------------------------------------------------------------------
 
-    def _pa_collection(self) -> str:
-        base = f"/apis/{PA_GROUP}/{PA_VERSION}"
-        ns = self.settings.namespace
-        return f"{base}/namespaces/{ns}/podautoscalers" if ns else f"{base}/podautoscalers"
-
-    @staticmethod
-    def _pa_path(ns: str, name: str) -> str:
-        return f"/apis/{PA_GROUP}/{PA_VERSION}/namespaces/{ns}/podautoscalers/{name}"
-
-    @staticmethod
-    def _sks_collection(ns: str) -> str:
-        return f"/apis/{SKS_GROUP}/{SKS_VERSION}/namespaces/{ns}/serverlessservices"
-
-    # -- the watch -----------------------------------------------------------------------------
-
-    def _observe_pa(self, event_type: str, pa: Obj) -> None:
-        if not is_ours(pa):
-            return
-        meta = pa.get("metadata", {})
+    def _on_pa(self, event_type: str, pa: Obj) -> None:
+        meta = pa.get("metadata") or {}
         key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
         if event_type == "DELETED":
-            self.pas.pop(key, None)
             self._states.pop(key, None)
+            self._generations.pop(key, None)
+            self.revisions.pop(key, None)
             return
-        old = self.pas.get(key)
-        if old is not None and _rv(old) > _rv(pa):
-            return  # we already hold a newer copy (our own status write)
-        self.pas[key] = pa
-        if old is None or old.get("metadata", {}).get("generation") != meta.get("generation"):
+        if not is_ours(pa):
+            return
+        if self._generations.get(key) != meta.get("generation"):
+            self._generations[key] = meta.get("generation")
             self._wake.set()
 
-    async def watch_pas(self, stop: asyncio.Event) -> None:
-        """List, then watch, PodAutoscalers; again after the stream ends; backoff on errors."""
-        backoff = Backoff()
-        while not stop.is_set():
+    def _on_sks(self, event_type: str, sks: Obj) -> None:
+        if event_type == "DELETED":
+            # Forget what we wrote: the next tick creates it again.
+            meta = sks.get("metadata") or {}
+            st = self._states.get((str(meta.get("namespace", "")), str(meta.get("name", ""))))
+            if st is not None:
+                st.sks = None
+                st.rest = None
+
+    def _on_configmap(self, _event_type: str, cm: Obj) -> None:
+        name = (cm.get("metadata") or {}).get("name")
+        if name in (AUTOSCALER_CONFIGMAP, DEPLOYMENT_CONFIGMAP):
+            self._read_knative_config()
+
+    def _read_knative_config(self) -> None:
+        ns = self.settings.knative_namespace
+        autoscaler = self.configmaps.get(ns, AUTOSCALER_CONFIGMAP)
+        deployment = self.configmaps.get(ns, DEPLOYMENT_CONFIGMAP)
+        # Each map on its own: a bad edit of one keeps its last good values, not the other's.
+        new, problems = self.knative, []
+        for parse, cm in ((parse_autoscaler, autoscaler), (parse_deployment, deployment)):
             try:
-                listing = await self.kube.list_objects(self._pa_collection())
-                seen = set()
-                for pa in listing.get("items") or []:
-                    self._observe_pa("ADDED", pa)
-                    meta = pa.get("metadata", {})
-                    seen.add((meta.get("namespace", ""), meta.get("name", "")))
-                for key in set(self.pas) - seen:
-                    self.pas.pop(key, None)
-                    self._states.pop(key, None)
-                self.synced.set()
-                rv = str(listing.get("metadata", {}).get("resourceVersion", ""))
-                async for event in self.kube.watch(
-                    self._pa_collection(), rv, self.settings.watch_timeout_s
-                ):
-                    if stop.is_set():
-                        return
-                    etype = str(event.get("type", ""))
-                    if etype == "ERROR":
-                        log.warning("PodAutoscaler watch: %s", event.get("object"))
-                        break
-                    if etype in ("ADDED", "MODIFIED", "DELETED"):
-                        self._observe_pa(etype, event.get("object") or {})
-                backoff.succeeded()
-            except KubeError as e:
-                delay = backoff.failed()
-                log.warning("PodAutoscaler list/watch: %s; again in %.1f s", e, delay)
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
-                except TimeoutError:
-                    pass
+                new = parse((cm or {}).get("data") or {}, new)
+            except KnativeConfigError as e:
+                problems.append(str(e))
+                log.error("Knative's settings not applied (the last good ones stay): %s", e)
+        self.knative_problem = "; ".join(problems) or None
+        if new != self.knative:
+            log.info("Knative's settings: %s", new)
+            self.knative = new
+            self._wake.set()
+
+    async def _sync(self) -> None:
+        await asyncio.gather(*(i.synced.wait() for i in self.informers))
+        self._read_knative_config()
+        self.synced.set()
 
     # -- one PA --------------------------------------------------------------------------------
-
-    def policy_for(self, pa: Obj) -> tuple[str, AutoscalingPolicy]:
-        """The model name and its autoscaling policy (:func:`reconcile.policy_for`)."""
-        model, policy, problem = policy_for(pa, self.config)
-        if problem:
-            meta = pa.get("metadata", {})
-            log.warning("PA %s/%s: %s", meta.get("namespace"), meta.get("name"), problem)
-        return model, policy
 
     async def _scrape(self, address: str) -> ReplicaObservation:
         url = f"http://{address}:{self.settings.engine_port}/metrics"
@@ -250,192 +322,244 @@ class Controller:
             0.0,
         )
 
-    async def _slices(self, ns: str) -> list[Obj]:
-        """The namespace's EndpointSlices of revisions' private Services (one list for all PAs).
+    def _resolve(self, st: _PaState, pa: Obj) -> tuple[PodAutoscalerView, Resolved]:
+        """The PA's :func:`view` and :func:`resolve`, again only when the PA, the policy or
+        Knative's settings changed."""
+        rv, known = resource_version(pa), st.resolved
+        if (
+            known is None
+            or known[0] != rv
+            or known[1] is not self.config
+            or (known[2] is not self.knative)
+        ):
+            v = view(pa)
+            r = resolve(pa, self.config, self.knative, v)
+            known = st.resolved = (rv, self.config, self.knative, v, r)
+        return known[3], known[4]
 
-        Only the private Service's slices list the revision's pods: the public one (the SKS's)
-        lists Knative's activator while the SKS is in Proxy mode.
-        """
-        listing = await self.kube.list_objects(
-            f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices",
-            label_selector=f"{REVISION_LABEL},{SERVICE_TYPE_LABEL}={PRIVATE}",
-        )
-        return list(listing.get("items") or [])
-
-    async def reconcile(self, pa: Obj, slices: list[Obj] | None = None) -> None:
-        """One tick for one PA: observe, decide, plan, write (SKS, then scale, then status).
-
-        ``slices``: the namespace's revision EndpointSlices when the tick listed them already.
-        """
-        v = view(pa)
-        key = (v.namespace, v.name)
-        st = self._states.setdefault(key, _PaState())
-        ns = v.namespace
-        sks_path = f"{self._sks_collection(ns)}/{v.name}"
+    async def _spec_replicas(
+        self, st: _PaState, ns: str, api_version: str, kind: str, name: str
+    ) -> tuple[int, bool, str]:
+        """(spec.replicas, whether the target exists, its scale path). A Deployment's come from
+        the cache (its scale subresource reports the same); other kinds are read."""
+        base = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
+        path = f"{base}/namespaces/{ns}/{kind.lower()}s/{name}/scale"
+        if (api_version, kind) == ("apps/v1", "Deployment"):
+            dep = self.deployments.get(ns, name)
+            if dep is None:
+                return 0, False, path
+            if st.replicas is not None and st.deployment_rv > resource_version(dep):
+                return st.replicas, True, path
+            return int((dep.get("spec") or {}).get("replicas") or 0), True, path
         try:
-            sks: Obj | None = await self.kube.get(sks_path)
+            scale = await self.kube.get(path)
         except NotFoundError:
-            sks = None
+            return 0, False, path
+        return int((scale.get("spec") or {}).get("replicas") or 0), True, path
+
+    async def reconcile(
+        self, pa: Obj, pods: dict[tuple[str, str], tuple[ReadyPod, ...]] | None = None
+    ) -> None:
+        """One tick for one PA: observe (from the caches), decide, plan, write what changed
+        (SKS, then scale, then status). ``pods``: every revision's ready pods, when the tick
+        read them already."""
+        meta = pa.get("metadata") or {}
+        key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+        st = self._states.setdefault(key, _PaState())
+        pa = _newest(pa, st.pa) or pa
+        v, r = self._resolve(st, pa)
+        ns = v.namespace
+        sks_collection = _collection(SKS_API, "serverlessservices", ns)
+        sks_path = f"{sks_collection}/{v.name}"
+        sks = _newest(self.sks.get(ns, v.name), st.sks)
         if sks is not None and not controlled_by(sks, pa):
             log.warning("PA %s/%s: SKS %s exists and is not ours; leaving it", ns, v.name, v.name)
             status = not_owned(pa, "ServerlessService", v.name, self._now_iso())
             if status != (pa.get("status") or {}):
-                await self._write_status(pa, status)
+                await self._write_status(st, pa, status)
             return
         t = v.target
-        group_version = t.api_version
-        scale_path = (
-            f"/apis/{group_version}/namespaces/{ns}/{t.resource}/{t.name}/scale"
-            if "/" in group_version
-            else f"/api/{group_version}/namespaces/{ns}/{t.resource}/{t.name}/scale"
+        spec_replicas, target_exists, scale_path = await self._spec_replicas(
+            st, ns, t.api_version, t.kind, t.name
         )
-        try:
-            scale_obj: Obj | None = await self.kube.get(scale_path)
-        except NotFoundError:
-            scale_obj = None
-        spec_replicas = int(((scale_obj or {}).get("spec") or {}).get("replicas") or 0)
         revision = v.labels.get(REVISION_LABEL, v.name)
-        if slices is None:
-            slices = await self._slices(ns)
-        mine = [
-            s
-            for s in slices
-            if (s.get("metadata") or {}).get("labels", {}).get(REVISION_LABEL) == revision
-        ]
-        ready, _ = ready_endpoint_addresses(mine)
-        replicas = list(await asyncio.gather(*(self._scrape(addr) for _, addr in ready)))
+        if pods is None:
+            pods = ready_pods(self.slices.values())
+        ready = pods.get((ns, revision), ())
+        replicas = list(await asyncio.gather(*(self._scrape(p.address) for p in ready)))
         starting = max(0, spec_replicas - len(ready))
         replicas += [
             ReplicaObservation(f"starting-{i}", "starting", None, None, None, None)
             for i in range(starting)
         ]
-        model, policy = self.policy_for(pa)
-        buffered = await self.demand.buffered(Revision(ns, revision, model))
-        obs = ModelObservation(model, tuple(replicas), buffered)
+        # An Unreachable revision gets no traffic from its route: never scale it for demand
+        # (Knative's ScaleBounds and scaler.scale drop its min and initial scale too).
+        buffered = (
+            await self.demand.buffered(Revision(ns, revision, r.model))
+            if r.settings.reachable
+            else 0
+        )
+        obs = ModelObservation(r.model, tuple(replicas), buffered)
         now_s = self.clock.monotonic()
-        decision, st.decider = decide(obs, policy, st.decider, now_s)
-
-        # The grace in Proxy counts from when Knative's networking controller has put the
-        # activator in the path (our stand-in for Knative's activator probe).
-        if sks is not None and activator_in_path(sks):
-            if st.proxy_since_s is None:
-                st.proxy_since_s = now_s
-        else:
-            st.proxy_since_s = None
+        decision, st.decider = decide(obs, r.policy, st.decider, now_s)
+        # At rest (the same inputs as a tick that planned no change, in a state where time alone
+        # changes nothing) the plan would be the same again: skip it.
+        rest = (
+            resource_version(pa),
+            resource_version(sks),
+            spec_replicas,
+            ready,
+            decision.desired_replicas,
+            buffered,
+            r,
+        )
+        if st.rest == rest:
+            return
+        st.rest = None
         now_iso = self._now_iso()
         p = plan(
             pa,
-            Observed(spec_replicas, len(ready), sks, st.proxy_since_s),
+            Observed(spec_replicas, len(ready), sks),
             decision.desired_replicas,
-            policy.scale_to_zero_grace_s,
-            now_s,
+            r.settings,
+            r.grace_s,
+            r.policy.stable_window_s,
+            self.clock.wall(),
             now_iso,
-            min_scale=policy.min_replicas,
-            initial_scale=policy.initial_replicas,
+            v,
         )
         if decision.changes or p.scale is not None:
             log.info(
                 "PA %s/%s (model %s): want %d, scale %s, SKS %s: %s",
                 ns,
                 v.name,
-                model,
+                r.model,
                 p.want,
                 p.scale,
                 p.mode,
                 decision.reason,
             )
 
+        wrote = sks is None or sks_update(sks, p.sks) is not None or p.scale is not None
+        wrote = wrote or p.status != (pa.get("status") or {})
+        active = condition_status(p.status, ACTIVE)
+        if (
+            not wrote
+            and p.want == spec_replicas == decision.desired_replicas
+            and ((active == "True" and p.want > 0) or (active == "False" and spec_replicas == 0))
+        ):
+            st.rest = rest
         # 1. The SKS (Proxy in place before any scale to zero).
         if sks is None:
-            await self.kube.create(self._sks_collection(ns), p.sks)
-        elif sks_update(sks, p.sks) is not None:
+            st.sks = await self.kube.create(sks_collection, p.sks)
+        elif (first := sks_update(sks, p.sks)) is not None:
 
             async def put_sks() -> Obj:
                 current = await self.kube.get(sks_path)
                 new = sks_update(current, p.sks)
                 return current if new is None else await self.kube.replace(sks_path, new)
 
-            first = sks_update(sks, p.sks)
-            assert first is not None
             try:
-                await self.kube.replace(sks_path, first)
+                st.sks = await self.kube.replace(sks_path, first)
             except KubeError as e:
                 if e.status != 409:
                     raise
-                await retry_on_conflict(put_sks)
+                st.sks = await retry_on_conflict(put_sks)
         # 2. The scale, as Knative's scaler patches it.
-        if p.scale is not None and scale_obj is not None:
-            await self.kube.json_patch(
+        if p.scale is not None and target_exists:
+            scaled = await self.kube.json_patch(
                 scale_path, [{"op": "add", "path": "/spec/replicas", "value": p.scale}]
             )
+            st.replicas = p.scale
+            st.deployment_rv = resource_version(scaled)
             if self.reports is not None:
                 self.reports.decision(
-                    model, spec_replicas, p.scale, decision.reason, decision.panic
+                    r.model, spec_replicas, p.scale, decision.reason, decision.panic
                 )
             if spec_replicas == 0 and p.scale > 0:
                 st.cold_start_since_s = now_s
             elif p.scale == 0:
                 st.cold_start_since_s = None
+            spec_replicas = p.scale
         if st.cold_start_since_s is not None and ready:
             if self.reports is not None:
-                self.reports.cold_start(model, CLUSTER_TIER, now_s - st.cold_start_since_s)
+                self.reports.cold_start(r.model, CLUSTER_TIER, now_s - st.cold_start_since_s)
             log.info(
                 "PA %s/%s: cold start done in %.1f s", ns, v.name, now_s - st.cold_start_since_s
             )
             st.cold_start_since_s = None
         # 3. The PA status, through the status subresource.
         if p.status != (pa.get("status") or {}):
-            await self._write_status(pa, p.status)
+            await self._write_status(st, pa, p.status)
+        sks_status = (sks or {}).get("status") or {}
+        self.revisions[key] = RevisionView(
+            namespace=ns,
+            name=v.name,
+            revision=revision,
+            model=r.model,
+            pool=v.annotations.get(POOL_ANNOTATION),
+            reachability=str((pa.get("spec") or {}).get("reachability", "")),
+            generation=_int(v.labels.get(GENERATION_LABEL)),
+            spec_replicas=spec_replicas,
+            ready=ready,
+            sks_mode=p.mode,
+            sks_ready=sks is not None and sks_is_ready(sks),
+            activator_in_path=sks is not None and activator_in_path(sks),
+            public_service=str(sks_status.get("serviceName", "")),
+            private_service=str(sks_status.get("privateServiceName", "")),
+            want=p.want,
+            active=condition_status(p.status, ACTIVE),
+            buffered=buffered,
+        )
 
     def _now_iso(self) -> str:
         """Condition timestamps: Kubernetes' second-resolution UTC time."""
-        wall = datetime.datetime.fromtimestamp(self.clock.wall(), datetime.UTC)
-        return wall.strftime("%Y-%m-%dT%H:%M:%SZ")
+        second = int(self.clock.wall())
+        if self._iso[0] != second:
+            wall = datetime.datetime.fromtimestamp(second, datetime.UTC)
+            self._iso = (second, wall.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        return self._iso[1]
 
-    async def _write_status(self, pa: Obj, status: Obj) -> None:
+    async def _write_status(self, st: _PaState, pa: Obj, status: Obj) -> None:
         meta = pa["metadata"]
-        path = self._pa_path(meta["namespace"], meta["name"]) + "/status"
+        path = f"{_collection(PA_API, 'podautoscalers', meta['namespace'])}/{meta['name']}"
         first = True
 
         async def attempt() -> Obj:
             nonlocal first
-            body = (
-                pa if first else await self.kube.get(self._pa_path(meta["namespace"], meta["name"]))
-            )
+            body = pa if first else await self.kube.get(path)
+            if not first and body.get("status") == status:
+                return body  # already written (our own earlier write, seen late)
             first = False
             out = copy.deepcopy(body)
             out["status"] = status
-            return await self.kube.replace(path, out)
+            return await self.kube.replace(path + "/status", out)
 
-        written = await retry_on_conflict(attempt)
-        self._observe_pa("MODIFIED", written)
+        st.pa = await retry_on_conflict(attempt)
 
     # -- the loops -----------------------------------------------------------------------------
 
     async def tick(self) -> None:
-        """Reconcile every known PA once, concurrently (leader only); one PA's API error or slow
-        scrape does not hold up the others."""
+        """Reconcile every known PA of Thaw's class once, concurrently (leader only); one PA's
+        API error or slow scrape does not hold up the others."""
         self.demand.new_tick()
-        pas = list(self.pas.items())
-        slices: dict[str, list[Obj] | None] = {}
-        for ns in sorted({key[0] for key, _ in pas}):
-            try:
-                slices[ns] = await self._slices(ns)
-            except KubeError as e:
-                log.warning("EndpointSlices in %s: %s", ns, e)
-                slices[ns] = None  # each PA lists (and backs off) on its own
-        if self.gateway is not None and all(v is not None for v in slices.values()):
-            listed = [s for ns_slices in slices.values() for s in ns_slices or []]
-            await self.gateway.tick(revision_candidates([pa for _, pa in pas], listed), self.config)
-        await asyncio.gather(*(self._tick_one(key, pa, slices[key[0]]) for key, pa in pas))
+        pods = ready_pods(self.slices.values())
+        pas = [pa for pa in self.pas.values() if is_ours(pa)]
+        if self.gateway is not None:
+            # The gateway's routes, from the same caches (no API call).
+            candidates = revision_candidates(pas, list(self.slices.values()))
+            await self.gateway.tick(candidates, self.config)
+        await asyncio.gather(*(self._tick_one(pa, pods) for pa in pas))
 
-    async def _tick_one(self, key: tuple[str, str], pa: Obj, slices: list[Obj] | None) -> None:
+    async def _tick_one(self, pa: Obj, pods: dict[tuple[str, str], tuple[ReadyPod, ...]]) -> None:
+        meta = pa.get("metadata") or {}
+        key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
         st = self._states.setdefault(key, _PaState())
         now_s = self.clock.monotonic()
         if now_s < st.retry_at_s:
             return
         try:
-            await self.reconcile(pa, slices)
+            await self.reconcile(pa, pods)
             st.backoff.succeeded()
         except PodAutoscalerError as e:
             log.warning("PA %s/%s: %s", key[0], key[1], e)
@@ -448,7 +572,8 @@ class Controller:
         """Elect, watch and tick until ``stop`` is set."""
         tasks = [
             asyncio.create_task(self.elector.run(stop), name="leader-election"),
-            asyncio.create_task(self.watch_pas(stop), name="pa-watch"),
+            *(asyncio.create_task(i.run(stop), name=f"watch {i.name}") for i in self.informers),
+            asyncio.create_task(self._sync(), name="sync"),
         ]
         try:
             while not stop.is_set():

@@ -171,16 +171,22 @@ class KubeClient:
         return await self._call("PATCH", path, ops, content_type="application/json-patch+json")
 
     async def watch(
-        self, path: str, resource_version: str, timeout_s: float = 300.0
+        self,
+        path: str,
+        resource_version: str,
+        timeout_s: float = 300.0,
+        label_selector: str | None = None,
     ) -> AsyncIterator[Obj]:
         """Events (``{"type": ..., "object": ...}``) after ``resource_version`` until the server
         ends the stream (``timeoutSeconds``); raise :class:`KubeError` on an HTTP error."""
         params = {
             "watch": "true",
             "resourceVersion": resource_version,
-            "timeoutSeconds": str(int(timeout_s)),
+            "timeoutSeconds": str(max(1, int(timeout_s))),
             "allowWatchBookmarks": "true",
         }
+        if label_selector:
+            params["labelSelector"] = label_selector
         try:
             async with self.session.get(
                 self.config.host + path,

@@ -1,9 +1,12 @@
 """The PodAutoscaler reconcile, pure: observed objects and a decision in, desired objects out.
 
 Owns what Thaw's controller writes to Kubernetes, computed without I/O or a clock (time comes in
-as ``now_s`` on a monotonic clock and ``now_iso`` for condition timestamps):
+as ``now_s``, wall seconds, and ``now_iso`` for condition timestamps):
 
 - :func:`is_ours` — the class filter (``autoscaling.knative.dev/class: autoscaler.thaw.dev``);
+- :func:`resolve` — the PA's model, policy, Knative scale settings (``ScaleBounds``,
+  ``GetInitialScale``, ``spec.reachability``, ``config-autoscaler``) and grace, with the
+  precedence stated there;
 - :func:`desired_sks` — the ServerlessService for a PA, as Knative's ``resources.MakeSKS`` shapes
   it (named after the PA, controller ownerRef, labels copied, annotations copied but the metric
   one, ``objectRef`` = ``scaleTargetRef``, ``protocolType``, ``mode``, ``numActivators``);
@@ -12,24 +15,28 @@ as ``now_s`` on a monotonic clock and ``now_iso`` for condition timestamps):
   conditions ``SKSReady``, ``ScaleTargetInitialized``, ``Active``, ``Ready``, ``desiredScale``,
   ``actualScale``, ``observedGeneration``).
 
-Scale to zero follows Knative: when the decision is 0 the PA is first marked inactive (``Active``
-False, ``NoTraffic``) and the SKS put in ``Proxy`` (Knative's activator then holds traffic); the
-replicas go to 0 only once the SKS has been in Proxy for the scale-to-zero grace period. While
-scaling up, ``Active`` is Unknown ``Queued`` however long the cold start takes; it is never False
-then (Knative fails a revision whose PA goes inactive while activating).
+Scale to zero follows Knative's ``handleScaleToZero``: when the decision is 0 an active PA (active
+for a stable window) is first marked inactive (``Active`` False, ``NoTraffic``) and the SKS put in
+``Proxy`` (Knative's activator then holds traffic); the replicas go to 0 once the PA has been
+inactive for the grace and the activator is in the path (:mod:`autoscaler.scale_to_zero`, the
+rule every runtime shares). While activating (``Active`` Unknown ``Queued``) a decision of 0
+waits for the revision's progress deadline + 30 s before it gives up (``TimedOut``: Knative then
+fails the revision), so a slow GPU cold start is not cut short.
 """
 
 from __future__ import annotations
 
 import copy
+import datetime
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import ValidationError
-
 from autoscaler.policy import AutoscalingPolicy
-from kernel.config_errors import problem, validation_problems
+from autoscaler.scale_to_zero import grace_step
+from kernel.config_errors import problem
+from knative.cluster_config import KnativeConfig, go_duration_s
 from knative.contract import (
     AUTOSCALER_CLASS,
     CLASS_ANNOTATION,
@@ -77,14 +84,6 @@ class PodAutoscalerError(ValueError):
     and what is accepted (the kernel's one format, :mod:`kernel.config_errors`)."""
 
 
-#: The policy field each of Knative's per-revision scale annotations sets.
-SCALE_ANNOTATIONS = {
-    "min_replicas": MIN_SCALE_ANNOTATION,
-    "initial_replicas": INITIAL_SCALE_ANNOTATION,
-    "max_replicas": MAX_SCALE_ANNOTATION,
-}
-
-
 @dataclass(frozen=True)
 class ScaleTarget:
     """The PA's ``scaleTargetRef`` (Knative: always an apps/v1 Deployment)."""
@@ -116,8 +115,10 @@ class PodAutoscalerView:
     target: ScaleTarget
     protocol_type: str
     min_scale: int | None
-    max_scale: int | None
+    max_scale: int
     initial_scale: int | None
+    #: Whether ``max-scale`` is annotated (0 = unbounded either way).
+    max_annotated: bool = False
 
 
 def is_ours(pa: Obj) -> bool:
@@ -167,49 +168,83 @@ def view(pa: Obj) -> PodAutoscalerView:
         target=ScaleTarget(str(ref["apiVersion"]), str(ref["kind"]), str(ref["name"])),
         protocol_type=str(spec.get("protocolType", "http1")),
         min_scale=min_scale,
-        max_scale=max_scale or None,
+        max_scale=max_scale or 0,
+        max_annotated=MAX_SCALE_ANNOTATION in annotations,
         initial_scale=initial_scale,
     )
 
 
-def policy_for(pa: Obj, config: ThawConfig) -> tuple[str, AutoscalingPolicy, str | None]:
-    """(model, policy, problem): the PA's model (``thaw.dev/model``, else its service or
-    revision label, else its name), that model's autoscaling policy from the policy file (the
-    defaults when the file has no such model), with the PA's ``min-scale``, ``max-scale`` and
-    ``initial-scale`` annotations applied when present (Knative's per-revision settings win, as
-    over ``config-autoscaler``). ``problem`` says why annotations were not applied, else None."""
-    v = view(pa)
-    model = (
+def model_of(pa: Obj, v: PodAutoscalerView | None = None) -> str:
+    """The PA's model: ``thaw.dev/model``, else its service or revision label, else its name
+    (``v``: the PA's :func:`view`, when the caller has it)."""
+    v = v or view(pa)
+    return (
         v.annotations.get(MODEL_ANNOTATION)
         or v.labels.get(SERVICE_LABEL)
         or v.labels.get(REVISION_LABEL)
         or v.name
     )
-    policy = next((m.autoscaling for m in config.models if m.name == model), AutoscalingPolicy())
-    update: dict[str, int] = {}
-    if v.min_scale is not None:
-        update["min_replicas"] = v.min_scale
-    if v.initial_scale is not None:
-        update["initial_replicas"] = v.initial_scale
-    if v.max_scale is not None:
-        update["max_replicas"] = v.max_scale
-    if not update:
-        return model, policy, None
-    try:
-        return model, AutoscalingPolicy.model_validate({**policy.model_dump(), **update}), None
-    except ValidationError as e:
-        names = {f: f"annotation {SCALE_ANNOTATIONS[f]}" for f in update}
-        bad = "; ".join(validation_problems(e, AutoscalingPolicy, names=names))
-        given = ", ".join(f"{SCALE_ANNOTATIONS[f]} = {v}" for f, v in update.items())
-        return model, policy, f"scale annotations not applied ({given}): {bad}; the policy stays"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What one PA runs with this tick: its model, the policy the decider gets, Knative's scale
+    settings and the scale-to-zero grace (:func:`resolve`)."""
+
+    model: str
+    policy: AutoscalingPolicy
+    settings: ScaleSettings
+    grace_s: float
+
+
+def resolve(
+    pa: Obj, config: ThawConfig, cfg: KnativeConfig, v: PodAutoscalerView | None = None
+) -> Resolved:
+    """The PA's settings, in this precedence (highest first):
+
+    - scale bounds are Knative's, as KPA resolves them (:func:`scale_settings`): the PA's
+      ``min-scale`` / ``max-scale`` / ``initial-scale`` annotations, else ``config-autoscaler``;
+      an Unreachable revision has no minimum and no initial scale. The policy file's
+      ``min_replicas`` / ``initial_replicas`` / ``max_replicas`` reach a revision as those
+      annotations (``thaw knative render`` writes them); where Knative leaves max unbounded, the
+      policy's ``max_replicas`` caps it;
+    - ``scale_to_zero_grace_s``: the model's, when the policy file sets it; else
+      ``config-autoscaler``'s ``scale-to-zero-grace-period``;
+    - every other autoscaling key: the policy file (the model's, else the defaults).
+
+    An Unreachable revision's decider has no scale-down rate limit and no scale-down delay
+    (Knative's decider with ``Reachable`` false)."""
+    v = v or view(pa)
+    model = model_of(pa, v)
+    found = next((m.autoscaling for m in config.models if m.name == model), None)
+    base = found if found is not None else AutoscalingPolicy()
+    s = scale_settings(pa, cfg, v)
+    high = s.max_scale if s.max_scale > 0 else base.max_replicas
+    high = max(high, s.min_scale)
+    update: dict[str, Any] = {
+        "min_replicas": s.min_scale,
+        "max_replicas": high,
+        "initial_replicas": min(s.initial_scale, high) if s.reachable else 0,
+    }
+    if not s.reachable:
+        update["max_scale_down_rate"] = math.inf
+        update["scale_down_delay_s"] = 0.0
+    grace_s = (
+        base.scale_to_zero_grace_s
+        if found is not None and "scale_to_zero_grace_s" in found.model_fields_set
+        else cfg.scale_to_zero_grace_period_s
+    )
+    return Resolved(model, base.model_copy(update=update), s, grace_s)
 
 
 # -- the ServerlessService ------------------------------------------------------------------
 
 
-def desired_sks(pa: Obj, mode: SksMode, num_activators: int) -> Obj:
+def desired_sks(
+    pa: Obj, mode: SksMode, num_activators: int, v: PodAutoscalerView | None = None
+) -> Obj:
     """The SKS Knative's ``MakeSKS`` would build for this PA."""
-    v = view(pa)
+    v = v or view(pa)
     return {
         "apiVersion": f"{SKS_GROUP}/{SKS_VERSION}",
         "kind": "ServerlessService",
@@ -257,14 +292,6 @@ def controlled_by(obj: Obj, pa: Obj) -> bool:
         if ref.get("controller") and ref.get("uid") == uid:
             return True
     return False
-
-
-def _sks_ready(sks: Obj) -> tuple[bool, str]:
-    """(Ready, message) from the SKS status's Ready condition."""
-    for c in (sks.get("status") or {}).get("conditions") or []:
-        if c.get("type") == READY:
-            return c.get("status") == "True", str(c.get("message", ""))
-    return False, ""
 
 
 def activator_in_path(sks: Obj) -> bool:
@@ -340,6 +367,137 @@ def _ready(conditions: dict[str, Obj], now_iso: str) -> None:
         _set(conditions, READY, "True", "", "", now_iso)
 
 
+# -- Knative's scale settings for one PA ------------------------------------------------------
+
+UNREACHABLE = "Unreachable"
+#: Knative's ``activationTimeoutBuffer`` (``kpa/scaler.go``): KPA gives up activating only after
+#: the revision's progress deadline and this margin.
+ACTIVATION_TIMEOUT_BUFFER_S = 30.0
+PROGRESS_DEADLINE_ANNOTATION = "serving.knative.dev/progress-deadline"
+RETENTION_ANNOTATION = "autoscaling.knative.dev/scale-to-zero-pod-retention-period"
+TARGET_ANNOTATION = "autoscaling.knative.dev/target"
+TBC_ANNOTATION = "autoscaling.knative.dev/target-burst-capacity"
+
+
+@dataclass(frozen=True)
+class ScaleSettings:
+    """Knative's scale settings for one PA, resolved from its annotations over
+    ``config-autoscaler`` / ``config-deployment`` (:func:`scale_settings`).
+
+    ``min_scale``/``max_scale``: ``ScaleBounds`` (``pa_lifecycle.go``: min dropped when
+    Unreachable; max 0 = unbounded, within ``max-scale-limit``); ``initial_scale``:
+    ``GetInitialScale`` (``kpa/resources/decider.go``); ``activation_timeout_s``: the progress
+    deadline + 30 s (``scaler.go``); ``retention_s``: the last-pod retention (0 when
+    Unreachable); ``total_value``/``target_burst_capacity``/``activator_capacity``: what
+    ``computeNumActivators`` reads (``kpa.go``, ``ResolveMetricTarget``'s total for concurrency).
+    """
+
+    reachable: bool
+    min_scale: int
+    max_scale: int
+    initial_scale: int
+    enable_scale_to_zero: bool
+    activation_timeout_s: float
+    retention_s: float
+    total_value: float
+    target_burst_capacity: float
+    activator_capacity: float
+
+
+def _float_annotation(annotations: Mapping[str, str], key: str) -> float | None:
+    raw = annotations.get(key)
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise PodAutoscalerError(problem(f"annotation {key}", raw, "must be a number")) from None
+
+
+def _duration_annotation(annotations: Mapping[str, str], key: str) -> float | None:
+    raw = annotations.get(key)
+    if raw is None:
+        return None
+    try:
+        return go_duration_s(raw)
+    except ValueError:
+        raise PodAutoscalerError(
+            problem(f"annotation {key}", raw, "must be a Go duration, e.g. 30s")
+        ) from None
+
+
+def scale_settings(
+    pa: Obj, cfg: KnativeConfig, v: PodAutoscalerView | None = None
+) -> ScaleSettings:
+    """The PA's scale settings as Knative's KPA resolves them (see :class:`ScaleSettings`)."""
+    v = v or view(pa)
+    reachable = str((pa.get("spec") or {}).get("reachability", "")) != UNREACHABLE
+    min_scale = 0
+    if reachable:
+        min_scale = v.min_scale if v.min_scale is not None else cfg.min_scale
+    max_scale = v.max_scale if v.max_annotated else cfg.max_scale
+    if cfg.max_scale_limit > 0:
+        # Knative's webhook refuses a max-scale above the limit (or unbounded): cap it.
+        max_scale = cfg.max_scale_limit if max_scale == 0 else min(max_scale, cfg.max_scale_limit)
+    initial = v.initial_scale
+    if initial is None or (initial == 0 and not cfg.allow_zero_initial_scale):
+        initial = cfg.initial_scale
+    deadline_s = _duration_annotation(v.annotations, PROGRESS_DEADLINE_ANNOTATION)
+    retention_s = _duration_annotation(v.annotations, RETENTION_ANNOTATION)
+    concurrency = int((pa.get("spec") or {}).get("containerConcurrency") or 0)
+    total = float(concurrency) if concurrency > 0 else cfg.container_concurrency_target_default
+    target = _float_annotation(v.annotations, TARGET_ANNOTATION)
+    if target is not None:
+        total = min(target, float(concurrency)) if concurrency > 0 else target
+    tbc = _float_annotation(v.annotations, TBC_ANNOTATION)
+    return ScaleSettings(
+        reachable=reachable,
+        min_scale=min_scale,
+        max_scale=max_scale,
+        initial_scale=initial,
+        enable_scale_to_zero=cfg.enable_scale_to_zero,
+        activation_timeout_s=(cfg.progress_deadline_s if deadline_s is None else deadline_s)
+        + ACTIVATION_TIMEOUT_BUFFER_S,
+        retention_s=0.0
+        if not reachable
+        else (cfg.scale_to_zero_pod_retention_period_s if retention_s is None else retention_s),
+        total_value=total,
+        target_burst_capacity=cfg.target_burst_capacity if tbc is None else tbc,
+        activator_capacity=cfg.activator_capacity,
+    )
+
+
+def compute_num_activators(ready_pods: int, s: ScaleSettings) -> int:
+    """Knative's ``computeNumActivators`` (``kpa.go``): enough activators to cover the ready
+    pods' capacity plus the burst capacity, at least :data:`MIN_ACTIVATORS`."""
+    if s.target_burst_capacity == 0:
+        return MIN_ACTIVATORS
+    capacity = ready_pods * s.total_value
+    if s.target_burst_capacity > 0:
+        capacity += s.target_burst_capacity
+    return max(MIN_ACTIVATORS, math.ceil(capacity / s.activator_capacity))
+
+
+def _parse_iso_s(text: str) -> float | None:
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return when.timestamp()
+
+
+def in_status_for_s(status: Mapping[str, Any], want: str, now_s: float) -> float:
+    """How long the ``Active`` condition has been ``want`` ("True"/"False"/"Unknown") at wall
+    time ``now_s``; -1 when it is not, or has no transition time (Knative's ``inStatusFor``)."""
+    c = get_condition(status, ACTIVE)
+    if c is None or c.get("status") != want:
+        return -1.0
+    since = _parse_iso_s(str(c.get("lastTransitionTime", "")))
+    return -1.0 if since is None else now_s - since
+
+
 # -- the plan -------------------------------------------------------------------------------
 
 
@@ -348,15 +506,12 @@ class Observed:
     """What the controller saw of one PA's world this tick.
 
     ``spec_replicas``: the scale subresource's ``spec.replicas``; ``ready_pods``: ready endpoints
-    of the revision; ``sks``: the SKS (None when absent); ``proxy_since_s``: when the controller
-    found the SKS in Proxy with the activator in its path (:func:`activator_in_path`), on the
-    monotonic clock (None when not).
+    of the revision; ``sks``: the SKS (None when absent).
     """
 
     spec_replicas: int
     ready_pods: int
     sks: Obj | None
-    proxy_since_s: float | None
 
 
 @dataclass(frozen=True)
@@ -366,7 +521,7 @@ class Plan:
     ``scale``: the replicas to set on the scale subresource, None to leave it. ``sks``: the SKS
     as it should be (create it when absent, PUT it when its spec differs). ``status``: the PA's
     whole new status. ``mode``: the SKS mode chosen. ``want``: the scale Knative would call
-    ``want`` (-1 unknown).
+    ``want`` (-1 unknown). ``num_activators``: the SKS's ``numActivators``.
     """
 
     scale: int | None
@@ -374,28 +529,39 @@ class Plan:
     status: Obj
     mode: SksMode
     want: int
+    num_activators: int
+
+
+def sks_is_ready(sks: Obj) -> bool:
+    """Knative's ``ServerlessService.IsReady``: Ready True for the latest spec."""
+    status = sks.get("status") or {}
+    generation = (sks.get("metadata") or {}).get("generation")
+    if generation is not None and status.get("observedGeneration") != generation:
+        return False
+    return condition_status(status, READY) == "True"
 
 
 def plan(
     pa: Obj,
     observed: Observed,
     desired_replicas: int | None,
+    settings: ScaleSettings,
     grace_s: float,
+    stable_window_s: float,
     now_s: float,
     now_iso: str,
-    min_scale: int = 0,
-    initial_scale: int = 1,
+    v: PodAutoscalerView | None = None,
 ) -> Plan:
-    """Knative's KPA reconcile around Thaw's decision (``desired_replicas``; None: not known yet,
-    e.g. before the SKS has a private service). ``min_scale`` and ``initial_scale`` are the
-    effective bounds (the controller passes its policy's, with the PA's annotations applied);
-    they decide when the PA counts as initialized and active."""
-    v = view(pa)
-    old_status: Obj = copy.deepcopy(pa.get("status") or {})
+    """Knative's KPA reconcile (``kpa.go`` ``ReconcileKind``) around Thaw's decision
+    (``desired_replicas``; None: not known yet). ``now_s`` is wall time in seconds (the PA's
+    condition times are wall times); ``grace_s`` the scale-to-zero grace and ``stable_window_s``
+    how long a PA stays active before it may go inactive."""
+    v = v or view(pa)
+    old_status: Obj = pa.get("status") or {}  # read only: the new status is built beside it
     conditions: dict[str, Obj] = {
         c["type"]: dict(c) for c in old_status.get("conditions") or [] if "type" in c
     }
-    status: Obj = {k: w for k, w in old_status.items() if k != "conditions"}
+    status: Obj = {k: copy.deepcopy(w) for k, w in old_status.items() if k != "conditions"}
     status["observedGeneration"] = v.generation
     # Required by the CRD (Go strings without omitempty): "" until the SKS names them.
     status.setdefault("serviceName", "")
@@ -403,9 +569,7 @@ def plan(
 
     sks = observed.sks
     private = str((sks or {}).get("status", {}).get("privateServiceName", ""))
-    inactive = conditions.get(ACTIVE, {}).get("status") == "False"
-    activating = conditions.get(ACTIVE, {}).get("status", "Unknown") == "Unknown"
-
+    num_activators = MIN_ACTIVATORS
     if sks is None or not private:
         # Knative: an SKS in Proxy first; nothing else until it has a private service.
         want = SCALE_UNKNOWN
@@ -414,66 +578,125 @@ def plan(
         _set(conditions, SKS_READY, "Unknown", "NotReady", NO_PRIVATE_SERVICE_NAME, now_iso)
     else:
         status["metricsServiceName"] = private
-        want = SCALE_UNKNOWN if desired_replicas is None else desired_replicas
-        scale, mode = _scale_and_mode(
-            want,
+        want, scale = _scale(
+            old_status,
+            SCALE_UNKNOWN if desired_replicas is None else desired_replicas,
             observed,
-            inactive=inactive,
-            activating=activating,
-            grace_s=grace_s,
-            now_s=now_s,
+            settings,
+            grace_s,
+            stable_window_s,
+            now_s,
         )
+        inactive = condition_status(old_status, ACTIVE) == "False"
+        if want == SCALE_UNKNOWN and inactive:
+            mode = "Proxy"
+        elif want > 0 and observed.ready_pods > 0 and settings.target_burst_capacity != -1:
+            # Knative leaves Proxy when its decider's excess burst capacity is >= 0; Thaw has no
+            # such figure, so the activator leaves the path once a pod is ready to take traffic
+            # (target-burst-capacity -1 keeps it in the path, as in Knative).
+            mode = "Serve"
+        else:
+            mode = "Proxy"
+        num_activators = compute_num_activators(observed.ready_pods, settings)
         status["serviceName"] = str(sks.get("status", {}).get("serviceName", ""))
-        ok, message = _sks_ready(sks)
-        if ok:
+        if sks_is_ready(sks):
             _set(conditions, SKS_READY, "True", "", "", now_iso)
         else:
+            message = str((get_condition(sks.get("status") or {}, READY) or {}).get("message", ""))
             _set(conditions, SKS_READY, "Unknown", "NotReady", message, now_iso)
 
     status["actualScale"] = observed.ready_pods
     old_desired = old_status.get("desiredScale")
     if not (want == SCALE_UNKNOWN and isinstance(old_desired, int) and old_desired >= 0):
         status["desiredScale"] = want
-    _active(conditions, min_scale, initial_scale, status, want, observed.ready_pods, now_iso)
+    _active(conditions, settings, status, want, observed.ready_pods, now_iso)
     _ready(conditions, now_iso)
     status["conditions"] = [conditions[t] for t in (*DEPENDENTS, READY) if t in conditions] + [
         c for t, c in conditions.items() if t not in (*DEPENDENTS, READY)
     ]
     return Plan(
         scale=scale,
-        sks=desired_sks(pa, mode, MIN_ACTIVATORS),
+        sks=desired_sks(pa, mode, num_activators, v),
         status=status,
         mode=mode,
         want=want,
+        num_activators=num_activators,
     )
 
 
-def _scale_and_mode(
-    want: int,
+def _apply_bounds(low: int, high: int, x: int) -> int:
+    """Knative's ``applyBounds``: min first, then max (0 = unbounded)."""
+    if x < low:
+        return low
+    if high != 0 and x > high:
+        return high
+    return x
+
+
+def _scale(
+    status: Obj,
+    desired: int,
     observed: Observed,
-    *,
-    inactive: bool,
-    activating: bool,
+    s: ScaleSettings,
     grace_s: float,
+    stable_window_s: float,
     now_s: float,
-) -> tuple[int | None, SksMode]:
-    """Knative's ``scaler.scale`` and mode choice: the scale to apply and the SKS mode."""
-    if want == SCALE_UNKNOWN:
-        return None, "Proxy" if inactive else ("Serve" if observed.ready_pods > 0 else "Proxy")
-    if want > 0:
-        # The activator leaves the path only once a pod is ready to take the traffic.
-        mode: SksMode = "Serve" if observed.ready_pods > 0 else "Proxy"
-        return (want if want != observed.spec_replicas else None), mode
-    # want == 0: mark inactive and proxy first; scale to 0 only after the grace in Proxy.
-    if observed.spec_replicas == 0:
-        return None, "Proxy"
-    if not inactive and not activating:
-        return None, "Proxy"
-    proxy_for_s = None if observed.proxy_since_s is None else now_s - observed.proxy_since_s
-    sks_mode = ((observed.sks or {}).get("spec") or {}).get("mode")
-    if sks_mode == "Proxy" and proxy_for_s is not None and proxy_for_s >= grace_s:
-        return 0, "Proxy"
-    return None, "Proxy"
+) -> tuple[int, int | None]:
+    """Knative's ``scaler.scale`` (``kpa/scaler.go``): (want, the scale to apply or None)."""
+    activating = condition_status(status, ACTIVE) == "Unknown"
+    if desired < 0 and not activating:
+        return desired, None  # no metrics yet
+    low = s.min_scale
+    initialized = condition_status(status, SCALE_TARGET_INITIALIZED) == "True"
+    if s.initial_scale > 1 and not initialized and s.reachable:
+        low = max(low, s.initial_scale)  # initial scale not attained yet: a floor
+    desired = _apply_bounds(low, s.max_scale, desired)
+    desired, apply = _handle_scale_to_zero(
+        status, desired, observed, s, grace_s, stable_window_s, now_s
+    )
+    if not apply or desired == observed.spec_replicas:
+        return desired, None
+    return desired, desired
+
+
+def _handle_scale_to_zero(
+    status: Obj,
+    desired: int,
+    observed: Observed,
+    s: ScaleSettings,
+    grace_s: float,
+    stable_window_s: float,
+    now_s: float,
+) -> tuple[int, bool]:
+    """Knative's ``handleScaleToZero``: (the scale, whether to apply it)."""
+    if desired != 0:
+        return desired, True
+    if not s.enable_scale_to_zero:
+        return 1, True
+    active = condition_status(status, ACTIVE)
+    if active == "Unknown":
+        # Activating: wait for the revision's progress deadline (+ margin) before giving up.
+        if in_status_for_s(status, "Unknown", now_s) > s.activation_timeout_s:
+            return 0, True
+        return SCALE_UNKNOWN, False
+    if active == "True":
+        # Active for at least a stable window: mark inactive first (the replicas stay);
+        # else at most one replica for the rest of it.
+        if in_status_for_s(status, "True", now_s) >= stable_window_s:
+            return 0, False
+        return 1, True
+    # Inactive: the one scale-to-zero rule every runtime shares, counted from Active=False,
+    # with the activator in the path as the SKS reports it.
+    inactive_for_s = max(0.0, in_status_for_s(status, "False", now_s))
+    step = grace_step(
+        0,
+        observed.spec_replicas,
+        now_s - inactive_for_s,
+        activator_in_path(observed.sks or {}),
+        now_s,
+        max(grace_s, s.retention_s),
+    )
+    return 0, step.replicas == 0
 
 
 def not_owned(pa: Obj, kind: str, name: str, now_iso: str) -> Obj:
@@ -496,20 +719,19 @@ def not_owned(pa: Obj, kind: str, name: str, now_iso: str) -> Obj:
 
 def _active(
     conditions: dict[str, Obj],
-    min_scale: int,
-    initial_scale: int,
+    s: ScaleSettings,
     status: Obj,
     want: int,
     ready: int,
     now_iso: str,
 ) -> None:
-    """Knative's ``computeActiveCondition`` (its table in ``kpa.go``), and
-    ``ScaleTargetInitialized`` once ready pods reach max(min-scale, initial-scale)."""
+    """Knative's ``computeActiveCondition`` (its table in ``kpa.go``), with ``activeThreshold``:
+    max(min, initial) until ``ScaleTargetInitialized``, then max(min, 1)."""
     initialized = conditions.get(SCALE_TARGET_INITIALIZED, {}).get("status") == "True"
     if initialized:
-        min_ready = max(min_scale, 1)
+        min_ready = max(s.min_scale, 1)
     else:
-        min_ready = max(min_scale, initial_scale)
+        min_ready = max(s.min_scale, s.initial_scale)
     if ready >= min_ready and status.get("serviceName"):
         _set(conditions, SCALE_TARGET_INITIALIZED, "True", "", "", now_iso)
     elif not initialized:
@@ -520,7 +742,7 @@ def _active(
         min_ready = max(min_ready, 1)
     active = conditions.get(ACTIVE, {}).get("status", "Unknown")
     is_inactive = active == "False"
-    is_activating = active == "Unknown" and ACTIVE in conditions
+    is_activating = active == "Unknown"
     if want == 0 or min_ready == 0:
         if is_activating and min_ready > 0:
             _set(

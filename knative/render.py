@@ -49,6 +49,7 @@ What each Service carries, and why:
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import shlex
 from collections.abc import Callable, Iterable
@@ -74,6 +75,7 @@ from knative.contract import (
     MODEL_ANNOTATION,
     POOL_ANNOTATION,
 )
+from knative.reconcile import PROGRESS_DEADLINE_ANNOTATION
 from model_cache.manifest import model_name_problem
 from policy_file.schema import ClusterConfig, ModelConfig, PoolConfig, ThawConfig
 
@@ -399,6 +401,10 @@ def _service(
         "prometheus.io/port": str(ENGINE_PORT),
         "prometheus.io/path": "/metrics",
     }
+    if "startup_timeout_s" in model.engine.model_fields_set:
+        # How long a revision may take to become ready: Knative's progress deadline, which KPA
+        # also waits (plus 30 s) before it gives up activating. Unset: config-deployment's.
+        annotations[PROGRESS_DEADLINE_ANNOTATION] = f"{math.ceil(model.engine.startup_timeout_s)}s"
     if model.engine.kind == "emulator":
         container = _emulator_container(cluster, model)
         volumes: list[dict[str, Any]] = []

@@ -83,6 +83,7 @@ class LocalReplica:
     sleep_level: int | None = None
     asleep_since_s: float | None = None
     wake_started_s: float | None = None
+    scrape_error: str | None = None  # why the last scrape failed; None after a good one
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -311,20 +312,10 @@ class LocalActuator:
             log.info("replica %s: starting on %s (%s)", replica.replica_id, spec.base_url, tier)
             await replica.process.start()
         except (EngineStartError, OSError, ThawError) as e:
-            n = self._failures.get(replica.model, 0) + 1
-            self._failures[replica.model] = n
-            backoff_s = min(START_BACKOFF_MAX_S, START_BACKOFF_S * 2 ** (n - 1))
-            self._retry_at_s[replica.model] = self._clock.monotonic() + backoff_s
-            log.error(
-                "replica %s failed to start (%d in a row; next try in %.0f s): %s",
-                replica.replica_id,
-                n,
-                backoff_s,
-                e,
-            )
-            self._replicas.pop(replica.replica_id, None)
-            if replica.process is not None:
-                await replica.process.stop(self._stop_grace_s)
+            await self._start_failed(replica, str(e), traceback=False)
+            return
+        except Exception as e:  # a bug or a library's error: said now, with its traceback
+            await self._start_failed(replica, f"{type(e).__name__}: {e}", traceback=True)
             return
         if replica.state != "starting":  # drained while starting: the drain task stops it
             return
@@ -338,6 +329,24 @@ class LocalActuator:
         if self._on_ready is not None:
             self._on_ready(replica.model, replica.replica_id, now_s - replica.started_at_s, tier)
         self._changed(replica.model)
+
+    async def _start_failed(self, replica: LocalReplica, why: str, *, traceback: bool) -> None:
+        """Count a failed start (backoff), log it now, and forget the replica."""
+        n = self._failures.get(replica.model, 0) + 1
+        self._failures[replica.model] = n
+        backoff_s = min(START_BACKOFF_MAX_S, START_BACKOFF_S * 2 ** (n - 1))
+        self._retry_at_s[replica.model] = self._clock.monotonic() + backoff_s
+        log.error(
+            "replica %s failed to start (%d in a row; next try in %.0f s): %s",
+            replica.replica_id,
+            n,
+            backoff_s,
+            why,
+            exc_info=traceback,
+        )
+        self._replicas.pop(replica.replica_id, None)
+        if replica.process is not None:
+            await replica.process.stop(self._stop_grace_s)
 
     def _drain(self, replica: LocalReplica) -> asyncio.Task[None]:
         """Drain and stop ``replica``; the task ends once its process is gone."""
@@ -471,9 +480,11 @@ class LocalActuator:
                     raise MetricsParseError(f"GET /metrics answered {resp.status}")
             replica.metrics = parse_engine_metrics(text)
             replica.scraped_at_s = self._clock.monotonic()
+            replica.scrape_error = None
         except (aiohttp.ClientError, TimeoutError, MetricsParseError) as e:
-            # Keep the old sample: its age tells the decider it is stale.
-            log.debug("scrape of %s failed: %s", replica.replica_id, e)
+            # Keep the old sample: its age tells the decider it is stale (the stack says so).
+            replica.scrape_error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            log.debug("scrape of %s failed: %s", replica.replica_id, replica.scrape_error)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -484,8 +495,15 @@ class LocalActuator:
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
         return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        """Forget a finished task; an exception nothing handled is logged as it happens (not
+        as "never retrieved" at exit, or never)."""
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("actuator task %s failed", task.get_name(), exc_info=task.exception())
 
     def models(self) -> Iterable[str]:
         return sorted({r.model for r in self._replicas.values()})

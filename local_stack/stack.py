@@ -9,7 +9,12 @@ Metrics (on the activator's ``/metrics``): ``thaw_model_replicas{model,state}``,
 ``thaw_autoscaler_desired_replicas{model}``, ``thaw_autoscaler_panic{model}``,
 ``thaw_autoscaler_forecast_replicas{model}``,
 ``thaw_cold_starts_total{model,tier}``, ``thaw_scale_from_zero_seconds{model}`` (first buffered
-request to first ready replica).
+request to first ready replica), ``thaw_replica_metrics_stale{model,replica}`` (1 while a ready
+replica's scrapes have failed for longer than ``metrics_stale_after_s``; a warning says so once
+per episode, with the error).
+
+Policy reloads are read and parsed off the event loop; ``listen`` and ``cache`` changes need a
+restart and are named as such (:data:`RESTART_KEYS`).
 
 With ``autoscaling.forecast.enabled``, each tick also feeds the model's
 :class:`~autoscaler.forecast.ReplicaForecaster` the arrivals since the last tick (requests the
@@ -48,6 +53,7 @@ from activator.core import Activator
 from autoscaler.arbiter import Gpu, GpuPlan, Want, arbitrate
 from autoscaler.decider import DeciderState, Decision, ModelObservation, decide
 from autoscaler.forecast import ReplicaForecaster
+from autoscaler.scale_to_zero import apply_grace
 from autoscaler.warm_pool import Actions, plan_actions
 from engine.process import EngineSpec, emulator_spec, vllm_spec
 from engine.vllm_site.thaw_engine_guard import CREDENTIAL_HEADER
@@ -68,6 +74,23 @@ log = logging.getLogger(__name__)
 
 #: The emulated GPU's id in the emulators' ledger (one GPU per stack).
 EMULATED_GPU_ID = "local"
+
+#: Settings the running stack cannot change: the listening socket and the opened model cache.
+RESTART_KEYS = ("listen.host", "listen.port", "cache.dir", "cache.budget_bytes",
+                "cache.s3_endpoint_url", "cache.s3_region")  # fmt: skip
+
+
+def restart_needed(old: ThawConfig, new: ThawConfig) -> list[tuple[str, object, object]]:
+    """``(key, old value, new value)`` for each of :data:`RESTART_KEYS` that differs."""
+    out: list[tuple[str, object, object]] = []
+    for key in RESTART_KEYS:
+        block, name = key.split(".")
+        before = getattr(getattr(old, block), name)
+        after = getattr(getattr(new, block), name)
+        if before != after:
+            out.append((key, before, after))
+    return out
+
 
 SCALE_FROM_ZERO_BUCKETS_S = (0.5, 1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600)
 
@@ -123,6 +146,14 @@ class StackMetrics:
             ["model", "tier"],
             registry=registry,
         )
+        self.metrics_stale = Gauge(
+            "thaw_replica_metrics_stale",
+            "1 while a ready replica's /metrics has not been scraped for longer than its model's "
+            "autoscaling.metrics_stale_after_s (the decider does not scale down on missing data), "
+            "else 0.",
+            ["model", "replica"],
+            registry=registry,
+        )
         self.scale_from_zero = Histogram(
             "thaw_scale_from_zero_seconds",
             "From the first request buffered at zero to the first ready replica.",
@@ -140,6 +171,7 @@ class _ModelRun:
     state: DeciderState
     last_decision: Decision | None = None
     zero_since_s: float | None = None  # first request buffered while at zero
+    wants_zero_since_s: float | None = None  # the decider first wanted 0 (the grace counts on)
     forecaster: ReplicaForecaster | None = None
     answered: float = 0.0  # requests the activator had answered at the last tick
     in_flight: int = 0  # requests inside the activator at the last tick
@@ -175,6 +207,8 @@ class LocalStack:
         self._unmet: dict[str, int] = {}  # engines per model the GPU could not give, last tick
         self._credential = secrets.token_urlsafe(32)
         self._credential_path: Path | None = None
+        self._stale: dict[str, set[str]] = {}  # model -> replica ids exported; stale ones below
+        self._stale_now: set[str] = set()
         self.actuator = LocalActuator(
             self._spec_for,
             clock,
@@ -190,6 +224,7 @@ class LocalStack:
             clock=clock,
             registry=self.registry,
             api_keys=api_keys,
+            server=config.activator,
         )
         self._cache: ModelCache | None = None
 
@@ -255,7 +290,8 @@ class LocalStack:
 
     async def _model_path(self, cfg: ModelConfig) -> tuple[str, LoadTier]:
         """Where the engine loads the model from, and the tier: ``remote`` if it had to be
-        pulled from S3 now, else ``local_disk``. No model configured: the tiny Llama."""
+        pulled from S3 now, else ``local_disk``. No model configured: the tiny Llama (built
+        once, for vLLM only; the emulator loads nothing)."""
         model = cfg.engine.model
         if model and model.startswith("s3://"):
             result = await asyncio.to_thread(self._model_cache().ensure, cfg.name, model)
@@ -271,12 +307,16 @@ class LocalStack:
             return str(result.path), tier
         if model:
             return model, "local_disk"
+        if cfg.engine.kind == "emulator":  # it loads no weights: nothing to build
+            return "", "local_disk"
         target = self.work_dir / "models" / "tiny-llama"
         if not (target / "config.json").exists():
-            from model_cache.tiny_model import build_tiny_llama
+            from model_cache.tiny_model import ensure_tiny_llama
 
             log.info("building the tiny Llama into %s (no model configured)", target)
-            await asyncio.to_thread(build_tiny_llama, target)
+            # One build at a time: replicas starting together wait for the first one's.
+            built = await asyncio.to_thread(ensure_tiny_llama, target)
+            log.info("the tiny Llama is in %s (%s)", target, "built" if built else "found")
         return str(target), "local_disk"
 
     def _model_cache(self) -> ModelCache:
@@ -330,7 +370,7 @@ class LocalStack:
 
     async def tick(self) -> list[Decision]:
         """One pass over every model: scrape, observe, decide, actuate, export."""
-        self._maybe_reload()
+        await self._maybe_reload()
         await self.actuator.scrape()
         now_s = self.clock.monotonic()
         decisions: list[Decision] = []
@@ -338,9 +378,18 @@ class LocalStack:
             buffered = self.activator.buffered(name)
             if buffered and run.zero_since_s is None and not self.actuator.ready_replicas(name):
                 run.zero_since_s = now_s
+            self._check_staleness(name, run, now_s)
             obs = self.actuator.observe(name, buffered, now_s, self.activator.outstanding)
             obs = self._with_forecast(name, run, obs, now_s)
             decision, run.state = decide(obs, run.config.autoscaling, run.state, now_s)
+            # The grace, as every runtime counts it; Thaw's activator is always in the path.
+            decision, run.wants_zero_since_s = apply_grace(
+                decision,
+                run.wants_zero_since_s,
+                True,
+                now_s,
+                run.config.autoscaling.scale_to_zero_grace_s,
+            )
             run.last_decision = decision
             decisions.append(decision)
         plan = self._arbitrate(decisions, now_s)
@@ -423,6 +472,42 @@ class LocalStack:
         elif not actions.empty:
             log.info("model %s: warm pool: %s", name, actions.describe())
 
+    def _check_staleness(self, name: str, run: _ModelRun, now_s: float) -> None:
+        """Export each ready replica's staleness, and say once per episode when its metrics
+        go stale (with the last scrape's error) and when they are fresh again."""
+        after_s = run.config.autoscaling.metrics_stale_after_s
+        exported = self._stale.setdefault(name, set())
+        live: set[str] = set()
+        for r in self.actuator.replicas(name):
+            if r.state != "ready":
+                continue
+            rid = r.replica_id
+            live.add(rid)
+            since_s = r.scraped_at_s if r.scraped_at_s is not None else r.ready_at_s
+            age_s = now_s - since_s if since_s is not None else 0.0
+            # Failing, for longer than the policy allows (a slow tick alone is not staleness).
+            stale = r.scrape_error is not None and age_s > after_s
+            if stale and rid not in self._stale_now:
+                self._stale_now.add(rid)
+                log.warning(
+                    "replica %s: metrics stale (no scrape for %.1f s, over metrics_stale_after_s "
+                    "= %g; last error: %s); model %s will not scale down on missing data",
+                    rid,
+                    age_s,
+                    after_s,
+                    r.scrape_error,
+                    name,
+                )
+            elif not stale and rid in self._stale_now:
+                self._stale_now.discard(rid)
+                log.info("replica %s: metrics fresh again", rid)
+            self.metrics.metrics_stale.labels(name, rid).set(1 if stale else 0)
+        for gone in exported - live:
+            self._stale_now.discard(gone)
+            with contextlib.suppress(KeyError):
+                self.metrics.metrics_stale.remove(name, gone)
+        self._stale[name] = live
+
     def _with_forecast(
         self, name: str, run: _ModelRun, obs: ModelObservation, now_s: float
     ) -> ModelObservation:
@@ -464,12 +549,24 @@ class LocalStack:
         self.metrics.desired.labels(model).set(decision.desired_replicas)
         self.metrics.panic.labels(model).set(1 if decision.panic else 0)
 
-    def _maybe_reload(self) -> None:
+    async def _maybe_reload(self) -> None:
+        """Apply a changed policy file. Reading and parsing run off the event loop (a large
+        file must not stall the front door); settings the running stack cannot change are
+        named in a warning and keep their old values."""
         if self._watcher is None:
             return
-        new = self._watcher.poll()
+        new = await asyncio.to_thread(self._watcher.poll)
         if new is None:
             return
+        kept = restart_needed(self.config, new)
+        if kept:
+            log.warning(
+                "policy reload: %s changed but needs a restart of thaw up; still using the "
+                "old value%s",
+                ", ".join(f"{k} ({old!r} -> {v!r})" for k, old, v in kept),
+                "s" if len(kept) > 1 else "",
+            )
+            new = new.model_copy(update={"listen": self.config.listen, "cache": self.config.cache})
         old_names = set(self._runs)
         for m in new.models:
             if m.name in self._runs:
@@ -481,7 +578,12 @@ class LocalStack:
             del self._runs[gone]
         self.config = new
         self.activator.set_models(model_limits(new))
-        log.info("policy reloaded: %d models", len(new.models))
+        self.activator.set_server_limits(new.activator)
+        log.info(
+            "policy reloaded: %d models; applied: models, activator limits, tick_s%s",
+            len(new.models),
+            f"; kept until a restart: {', '.join(k for k, _, _ in kept)}" if kept else "",
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then stop every replica."""

@@ -9,8 +9,11 @@ built-in corpus (``tokenizer.json``, ``tokenizer_config.json`` with a Llama-3-st
 No network, no torch. The same seed gives byte-identical files. The pure parts
 (:func:`tiny_llama_config`, :func:`tiny_llama_weights`, :func:`train_tokenizer`,
 :func:`tokenizer_files`) return values; :func:`build_tiny_llama` is the thin adapter that writes
-them: into a temporary sibling directory first, renamed into place at the end, so a half-built
-model never appears under its final name.
+them: into a temporary sibling directory of its own first, renamed into place at the end, so a
+half-built model never appears under its final name. :func:`ensure_tiny_llama` is what callers
+that share a directory use (replicas of ``thaw up``, ``thaw engine``): one build at a time per
+directory across threads and processes (an exclusive ``flock`` on a sibling lock file), and none
+once the model is there.
 
 Other shapes (:data:`SHAPES`): ``8b`` is Llama 3 8B's architecture (8.0 B parameters, 16 GB of
 bfloat16, its 128,256-token vocabulary), for measuring loads and wakes at a real size on a GPU
@@ -26,12 +29,13 @@ so the model is half the size and loads without a cast.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
-import os
 import shutil
 import struct
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -371,9 +375,8 @@ def build_tiny_llama(
                 "or overwrite it (thaw model build-tiny --force)"
             )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.parent / f".{out_dir.name}.building-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    # A staging directory of this build's own: two builders never write into the same one.
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
     try:
         if shape.pad_vocab:
             tokenizer = padded_tokenizer(shape.vocab_size)
@@ -392,6 +395,24 @@ def build_tiny_llama(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
+
+
+def ensure_tiny_llama(out_dir: Path, seed: int = 0) -> bool:
+    """Make sure the tiny Llama is in ``out_dir``: build it unless its ``config.json`` is there
+    (written last, by the rename). One build at a time per directory, across threads and
+    processes: the others wait for it and then find the model. Returns whether this call built.
+    """
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").exists():
+        return False
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = out_dir.parent / f".{out_dir.name}.lock"
+    with open(lock_path, "a+b") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file closes
+        if (out_dir / "config.json").exists():  # built while this one waited
+            return False
+        build_tiny_llama(out_dir, seed, overwrite=True)
+        return True
 
 
 def _save_bf16(weights: dict[str, npt.NDArray[np.float32]], path: Path) -> None:
@@ -474,7 +495,7 @@ def _replace_dir(src: Path, dst: Path) -> None:
     if not dst.exists():
         src.rename(dst)
         return
-    old = dst.parent / f".{dst.name}.old-{os.getpid()}"
-    dst.rename(old)
+    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+    dst.rename(old / dst.name)
     src.rename(dst)
     shutil.rmtree(old, ignore_errors=True)

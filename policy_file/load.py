@@ -3,6 +3,9 @@
 accepted`` (the kernel's one formatter, :mod:`kernel.config_errors`); the built-in default file
 and the JSON Schema.
 
+The file is parsed once, in time linear in its size, and one over :data:`MAX_POLICY_BYTES` (1 MiB,
+what a Kubernetes ConfigMap holds) is refused unread (:func:`kernel.config_errors.read_yaml`).
+
 Given the runtime that will run it (:class:`~policy_file.support.Runtime`), a valid file that
 sets a key that runtime does not honour is refused too (:func:`policy_file.support.refusals`).
 """
@@ -16,8 +19,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from kernel.config_errors import (
+    MAX_CONFIG_BYTES,
     ConfigFileError,
     Lines,
+    check_size,
     format_error,
     not_a_mapping,
     problem,
@@ -28,6 +33,11 @@ from policy_file.schema import ThawConfig
 from policy_file.support import Runtime, refusals
 
 DEFAULT_CONFIG_NAME = "default_config.yaml"
+#: The largest policy file accepted: the kernel's limit for every config file, what a Kubernetes
+#: ConfigMap (how a cluster delivers the file) holds; about 2,500 models with their own blocks.
+MAX_POLICY_BYTES = MAX_CONFIG_BYTES
+#: What to do with a policy over the limit.
+_TOO_LARGE_HINT = "split the models across deployments or drop repeated defaults"
 
 
 class PolicyError(ConfigFileError):
@@ -42,8 +52,9 @@ def default_config_path() -> Path:
 
 def parse_policy(text: str, source: str = "<policy>", runtime: Runtime | None = None) -> ThawConfig:
     """Validate policy YAML text; raise :class:`PolicyError` listing every error. With
-    ``runtime``, also every setting that runtime refuses."""
-    doc = read_yaml(text, source, PolicyError)
+    ``runtime``, also every setting that runtime refuses. Over :data:`MAX_POLICY_BYTES` the text
+    is refused unparsed."""
+    doc = read_yaml(text, source, PolicyError, too_large_hint=_TOO_LARGE_HINT)
     if doc.data is None:
         raise PolicyError(source, ["the file is empty; a policy needs at least `models:`"])
     if not isinstance(doc.data, dict):
@@ -72,9 +83,11 @@ def parse_policy(text: str, source: str = "<policy>", runtime: Runtime | None = 
 
 def load_policy(path: str | Path, runtime: Runtime | None = None) -> ThawConfig:
     """Read and validate a policy file; raise :class:`PolicyError` listing every error. With
-    ``runtime``, also every setting that runtime refuses."""
+    ``runtime``, also every setting that runtime refuses. A file over :data:`MAX_POLICY_BYTES`
+    is refused before it is read."""
     p = Path(path)
     try:
+        check_size(p.stat().st_size, str(p), PolicyError, _TOO_LARGE_HINT)
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise PolicyError(str(p), [f"cannot read the file: {e}"]) from e

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from activator.types import ModelLimits
+from activator.types import ModelLimits, ServerLimits
 from autoscaler.policy import AutoscalingPolicy, WarmPoolConfig
 from engine.perf_model import EnginePerf
 
@@ -18,11 +18,18 @@ class _Frozen(BaseModel):
 
 
 class ListenConfig(_Frozen):
-    """Where the activator (the OpenAI-compatible front door) listens."""
+    """Where the activator (the OpenAI-compatible front door) listens; a change needs a restart
+    (a reload keeps the old address and says so)."""
 
-    host: str = Field("127.0.0.1", min_length=1, description="Address to listen on.")
+    host: str = Field(
+        "127.0.0.1", min_length=1, description="Address to listen on (a change needs a restart)."
+    )
     port: int = Field(
-        8080, strict=True, ge=0, le=65535, description="TCP port to listen on (0: any free one)."
+        8080,
+        strict=True,
+        ge=0,
+        le=65535,
+        description="TCP port to listen on (0: any free one; a change needs a restart).",
     )
 
 
@@ -105,7 +112,8 @@ class EngineConfig(_Frozen):
 
 
 class CacheConfig(_Frozen):
-    """The node-local model cache the local stack pulls s3:// models through.
+    """The node-local model cache the local stack pulls s3:// models through (opened once: a
+    change needs a restart).
 
     Credentials come from the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or boto3's
     chain), never from this file.
@@ -287,12 +295,13 @@ class ClusterConfig(_Frozen):
     @field_validator("pools")
     @classmethod
     def _unique_pools(cls, value: tuple[PoolConfig, ...]) -> tuple[PoolConfig, ...]:
-        names = [p.name for p in value]
-        dups = [
-            f"pools[{i}].name {n!r} repeats pools[{names.index(n)}].name"
-            for i, n in enumerate(names)
-            if n in names[:i]
-        ]
+        first: dict[str, int] = {}
+        dups: list[str] = []
+        for i, p in enumerate(value):
+            if p.name in first:
+                dups.append(f"pools[{i}].name {p.name!r} repeats pools[{first[p.name]}].name")
+            else:
+                first[p.name] = i
         if dups:
             raise ValueError("names must be unique: " + "; ".join(dups))
         return value
@@ -325,7 +334,8 @@ class ModelConfig(_Frozen):
     )
     activator: ModelLimits = Field(
         default_factory=ModelLimits,
-        description="Buffering limits at the activator.",
+        description="The front door's limits for this model: buffer, per-replica concurrency, "
+        "body size, upstream timeouts.",
     )
     warm_pool: WarmPoolConfig = Field(
         default_factory=WarmPoolConfig,
@@ -386,6 +396,11 @@ class ThawConfig(_Frozen):
     models: tuple[ModelConfig, ...] = Field(
         ..., min_length=1, description="The models to serve; names must be unique."
     )
+    activator: ServerLimits = Field(
+        default_factory=ServerLimits,
+        description="The front door's connection limits for every model: client header and "
+        "body timeouts (408), keep-alive, Retry-After.",
+    )
     cache: CacheConfig = Field(
         default_factory=CacheConfig,
         description="The model cache for engine.model values of the form s3://BUCKET/PREFIX.",
@@ -419,11 +434,14 @@ class ThawConfig(_Frozen):
     @model_validator(mode="after")
     def _known_pools(self) -> ThawConfig:
         pools = [p.name for p in self.cluster.pools] if self.cluster else []
+        known = set(pools)
+        accepted = ", ".join(pools[:20]) if pools else "none: there is no cluster.pools"
+        if len(pools) > 20:
+            accepted += f", ... ({len(pools)} pools)"
         problems: list[str] = []
         for i, m in enumerate(self.models):
             for j, name in enumerate(m.pools or ()):
-                if name not in pools:
-                    accepted = ", ".join(pools) if pools else "none: there is no cluster.pools"
+                if name not in known:
                     problems.append(
                         f"models[{i}].pools[{j}] = {name!r}: not a pool in cluster.pools "
                         f"(accepted: {accepted})"

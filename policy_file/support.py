@@ -101,10 +101,7 @@ _CACHE_KNATIVE = _theirs(
 _CACHE_SIM = _theirs("the simulator loads weights from --start-tier at the fleet's bandwidths")
 _CLUSTER_LOCAL = _theirs("the Knative runtime's (thaw knative render places models on its pools)")
 _CLUSTER_SIM = _theirs("the Knative runtime's; the fleet file (--fleet) describes simulated pools")
-_STARTUP_KNATIVE = _refused(
-    "thaw knative render does not map it to Knative yet; Knative's progress deadline "
-    "(config-deployment) decides how long a revision may take to become ready"
-)
+_STARTUP_KNATIVE = _yes("render: serving.knative.dev/progress-deadline")
 _FORECAST_KNATIVE = _refused("the Knative controller does not run the forecaster yet")
 _WARM_KNATIVE = _refused(
     "the Knative controller does not run the warm pool yet: a scale-down deletes the pod"
@@ -125,6 +122,33 @@ _LISTEN_KNATIVE = _theirs(
 _BUFFER_KNATIVE = _refused(
     "on a cluster Knative's activator holds the requests of a model at zero: its own queue, "
     "and a request waits at most the revision's timeoutSeconds (cluster.request_timeout_s)"
+)
+_CONCURRENCY_KNATIVE = _refused(
+    "on a cluster the gateway balances a revision's pods by least requests, and Knative's "
+    "queue-proxy and activator cap requests per pod by the revision's containerConcurrency, "
+    "which thaw knative render does not set from it yet"
+)
+_UPSTREAM_KNATIVE = _refused(
+    "on a cluster the gateway (Envoy) opens pod connections with its own connect timeout and "
+    "bounds a whole request by cluster.request_timeout_s; a revision's responseStartTimeoutSeconds "
+    "and idleTimeoutSeconds are Knative's, which thaw knative render does not set from it yet"
+)
+_SERVER_KNATIVE = _refused(
+    "on a cluster clients connect to the gateway (Envoy, manifests/gateway.yaml), which keeps "
+    "its own client timeouts and keep-alive and sends no Retry-After of its own; "
+    "thaw knative gateway does not map it yet"
+)
+_CONCURRENCY_SIM = _refused(
+    "the simulated activator sends each request to the least-loaded ready replica at once: no "
+    "per-replica cap (the engine's max_num_seqs queues the rest)"
+)
+_UPSTREAM_SIM = _refused(
+    "simulated replicas always accept and answer: no connect, first-byte or idle timeout, no "
+    "ejection"
+)
+_SERVER_SIM = _refused(
+    "the simulator has no client connections: no header or body reads, no keep-alive, no "
+    "Retry-After"
 )
 _PLACE = "render, and the gateway's choice of pool (controller)"
 
@@ -175,8 +199,18 @@ TABLE: tuple[Row, ...] = (
     Row("models[].autoscaling.forecast.min_confidence", YES, _FORECAST_KNATIVE, YES),
     Row("models[].autoscaling.forecast.horizon_s", YES, _FORECAST_KNATIVE, YES),
     Row("models[].activator.buffer_size", YES, _BUFFER_KNATIVE, _FRONT_SIM),
+    Row("models[].activator.buffer_max_bytes", YES, _BUFFER_KNATIVE, _FRONT_SIM),
     Row("models[].activator.wait_timeout_s", YES, _BUFFER_KNATIVE, _FRONT_SIM),
     Row("models[].activator.max_body_bytes", YES, _yes("gateway: 413"), _FRONT_SIM),
+    Row(
+        "models[].activator.max_concurrency_per_replica",
+        YES,
+        _CONCURRENCY_KNATIVE,
+        _CONCURRENCY_SIM,
+    ),
+    Row("models[].activator.upstream_connect_timeout_s", YES, _UPSTREAM_KNATIVE, _UPSTREAM_SIM),
+    Row("models[].activator.upstream_first_byte_timeout_s", YES, _UPSTREAM_KNATIVE, _UPSTREAM_SIM),
+    Row("models[].activator.upstream_idle_timeout_s", YES, _UPSTREAM_KNATIVE, _UPSTREAM_SIM),
     Row("models[].warm_pool.enabled", YES, _WARM_KNATIVE, YES),
     Row("models[].warm_pool.sleep_level", YES, _WARM_KNATIVE, YES),
     Row("models[].warm_pool.max_sleeping", YES, _WARM_KNATIVE, YES),
@@ -185,6 +219,10 @@ TABLE: tuple[Row, ...] = (
     Row("models[].warm_pool.weights_bytes", YES, _WARM_KNATIVE, YES),
     Row("models[].weights_bytes", _CLUSTER_LOCAL, _yes(_PLACE), _CLUSTER_SIM),
     Row("models[].pools", _CLUSTER_LOCAL, _yes("render"), _CLUSTER_SIM),
+    Row("activator.header_timeout_s", YES, _SERVER_KNATIVE, _SERVER_SIM),
+    Row("activator.body_timeout_s", YES, _SERVER_KNATIVE, _SERVER_SIM),
+    Row("activator.keepalive_timeout_s", YES, _SERVER_KNATIVE, _SERVER_SIM),
+    Row("activator.retry_after_s", YES, _SERVER_KNATIVE, _SERVER_SIM),
     Row("cache.dir", YES, _CACHE_KNATIVE, _CACHE_SIM),
     Row("cache.budget_bytes", YES, _CACHE_KNATIVE, _CACHE_SIM),
     Row("cache.s3_endpoint_url", YES, _CACHE_KNATIVE, _CACHE_SIM),

@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from policy_file.load import PolicyError, parse_policy
+from policy_file.load import MAX_POLICY_BYTES, PolicyError, parse_policy
 from policy_file.schema import ThawConfig
 from policy_file.support import Runtime
 
@@ -34,7 +34,9 @@ class PolicyWatcher:
     returns the config to use — the new one when the text changed and is valid, else the old one
     with the reason. :meth:`poll` is the thin adapter: it stats and reads the file, calls
     :meth:`consider`, logs a rejected file once per distinct content, and returns the new config
-    or None. The caller decides how often to poll (the local stack: once per tick).
+    or None. The caller decides how often to poll (the local stack: once per tick) and where:
+    :meth:`poll` reads and parses, so a server calls it off its event loop
+    (``asyncio.to_thread``).
 
     ``runtime``: the runtime that runs the policy; a new file setting a key it does not honour is
     rejected like an invalid one (:func:`policy_file.support.refusals`).
@@ -76,11 +78,19 @@ class PolicyWatcher:
     def poll(self) -> ThawConfig | None:
         """Stat the file; if it changed, read and consider it. The new config, or None."""
         try:
-            mtime_ns = self.path.stat().st_mtime_ns
+            stat = self.path.stat()
         except OSError as e:
             self._log_rejected(f"{self.path}: cannot stat ({e}); keeping the policy in force")
             return None
+        mtime_ns = stat.st_mtime_ns
         if mtime_ns == self._mtime_ns:
+            return None
+        if stat.st_size > MAX_POLICY_BYTES:  # refused unread
+            self._mtime_ns = mtime_ns
+            self._log_rejected(
+                f"{self.path}: {stat.st_size:,} bytes, over the {MAX_POLICY_BYTES:,}-byte limit "
+                "of a policy file; keeping the policy in force"
+            )
             return None
         try:
             text: str | None = self.path.read_text(encoding="utf-8")

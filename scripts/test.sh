@@ -11,11 +11,15 @@ scripts/setup.sh
 bin=.venv/bin
 
 # Prometheus (Debian's package) is a real part of the history tests; started by hand on 127.0.0.1.
-if ! command -v prometheus >/dev/null; then
-  echo "== installing prometheus (apt, --no-install-recommends)"
+# curl runs the README's and --help's curl examples (tests/test_examples.py).
+missing=()
+command -v prometheus >/dev/null || missing+=(prometheus)
+command -v curl >/dev/null || missing+=(curl)
+if (( ${#missing[@]} )); then
+  echo "== installing ${missing[*]} (apt, --no-install-recommends)"
   sudo=""; [[ $(id -u) == 0 ]] || sudo=sudo
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 echo "== ruff"

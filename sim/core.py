@@ -6,11 +6,13 @@ tick) merged with the sorted arrivals of a trace. Per model it keeps a simulated
 replicas, each an :class:`~engine.perf_model.EngineCore` (the same continuous-batching scheduler
 as ``thaw emulator``). At each ``tick_s`` — and at once when a request is buffered at zero, as the
 activator pokes the autoscaler — a model builds a :class:`~autoscaler.decider.ModelObservation`
-from its simulated replicas, calls the real :func:`autoscaler.decider.decide`, and turns the
-desired count into actions with the real warm-pool planner :func:`autoscaler.warm_pool.plan_actions`
-(wake sleepers before starting cold replicas; on scale-down sleep within the host-RAM budget,
-else stop). As the local actuator does: a stopped replica that still has requests drains first
-(no new requests); a replica put to sleep finishes its requests, then sleeps.
+from its simulated replicas, calls the real :func:`autoscaler.decider.decide`, applies the
+scale-to-zero grace as every runtime does (:func:`autoscaler.scale_to_zero.apply_grace`, the
+simulated activator always in the path), and turns the count into actions with the real
+warm-pool planner :func:`autoscaler.warm_pool.plan_actions` (wake sleepers before starting cold
+replicas; on scale-down sleep within the host-RAM budget, else stop). As the local actuator
+does: a stopped replica that still has requests drains first (no new requests); a replica put
+to sleep finishes its requests, then sleeps.
 
 Replica life and costs:
 
@@ -34,34 +36,41 @@ replicas are missing for the whole run).
 
 Deciding only when the answer can change (``SimConfig.decide_every_tick`` off, the default): the
 decider is a function of its observation, its state (the totals it saw within its stable window,
-when demand last stopped, panic) and the time. A model's tick is skipped, and no decider is
-called, when the answer provably stays what it is and no action follows:
+panic) and the time; the grace after it, of the decider's count, the live count, when the
+decider first wanted 0 and the time. A model's tick is skipped, and no decider is called, when
+the answer provably stays what it is and no action follows:
 
-- *at rest*: no live replica, nothing buffered, no panic, its last answer 0 with no action; each
-  further tick would feed the decider the same empty observation, whose zeros only lower its
-  averages. The model is not even visited until a request comes or a sleeper's time-to-live ends
-  (with a forecaster, nothing in the system: also until the forecast's interval or target
-  interval changes, when a new forecast is due);
+- *at rest*: no live replica, nothing buffered, no panic, its last answer 0 with no action (so
+  no grace running: the grace holds a live replica); each further tick would feed the decider
+  the same empty observation, whose zeros only lower its averages. The model is not even
+  visited until a request comes or a sleeper's time-to-live ends (with a forecaster, nothing in
+  the system: also until the forecast's interval or target interval changes, when a new
+  forecast is due);
 - *one replica, within its targets*: one live replica, no panic, no forecast, no scale-down
   delay, activation scale 1, min_replicas <= 1; every total the decider has in its stable window
   (waiting, concurrency, KV usage) and the one it would see now within one replica's target, so
-  that every signal asks for at most one replica; and at least one: demand now, the
-  scale-to-zero grace still running, or a request within the stable window (with a concurrency
-  target, a window's average of a request or more asks for one replica). A model in that state
-  with nothing in flight (an idle replica waiting out its window) is not visited until a request
-  comes or the first tick where that last condition can fail (with a forecaster: its tick is
-  decided, and while its replica is idle and its forecast asks for at most one, it is parked
-  until a new forecast is due);
+  that every signal asks for at most one replica; and the decider's count known to be 1, or 0
+  with the grace still holding one. 1: ``min_replicas`` 1, ``initial_replicas`` 1 in the first
+  stable window, or a concurrency target and a request in the stable window (a window's
+  average of a request or more asks for one replica). 0: no request in the stable window (every
+  total 0) and no floor; one replica stays while the grace, counted from the first tick the
+  decider wanted 0, runs; the tick where it would run out is a timer due, and decided. Without
+  a concurrency target a window that saw requests may ask for 0 or 1: that tick is decided. A
+  model in that state with nothing in flight (an idle replica waiting out its window and its
+  grace) is not visited until a request comes or the first tick where the answer can change
+  (with a forecaster: its tick is decided, and while its replica is idle and its forecast asks
+  for at most one, it is parked until a new forecast is due);
 - *no free GPU*: no live replica and at most one sleeper (asleep), requests buffered (within one
   replica's targets, in the window too, so no panic), and none of its pools has a free GPU: the
   decider asks for one replica, and the start (or the wake, which then starts one elsewhere) is
   refused (counted in ``capacity_refusals`` as it would be). Checked at every tick (a GPU may
   have come free).
 
-A skipped tick still happened for the decider: the totals it would have seen are recorded, and
-before its next call its state is brought forward as the skipped calls would have left it (each
-call appends its totals to the window and drops samples older than the stable window; demand
-sets or clears the idle time; at rest the scale-down delay records zeros). Same results, byte for
+A skipped tick still happened for the decider and the grace: the totals it would have seen are
+recorded, and before its next call its state is brought forward as the skipped calls would have
+left it (each call appends its totals to the window and drops samples older than the stable
+window; at rest the scale-down delay records zeros); when the decider first wanted 0 is kept
+tick by tick (a count of 1, or none live, clears it; the first 0 sets it). Same results, byte for
 byte, as calling it every tick (``decide_every_tick=True``; tests and bench/sim_speed.py compare).
 
 Policies: ``thaw`` (the policy file's autoscaling, its forecast when enabled, and warm pool),
@@ -87,6 +96,7 @@ from typing import Literal, NamedTuple
 
 from autoscaler.decider import DeciderState, ModelObservation, ReplicaObservation, decide
 from autoscaler.policy import AutoscalingPolicy, WarmPoolConfig
+from autoscaler.scale_to_zero import apply_grace
 from autoscaler.warm_pool import PoolReplica, plan_actions
 from engine.perf_model import EngineCore, EnginePerf, StepPlan
 from engine.perf_model import Sequence as EngineSeq
@@ -265,6 +275,9 @@ class _Model:
     """Fed each arrival; gives the decider ``forecast_replicas`` (``predictive``)."""
     obs: ModelObservation | None = None
     """The last observation the decider got (reused while nothing changes)."""
+    wants_zero_since_s: float | None = None
+    """When the decider first wanted 0 (the scale-to-zero grace counts from it), as of the last
+    tick, seen or skipped."""
     # -- deciding only when needed (see the module doc) --
     one_replica_ok: bool = False
     """Its policy allows skipping ticks with one live replica within its targets."""
@@ -272,8 +285,6 @@ class _Model:
     """Its (waiting, concurrency, kv) targets for one replica; inf where disabled."""
     unseen: list[_Run] = field(default_factory=list)
     """Skipped ticks whose totals the decider has not been given yet, oldest first."""
-    idle_since_s: float | None = None
-    """The decider's ``idle_since_s`` as of the last tick, seen or skipped."""
     last_hot_s: float = -_INF
     """The last tick (or poke) whose totals exceeded one replica's target."""
     last_demand_s: float = -_INF
@@ -284,6 +295,10 @@ class _Model:
     """The first tick not visited while parked."""
     due_tick: int | None = None
     """While parked: the tick at which it must be visited again (None: only on a request)."""
+    zero_from_tick: int | None = None
+    """While parked idle: the first parked tick whose decider wants 0 (None: none does)."""
+    zero_since_s: float | None = None
+    """While parked idle: ``wants_zero_since_s`` from ``zero_from_tick`` on."""
 
     def find(self, rid: str) -> _Replica | None:
         for r in self.replicas:
@@ -637,14 +652,12 @@ class _Sim:
             m.last_hot_s = t
         if c > 0:
             m.last_demand_s = t
-            m.idle_since_s = None
-        elif m.idle_since_s is None:
-            m.idle_since_s = t
 
     def skippable(self, m: _Model, now: float, totals: Totals, live: int, sleeping: int) -> bool:
-        """Whether the decider, called now with these totals, would answer one replica, with no
-        panic and no action (the *one replica, within its targets* rule of the module doc).
-        ``m.idle_since_s`` must already account for ``totals``."""
+        """Whether the decider, called now with these totals, then the grace would answer one
+        replica, with no panic and no action (the *one replica, within its targets* and *no free
+        GPU* rules of the module doc); when so, ``m.wants_zero_since_s`` is left as the grace
+        would leave it. :meth:`note` must already have seen ``totals``."""
         p = m.policy
         assert p is not None
         st = m.state
@@ -668,19 +681,50 @@ class _Sim:
                     return False
             free = self.free_gpus
             # no pool of its with a free GPU: placement finds none (no need to ask it)
-            return all(free[p] < 1 for p in m.spec.pools) or (
-                self.chooser.pick(m.spec, free) is None
-            )
+            if all(free[p] < 1 for p in m.spec.pools) or self.chooser.pick(m.spec, free) is None:
+                m.wants_zero_since_s = None  # none live: the grace has nothing to hold
+                return True
+            return False
         if p.initial_replicas > 1 and now - st.started_s < p.stable_window_s:
             return False
         if sleeping and not self.sleepers_stay(m, now, sleeping):
             return False
-        if c > 0:
+        one = self.wants_one(m, now)
+        if one is None:
+            return False
+        if one:
+            m.wants_zero_since_s = None
             return True
-        idle = m.idle_since_s
-        if idle is not None and now - idle < p.scale_to_zero_grace_s:
+        # The decider wants 0: one replica stays while the grace runs (apply_grace's test).
+        since = m.wants_zero_since_s
+        if since is None:
+            since = now
+        if not max(0.0, now - since) < p.scale_to_zero_grace_s:
+            return False  # the grace is over: the 0 is carried out
+        m.wants_zero_since_s = since
+        return True
+
+    def wants_one(self, m: _Model, t: float) -> bool | None:
+        """What the decider asks for at ``t`` for a model with one live replica within its
+        targets, no panic and no forecast (the *one replica* rule): True for 1, False for 0,
+        None when it cannot be told without asking it. ``m.last_demand_s`` must account for the
+        totals at ``t``.
+
+        1 when ``min_replicas`` is 1, ``initial_replicas`` 1 within the first stable window, or a
+        request is in the window under a concurrency target (its average is then above 0 and at
+        most the target); 0 when the window has seen no request (every total 0) and no floor
+        applies. Without a concurrency target, a window that saw requests may ask for either."""
+        p = m.policy
+        st = m.state
+        assert p is not None and st.started_s is not None
+        if p.min_replicas >= 1:
             return True
-        return tc < _INF and m.last_demand_s > now - p.stable_window_s
+        window = p.stable_window_s
+        if p.initial_replicas >= 1 and t - st.started_s < window:
+            return True
+        if not m.last_demand_s > t - window:
+            return False
+        return True if m.targets[1] < _INF else None
 
     def sleepers_stay(self, m: _Model, now: float, sleeping: int) -> bool:
         """plan_actions at ``now`` with the live count as wanted stops no sleeper."""
@@ -699,9 +743,10 @@ class _Sim:
         """Give the decider's state the skipped ticks, as calling it at each would have left it.
 
         Each call appends its totals to the stable window and drops samples at or before
-        ``now - stable_window_s`` (the latest call's cut covers every earlier one); demand clears
-        the idle time, its absence starts it; at rest the scale-down delay records 0 each tick.
-        Panic, its maximum and the start time do not move: skipped ticks have no panic.
+        ``now - stable_window_s`` (the latest call's cut covers every earlier one); at rest the
+        scale-down delay records 0 each tick. Panic, its maximum and the start time do not move:
+        skipped ticks have no panic. (The grace's ``wants_zero_since_s`` is the simulator's,
+        kept tick by tick by the skip rules.)
         """
         if m.parked:
             self.unpark(m)
@@ -719,9 +764,6 @@ class _Sim:
         ws = list(st.waiting_samples[keep:])
         cs = list(st.concurrency_samples[keep:])
         ks = list(st.kv_usage_samples[keep:])
-        # The idle time as of the last tick: tracked tick by tick for a model the one-replica
-        # rule may skip; at rest (the only skip otherwise) it was set before and stays.
-        idle = m.idle_since_s if m.one_replica_ok else st.idle_since_s
         for k0, k1, w, c, kv in runs:
             first = _first_tick_after(cut, tick, k0)
             if first > k1:
@@ -736,7 +778,6 @@ class _Sim:
             "waiting_samples": tuple(ws),
             "concurrency_samples": tuple(cs),
             "kv_usage_samples": tuple(ks),
-            "idle_since_s": idle,
         }
         d = p.scale_down_delay_s
         if d > 0:  # only at rest (the one-replica rule needs no delay): each tick wanted 0
@@ -759,8 +800,11 @@ class _Sim:
         self.catch_up(m)
         self.decisions += 1
         decision, m.state = decide(self.observe(m, now), m.policy, m.state, now)
+        # The grace, as every runtime counts it (the simulated activator is always in the path).
+        decision, m.wants_zero_since_s = apply_grace(
+            decision, m.wants_zero_since_s, True, now, m.policy.scale_to_zero_grace_s
+        )
         desired = decision.desired_replicas
-        m.idle_since_s = m.state.idle_since_s
         live = sleepers = 0
         for r in m.replicas:
             if r.state == "sleeping":
@@ -827,10 +871,9 @@ class _Sim:
                     kv = self.kv_ratio(r, now) if n else 0.0
                     tw, tc, tkv = m.targets
                     m.last_demand_s = now
-                    m.idle_since_s = None
                     if w > tw or c > tc or kv > tkv:
                         m.last_hot_s = now
-                    else:
+                    elif tc < _INF:  # a request now: the concurrency target asks for one
                         p = m.policy
                         st = m.state
                         assert p is not None
@@ -841,6 +884,7 @@ class _Sim:
                             and st.started_s is not None
                             and not (p.initial_replicas > 1 and now - st.started_s < window)
                         ):
+                            m.wants_zero_since_s = None
                             self.unseen_tick(m, k, now, (w, c, kv))
                             return
                     self.decide(m, now)
@@ -855,7 +899,7 @@ class _Sim:
                     self.capacity_refusals += 1  # the start it would ask for, refused
                 self.unseen_tick(m, k, now, totals)
                 if totals == _ZERO and self.idle_replica(m):
-                    self.park(m, k, "idle", self.idle_due(m, k))
+                    self.park(m, k, "idle", *self.idle_due(m, k))
                 return
         desired, acted = self.decide(m, now)
         if (
@@ -864,6 +908,7 @@ class _Sim:
             and not acted
             and not m.buffer
             and m.state.panic_since_s is None
+            and m.wants_zero_since_s is None  # no grace running (it holds a live replica)
             and all(r.state == "sleeping" for r in m.replicas)
         ):
             self.park(m, k, "rest", self.ttl_tick(m, k))
@@ -890,7 +935,11 @@ class _Sim:
         if any(r.load for r in m.replicas):
             return
         change = fc.next_change_tick(now, self.cfg.tick_s, k)
-        if desired == 0 and all(r.state == "sleeping" for r in m.replicas):
+        if (
+            desired == 0
+            and m.wants_zero_since_s is None
+            and all(r.state == "sleeping" for r in m.replicas)
+        ):
             ttl = self.ttl_tick(m, k)
             self.park(m, k, "rest", change if ttl is None else min(ttl, change))
             return
@@ -914,10 +963,10 @@ class _Sim:
             return
         if wanted == 1:  # the forecast keeps one replica whatever the window says
             ttl = self.ttl_tick(m, k)
-            due = change if ttl is None else min(ttl, change)
-        else:
-            due = min(self.idle_due(m, k), change)
-        self.park(m, k, "idle", due)
+            self.park(m, k, "idle", change if ttl is None else min(ttl, change))
+            return
+        due, zero, since = self.idle_due(m, k)
+        self.park(m, k, "idle", change if due is None else min(due, change), zero, since)
 
     def unseen_tick(self, m: _Model, k: int, now: float, totals: Totals) -> None:
         """Tick ``k`` skipped: its totals join the runs the decider has not seen."""
@@ -932,9 +981,8 @@ class _Sim:
             self.forget_old(m, now)
 
     def forget_old(self, m: _Model, now: float) -> None:
-        """Drop unseen runs the decider's window has left behind at ``now`` (bounded memory;
-        the idle time they carry is kept in ``m.idle_since_s``). The last run stays: its tick
-        is where :meth:`catch_up` cuts the window."""
+        """Drop unseen runs the decider's window has left behind at ``now`` (bounded memory).
+        The last run stays: its tick is where :meth:`catch_up` cuts the window."""
         assert m.policy is not None
         runs = m.unseen
         if len(runs) > _FORGET_AFTER:
@@ -960,38 +1008,71 @@ class _Sim:
                 return False
         return ready == 1
 
-    def idle_due(self, m: _Model, k: int) -> int:
-        """The first tick after ``k`` where an idle one-replica model might stop being
-        skippable: the grace ends and the last request leaves the stable window, or a sleeper's
-        time-to-live ends."""
+    def idle_due(self, m: _Model, k: int) -> tuple[int | None, int | None, float | None]:
+        """For an idle one-replica model parked after tick ``k`` (every total 0 until a request
+        comes; no forecast floor): the first tick where it might stop being skippable — the
+        grace runs out, the decider's count can no longer be told (:meth:`wants_one` None), or
+        a sleeper's time-to-live ends — with the first tick whose decider wants 0 and
+        ``wants_zero_since_s`` from there on (see :meth:`park`)."""
         p = m.policy
-        assert p is not None and m.idle_since_s is not None
+        st = m.state
+        assert p is not None and st.started_s is not None
         tick = self.cfg.tick_s
-        idle, grace, window = m.idle_since_s, p.scale_to_zero_grace_s, p.stable_window_s
-        due = _first_tick(tick, k + 1, lambda t: not t - idle < grace, idle + grace)
-        if m.targets[1] < _INF:
-            last = m.last_demand_s
-            due = max(due, _first_tick(tick, k + 1, lambda t: not last > t - window, last + window))
+        start = k + 1
         ttl = self.ttl_tick(m, k)
-        return due if ttl is None else min(due, ttl)
+        if p.min_replicas >= 1:
+            return ttl, None, None  # the decider asks for one at every tick
+        window = p.stable_window_s
+        # wants_one's conditions, each true until a tick and false from it on
+        floor_end = start
+        if p.initial_replicas >= 1:
+            s0 = st.started_s
+            floor_end = _first_tick(tick, start, lambda t: not t - s0 < window, s0 + window)
+        last = m.last_demand_s
+        seen_end = _first_tick(tick, start, lambda t: not last > t - window, last + window)
+        if m.targets[1] == _INF and seen_end > floor_end:
+            # requests in the window, no concurrency target: decide from the floor's end on
+            return floor_end if ttl is None else min(floor_end, ttl), None, None
+        zero = max(floor_end, seen_end)  # the decider wants 0 from this tick on
+        since = m.wants_zero_since_s
+        if zero > start or since is None:
+            since = zero * tick  # a tick wanting 1 between clears it; the first 0 sets it
+        grace = p.scale_to_zero_grace_s
+        due = _first_tick(tick, zero, lambda t: not max(0.0, t - since) < grace, since + grace)
+        return due if ttl is None else min(due, ttl), zero, since
 
-    def park(self, m: _Model, k: int, why: Literal["rest", "idle"], due: int | None) -> None:
+    def park(
+        self,
+        m: _Model,
+        k: int,
+        why: Literal["rest", "idle"],
+        due: int | None,
+        zero_from: int | None = None,
+        zero_since_s: float | None = None,
+    ) -> None:
+        """Stop visiting ``m`` at ticks after ``k`` until ``due`` (None: until a request). Its
+        parked ticks' decider asks for 1 before ``zero_from`` (None: at every one of them) and
+        0 from it on, with the grace counting from ``zero_since_s``; at rest it has none live,
+        so the grace holds nothing."""
         m.parked = why
         m.parked_from = k + 1
         m.due_tick = due
+        m.zero_from_tick = zero_from
+        m.zero_since_s = zero_since_s
         self.awake.remove((m.index, m))
         if due is not None:
             heapq.heappush(self.due, (due, m.index, m))
 
     def unpark(self, m: _Model, upto: int | None = None) -> None:
         """Wake a parked model: its ticks until ``upto`` (default: the last tick processed)
-        become unseen runs of the totals it was parked with."""
+        become unseen runs of the totals it was parked with, and ``wants_zero_since_s`` is what
+        the grace left at the last of them."""
         last = self.tick_k if upto is None else upto
         if last >= m.parked_from:
             m.unseen.append((m.parked_from, last, *_ZERO))
             self.forget_old(m, last * self.cfg.tick_s)
-            if m.idle_since_s is None:
-                m.idle_since_s = m.parked_from * self.cfg.tick_s
+            zero = m.zero_from_tick
+            m.wants_zero_since_s = None if zero is None or last < zero else m.zero_since_s
         m.parked = ""
         m.due_tick = None
         insort(self.awake, (m.index, m))

@@ -39,7 +39,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engine.perf_model import EnginePerf
-from kernel.config_errors import ConfigFileError, parse_yaml
+from kernel.config_errors import ConfigFileError, check_size, parse_yaml
 from kernel.vocab import FINE_LOAD_TIERS, FineLoadTier
 
 
@@ -344,9 +344,10 @@ def parse_fleet(text: str, source: str = "<fleet>") -> Fleet:
 
 
 def load_fleet(path: str | Path) -> Fleet:
-    """Read and validate a fleet file."""
+    """Read and validate a fleet file (one over the kernel's 1 MiB limit is refused unread)."""
     p = Path(path)
     try:
+        check_size(p.stat().st_size, str(p), FleetError)
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise FleetError(str(p), [f"cannot read the file: {e}"]) from e

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import datetime
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -39,8 +40,14 @@ from knative.contract import (
     SERVICE_TYPE_LABEL,
 )
 from knative.controller import Controller, ControllerSettings, Reports
-from knative.demand import CombinedDemand, KnativeActivatorPods
+from knative.demand import (
+    ACTIVATOR_POD_RULES,
+    KNATIVE_NAMESPACE,
+    CombinedDemand,
+    KnativeActivatorPods,
+)
 from knative.kube import KubeClient, KubeConfig
+from knative.rbac import allows
 from policy_file.schema import ThawConfig
 
 KNATIVE = Path(__file__).resolve().parent / "data" / "knative"  # copied from knative/serving
@@ -104,8 +111,32 @@ def deployment(name: str, replicas: int = 0) -> dict[str, Any]:
     }
 
 
-def podautoscaler(name: str, cls: str = AUTOSCALER_CLASS) -> dict[str, Any]:
-    """A PA as Knative creates it for a revision rendered by ``thaw knative render``."""
+def podautoscaler(
+    name: str,
+    cls: str = AUTOSCALER_CLASS,
+    *,
+    reachability: str = "Reachable",
+    pool: str | None = None,
+    generation: int = 1,
+    annotations: dict[str, str | None] | None = None,
+) -> dict[str, Any]:
+    """A PA as Knative creates it for a revision rendered by ``thaw knative render``
+    (``annotations``: set, or remove with None)."""
+    pa = _podautoscaler(name, cls)
+    pa["spec"]["reachability"] = reachability
+    pa["metadata"]["labels"]["serving.knative.dev/configurationGeneration"] = str(generation)
+    anns = pa["metadata"]["annotations"]
+    if pool is not None:
+        anns["thaw.dev/pool"] = pool
+    for k, v in (annotations or {}).items():
+        if v is None:
+            anns.pop(k, None)
+        else:
+            anns[k] = v
+    return pa
+
+
+def _podautoscaler(name: str, cls: str) -> dict[str, Any]:
     return {
         "apiVersion": "autoscaling.internal.knative.dev/v1alpha1",
         "kind": "PodAutoscaler",
@@ -198,9 +229,52 @@ async def activator(api: KubeApi, server: str) -> AsyncIterator[KnativeActivator
         yield act
 
 
+MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
+
+
+def controller_allows(group: str, resource: str, verb: str, namespace: str) -> bool:
+    """What the controller's RBAC grants: :func:`knative.rbac.allows` (its ClusterRole and its
+    Role on Knative's ConfigMaps) and the Role that lists Knative's activator pods
+    (:data:`knative.demand.ACTIVATOR_POD_RULES`, in knative-serving)."""
+    if allows(group, resource, verb, namespace):
+        return True
+    pods = {(r.api_group, r.resource, v) for r in ACTIVATOR_POD_RULES for v in r.verbs}
+    return namespace == KNATIVE_NAMESPACE and (group, resource, verb) in pods
+
+
+def shipped_config_autoscaler() -> dict[str, str]:
+    """The keys ``manifests/knative/config-autoscaler.yaml`` merges into Knative's ConfigMap."""
+    doc = yaml.safe_load((MANIFESTS / "knative" / "config-autoscaler.yaml").read_text())
+    return {str(k): str(v) for k, v in (doc.get("data") or {}).items()}
+
+
+def put_configmap(api: KubeApi, name: str, data: dict[str, str]) -> None:
+    api.put_object(
+        *CONFIGMAPS,
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": "knative-serving"},
+            "data": data,
+        },
+    )
+
+
 @contextlib.asynccontextmanager
-async def kube_api() -> AsyncIterator[tuple[KubeApi, str]]:
+async def kube_api(
+    config_autoscaler: dict[str, str] | None = None,
+) -> AsyncIterator[tuple[KubeApi, str]]:
+    """The API harness with Knative's ConfigMaps as installed with Thaw's manifests (or
+    ``config_autoscaler``'s data) and the controller's RBAC enforced (:func:`knative.rbac.allows`,
+    with the ownerReference admission plugin)."""
     async with KubeApi() as api, kmock.Server(api) as server:
+        put_configmap(
+            api,
+            "config-autoscaler",
+            shipped_config_autoscaler() if config_autoscaler is None else config_autoscaler,
+        )
+        put_configmap(api, "config-deployment", {})
+        api.enforce("thaw-controller/", controller_allows)
         yield api, str(server.url).rstrip("/")
 
 
@@ -222,49 +296,224 @@ def write_kubeconfig(path: Path, server: str) -> Path:
     return path
 
 
+REVISIONS = ("serving.knative.dev", "revisions")
+CONFIGMAPS = ("", "configmaps")
+T0 = "2026-01-01T00:00:00Z"
+
+
+def _now_iso() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _cond(ctype: str, status: str, reason: str = "", message: str = "") -> dict[str, Any]:
+    c: dict[str, Any] = {"type": ctype, "status": status}
+    if reason:
+        c["reason"] = reason
+    if message:
+        c["message"] = message
+    return c
+
+
+def _with_times(new: list[dict[str, Any]], old: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Conditions keep their lastTransitionTime while their status stays (knative.dev/pkg)."""
+    before = {c["type"]: c for c in old}
+    out = []
+    for c in new:
+        prev = before.get(c["type"])
+        same = prev is not None and prev.get("status") == c["status"]
+        out.append({**c, "lastTransitionTime": prev["lastTransitionTime"] if same else _now_iso()})
+    return out
+
+
+def sks_status(sks: dict[str, Any], private_ready: int, activators: int = 2) -> dict[str, Any]:
+    """What Knative's networking controller writes on an SKS (``serverlessservice.go``
+    ``reconcilePublicEndpoints`` and ``serverlessservice_lifecycle.go``): Ready (=
+    EndpointsPopulated) only with ready private endpoints; ActivatorEndpointsPopulated True
+    when the revision has no ready endpoint or the SKS is in Proxy mode, else False."""
+    name = sks["metadata"]["name"]
+    mode = (sks.get("spec") or {}).get("mode")
+    found = private_ready > 0
+    if found:
+        ready = [_cond("EndpointsPopulated", "True"), _cond("Ready", "True")]
+    else:
+        msg = "K8s Service is not ready"
+        ready = [
+            _cond("EndpointsPopulated", "Unknown", "NoHealthyBackends", msg),
+            _cond("Ready", "Unknown", "NoHealthyBackends", msg),
+        ]
+    in_path = activators > 0 and (not found or mode == "Proxy")
+    act = _cond(
+        "ActivatorEndpointsPopulated",
+        "True" if in_path else "False",
+        "ActivatorEndpointsPopulated",
+        "Revision is backed by Activator",
+    )
+    old = (sks.get("status") or {}).get("conditions") or []
+    return {
+        "serviceName": name,
+        "privateServiceName": f"{name}-private",
+        "observedGeneration": sks["metadata"]["generation"],
+        "conditions": _with_times([act, *ready], old),
+    }
+
+
+def revision_status(pa_status: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+    """Knative's ``RevisionStatus.PropagateAutoscalerStatus`` (``revision_lifecycle.go``), ported:
+    the revision's ``Active``, ``ResourcesAvailable``, ``ContainerHealthy`` and ``Ready`` (the
+    living set of the last two) from its PA's status. A PA that goes inactive before its scale
+    target was ever initialized fails the revision (``ProgressDeadlineExceeded``: "Initial scale
+    was never achieved")."""
+    conds = {c["type"]: dict(c) for c in old.get("conditions") or []}
+    for t in ("ResourcesAvailable", "ContainerHealthy"):
+        conds.setdefault(t, _cond(t, "Unknown"))
+
+    def status_of(t: str, src: dict[str, dict[str, Any]]) -> str:
+        return str(src.get(t, {}).get("status", "Unknown"))
+
+    pa = {c["type"]: c for c in pa_status.get("conditions") or []}
+    unavailable = (
+        status_of("ResourcesAvailable", conds) == "False"
+        or status_of("ContainerHealthy", conds) == "False"
+    )
+    ready = pa.get("Ready")
+    if ready is None:
+        conds["Active"] = _cond("Active", "Unknown", "Deploying")
+        if not unavailable:
+            conds["ResourcesAvailable"] = _cond("ResourcesAvailable", "Unknown", "Deploying")
+    else:
+        initialized = status_of("ScaleTargetInitialized", pa) == "True"
+        service = pa_status.get("serviceName", "")
+        if initialized and not unavailable:
+            conds["ResourcesAvailable"] = _cond("ResourcesAvailable", "True")
+            conds["ContainerHealthy"] = _cond("ContainerHealthy", "True")
+        if status_of("ResourcesAvailable", conds) == "True" and (not service or not initialized):
+            conds["ResourcesAvailable"] = _cond("ResourcesAvailable", "Unknown", "Deploying")
+        if ready["status"] == "Unknown":
+            conds["Active"] = _cond(
+                "Active", "Unknown", ready.get("reason", ""), ready.get("message", "")
+            )
+        elif ready["status"] == "False":
+            if not initialized and not unavailable and service:
+                conds["ResourcesAvailable"] = _cond(
+                    "ResourcesAvailable",
+                    "False",
+                    "ProgressDeadlineExceeded",
+                    "Initial scale was never achieved",
+                )
+            conds["Active"] = _cond(
+                "Active", "False", ready.get("reason", ""), ready.get("message", "")
+            )
+        else:
+            conds["Active"] = _cond("Active", "True")
+    # Ready: the living condition set of ResourcesAvailable and ContainerHealthy.
+    deps = [conds["ResourcesAvailable"], conds["ContainerHealthy"]]
+    failed = next((c for c in deps if c["status"] == "False"), None)
+    unknown = next((c for c in deps if c["status"] != "True"), None)
+    if failed is not None:
+        conds["Ready"] = _cond(
+            "Ready", "False", failed.get("reason", ""), failed.get("message", "")
+        )
+    elif unknown is not None:
+        conds["Ready"] = _cond(
+            "Ready", "Unknown", unknown.get("reason", ""), unknown.get("message", "")
+        )
+    else:
+        conds["Ready"] = _cond("Ready", "True")
+    order = ["Active", "ContainerHealthy", "Ready", "ResourcesAvailable"]
+    return {
+        "observedGeneration": 1,
+        "actualReplicas": pa_status.get("actualScale"),
+        "desiredReplicas": pa_status.get("desiredScale"),
+        "conditions": _with_times([conds[t] for t in order], old.get("conditions") or []),
+    }
+
+
+def revision_condition(api: KubeApi, name: str, ctype: str = "Ready") -> str:
+    """The status of a revision's condition as the revision reconciler stand-in wrote it."""
+    rev = api.get_object(*REVISIONS, NS, name) or {}
+    for c in (rev.get("status") or {}).get("conditions") or []:
+        if c["type"] == ctype:
+            return str(c["status"])
+    return "Unknown"
+
+
+def ever_failed(api: KubeApi, name: str) -> list[dict[str, Any]]:
+    """Every stored version of the revision whose Ready was False."""
+    return [
+        r
+        for r in api.history(*REVISIONS)
+        if r["metadata"]["name"] == name
+        and any(
+            c["type"] == "Ready" and c["status"] == "False"
+            for c in (r.get("status") or {}).get("conditions") or []
+        )
+    ]
+
+
 async def knative_and_kubelet(
-    api: KubeApi, engine_port: int, stop: asyncio.Event, pod_delay_s: float = 0.3
+    api: KubeApi,
+    engine_port: int,
+    stop: asyncio.Event,
+    pod_delay_s: float = 0.3,
+    activators: int = 2,
 ) -> None:
     """What the cluster does on its own, every 20 ms, until ``stop``:
 
-    - Knative's networking controller: an SKS gets ``serviceName``, ``privateServiceName``,
-      Ready and ActivatorEndpointsPopulated True, and ``observedGeneration`` once it has seen a
-      new spec (a new mode);
-    - the Deployment controller and kubelet: ``pod_delay_s`` after a Deployment gets replicas, an
-      EndpointSlice of the revision lists the emulator (127.0.0.1) as ready; at 0 it is removed.
+    - Knative's networking controller (:func:`sks_status`): an SKS gets ``serviceName``,
+      ``privateServiceName``, ``observedGeneration``, Ready only once the revision has a ready
+      private endpoint, ``ActivatorEndpointsPopulated`` only while the activator backs it;
+    - the Deployment controller and kubelet: each replica a Deployment asks for becomes a pod
+      that is ready ``pod_delay_s`` (real seconds) after it was asked for, listed in the
+      revision's private EndpointSlice (the emulator on 127.0.0.1); replicas above the count
+      are removed at once; at 0 the slice goes;
+    - Knative's revision reconciler (:func:`revision_status`): each PA's status propagated to
+      a Revision object named after it.
     """
-    wanted_since: dict[str, float] = {}
+    asked: dict[str, list[float]] = {}  # deployment -> when each replica was asked for
     loop = asyncio.get_running_loop()
     while not stop.is_set():
-        for (g, p, _ns, name), sks in list(api.objects.items()):
-            status = sks.get("status") or {}
-            seen = status.get("observedGeneration") == sks["metadata"]["generation"]
-            if (g, p) == SKS and not (status.get("privateServiceName") and seen):
-                sks = copy.deepcopy(sks)
-                sks["status"] = {
-                    "serviceName": name,
-                    "privateServiceName": f"{name}-private",
-                    "observedGeneration": sks["metadata"]["generation"],
-                    "conditions": [
-                        {"type": t, "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}
-                        for t in ("ActivatorEndpointsPopulated", "EndpointsPopulated", "Ready")
-                    ],
-                }
-                api.put_object(g, p, sks)
+        now = loop.time()
+        ready_by_revision: dict[str, int] = {}
         for (g, p, ns, name), dep in list(api.objects.items()):
             if (g, p) != DEPLOY:
                 continue
             replicas = int(dep["spec"].get("replicas", 0))
+            times = asked.setdefault(name, [])
+            del times[replicas:]
+            times += [now] * (replicas - len(times))
+            up = sum(1 for t in times if now - t >= pod_delay_s)
+            revision = (dep["metadata"].get("labels") or {}).get(REVISION_LABEL, name)
+            ready_by_revision[revision] = up
             slice_name = f"{name}-abcde"
-            have = api.get_object(*SLICES, ns, slice_name) is not None
-            if replicas > 0 and not have:
-                since = wanted_since.setdefault(name, loop.time())
-                if loop.time() - since >= pod_delay_s:
-                    api.put_object(*SLICES, endpoint_slice(slice_name, ns, name, engine_port))
-            elif replicas == 0:
-                wanted_since.pop(name, None)
-                if have:
+            have = api.get_object(*SLICES, ns, slice_name)
+            if up == 0:
+                if have is not None:
                     api.delete_object(*SLICES, ns, slice_name)
+                continue
+            want = endpoint_slice(slice_name, ns, revision, engine_port, pods=up)
+            if have is None or have.get("endpoints") != want["endpoints"]:
+                api.put_object(*SLICES, want)
+        for (g, p, _ns, name), sks in list(api.objects.items()):
+            if (g, p) != SKS:
+                continue
+            revision = (sks["metadata"].get("labels") or {}).get(REVISION_LABEL, name)
+            new = sks_status(sks, ready_by_revision.get(revision, 0), activators)
+            if new != sks.get("status"):
+                sks = copy.deepcopy(sks)
+                sks["status"] = new
+                api.put_object(g, p, sks)
+        for (g, p, ns, name), pa in list(api.objects.items()):
+            if (g, p) != PA or not pa.get("status"):
+                continue
+            rev = api.get_object(*REVISIONS, ns, name) or {
+                "apiVersion": "serving.knative.dev/v1",
+                "kind": "Revision",
+                "metadata": {"name": name, "namespace": ns},
+            }
+            new = revision_status(pa["status"], rev.get("status") or {})
+            if new != rev.get("status"):
+                rev["status"] = new
+                api.put_object(*REVISIONS, rev)
         await asyncio.sleep(0.02)
 
 
@@ -276,6 +525,7 @@ def endpoint_slice(
     *,
     service_type: str = PRIVATE,
     address: str = "127.0.0.1",
+    pods: int = 1,
 ) -> dict[str, Any]:
     return {
         "apiVersion": "discovery.k8s.io/v1",
@@ -296,8 +546,13 @@ def endpoint_slice(
             {
                 "addresses": [address],
                 "conditions": {"ready": True, "serving": True, "terminating": False},
-                "targetRef": {"kind": "Pod", "name": f"{revision}-pod", "namespace": ns},
+                "targetRef": {
+                    "kind": "Pod",
+                    "name": f"{revision}-pod" + (f"-{i}" if i else ""),
+                    "namespace": ns,
+                },
             }
+            for i in range(pods)
         ],
         "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
     }
@@ -314,6 +569,8 @@ async def controller(
     lease_duration_s: float = 15.0,
     reports: Reports | None = None,
     release_on_stop: bool = True,
+    watch_timeout_s: float = 300.0,
+    policy: ThawConfig | None = None,
 ) -> AsyncIterator[Controller]:
     """A controller running against the harness (kubeconfig auth), stopped on exit."""
     cfg = KubeConfig.load(
@@ -328,6 +585,7 @@ async def controller(
         lease_duration_s=lease_duration_s,
         renew_every_s=lease_duration_s / 3,
         release_on_stop=release_on_stop,
+        watch_timeout_s=watch_timeout_s,
     )
     stop = asyncio.Event()
     async with (
@@ -336,7 +594,9 @@ async def controller(
     ):
         clock = FastClock(speed)
         demand = CombinedDemand([KnativeActivatorPods(kube, http, clock, pods_every_s=1.0)])
-        ctl = Controller(kube, http, config(grace_s), demand, clock, settings, reports=reports)
+        ctl = Controller(
+            kube, http, policy or config(grace_s), demand, clock, settings, reports=reports
+        )
         task = asyncio.create_task(ctl.run(stop))
         try:
             yield ctl

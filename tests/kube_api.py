@@ -43,6 +43,7 @@ import datetime
 import itertools
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,7 +81,14 @@ KINDS: dict[str, tuple[str, bool]] = {
     "pods": ("Pod", True),
     "services": ("Service", True),
     "namespaces": ("Namespace", False),
+    "configmaps": ("ConfigMap", True),
+    "revisions": ("Revision", True),
 }
+#: kind -> plural, for owner references.
+PLURALS = {kind: plural for plural, (kind, _) in KINDS.items()}
+
+#: An authorizer: (group, resource with subresource, verb, namespace) -> allowed.
+Authorizer = Callable[[str, str, str, str], bool]
 
 
 def _status(code: int, reason: str, message: str, **details: Any) -> aiohttp.web.Response:
@@ -142,7 +150,13 @@ class KubeApi(kmock.KubernetesScaffold):
     _errors_left: list[tuple[int, str | None, str | None, str | None]] = attrs.field(
         factory=list, init=False
     )
-    _history: list[tuple[int, str, str, Obj]] = attrs.field(factory=list, init=False)
+    _history: list[tuple[int, str, str, Obj, str]] = attrs.field(factory=list, init=False)
+    _compacted_rv: int = attrs.field(default=0, init=False)
+    #: user-agent prefix -> the authorizer its requests go through (RBAC and admission).
+    authorizers: dict[str, Authorizer] = attrs.field(factory=dict, init=False)
+    #: Permissions admission checked on someone's behalf: (user agent, group, resource, verb,
+    #: namespace), e.g. update on podautoscalers/finalizers for an ownerRef that blocks deletion.
+    admission_checks: list[tuple[str, str, str, str, str]] = attrs.field(factory=list, init=False)
 
     # -- test-side API --------------------------------------------------------------------
 
@@ -193,7 +207,19 @@ class KubeApi(kmock.KubernetesScaffold):
 
     def history(self, group: str, plural: str) -> list[Obj]:
         """Every stored version of every object of a resource, oldest first."""
-        return [copy.deepcopy(o) for _, g, p, o in self._history if (g, p) == (group, plural)]
+        return [copy.deepcopy(o) for _, g, p, o, _ in self._history if (g, p) == (group, plural)]
+
+    def compact(self) -> None:
+        """Forget the event history, as etcd compaction does: a watch from an older
+        resourceVersion then gets ``410 Gone`` (an ``ERROR`` event) and must list again."""
+        self._compacted_rv = self._last_rv
+
+    def enforce(self, user_agent_prefix: str, authorizer: Authorizer) -> None:
+        """Requests whose User-Agent starts with the prefix go through ``authorizer`` (RBAC:
+        ``403 Forbidden`` when it says no) and through the OwnerReferencesPermissionEnforcement
+        admission plugin: setting ``blockOwnerDeletion`` on an ownerReference needs ``update``
+        on the owner's ``finalizers`` subresource."""
+        self.authorizers[user_agent_prefix] = authorizer
 
     def writes(self) -> list[LoggedRequest]:
         """The logged requests that change something."""
@@ -226,7 +252,7 @@ class KubeApi(kmock.KubernetesScaffold):
             self.objects.pop(key, None)
         else:
             self.objects[key] = obj
-        self._history.append((self._last_rv, group, plural, copy.deepcopy(obj)))
+        self._history.append((self._last_rv, group, plural, copy.deepcopy(obj), event))
         for w_group, w_plural, w_ns, q in self._watchers:
             if (w_group, w_plural) == (group, plural) and (w_ns is None or w_ns == ns):
                 q.put_nowait({"type": event, "object": copy.deepcopy(obj)})
@@ -278,6 +304,10 @@ class KubeApi(kmock.KubernetesScaffold):
             ):
                 del self._errors_left[i]
                 return _status(e_status, "InternalError", f"injected {e_status}: {verb} {resource}")
+        user_agent = self.log[-1].user_agent
+        refused = self._authorize(user_agent, verb, res.group or "", resource, request)
+        if refused is not None:
+            return refused
         if verb in ("create", "update", "patch", "delete"):
             for i, (c_verb, c_res) in enumerate(self._conflicts):
                 if c_verb in (None, verb) and c_res in (None, resource):
@@ -370,6 +400,53 @@ class KubeApi(kmock.KubernetesScaffold):
         self._store(key, stored, "MODIFIED")
         return aiohttp.web.json_response(stored)
 
+    def _authorize(
+        self, user_agent: str, verb: str, group: str, resource: str, request: kmock.Request
+    ) -> aiohttp.web.Response | None:
+        """RBAC, then OwnerReferencesPermissionEnforcement, for an enforced user agent."""
+        authorize = next(
+            (a for prefix, a in self.authorizers.items() if user_agent.startswith(prefix)), None
+        )
+        if authorize is None:
+            return None
+        ns = request.namespace or ""
+        what = f"{resource}.{group}" if group else resource
+        name = f' "{request.name}"' if request.name else ""
+        if not authorize(group, resource, verb, ns):
+            where = f' in the namespace "{ns}"' if ns else " at the cluster scope"
+            return _status(
+                403,
+                "Forbidden",
+                f'{what}{name} is forbidden: User "{user_agent}" cannot {verb} resource '
+                f'"{resource}" in API group "{group}"{where}',
+            )
+        if verb not in ("create", "update") or not isinstance(request.data, dict):
+            return None
+        old = None
+        if verb == "update" and request.name and request.resource is not None:
+            old = self.objects.get((group, request.resource.plural, ns, request.name))
+        old_refs = {
+            (r.get("uid"), bool(r.get("blockOwnerDeletion")))
+            for r in ((old or {}).get("metadata") or {}).get("ownerReferences") or []
+        }
+        for ref in (request.data.get("metadata") or {}).get("ownerReferences") or []:
+            if not ref.get("blockOwnerDeletion") or (ref.get("uid"), True) in old_refs:
+                continue
+            owner_group = str(ref.get("apiVersion", "")).rpartition("/")[0]
+            owner_plural = PLURALS.get(str(ref.get("kind")), str(ref.get("kind", "")).lower() + "s")
+            finalizers = f"{owner_plural}/finalizers"
+            self.admission_checks.append((user_agent, owner_group, finalizers, "update", ns))
+            if not authorize(owner_group, finalizers, "update", ns):
+                return _status(
+                    403,
+                    "Forbidden",
+                    f"{what}{name} is forbidden: cannot set blockOwnerDeletion if an "
+                    "ownerReference refers to a resource you can't set finalizers on: "
+                    f'User "{user_agent}" cannot update resource "{finalizers}" in API group '
+                    f'"{owner_group}" in the namespace "{ns}"',
+                )
+        return None
+
     def _create(self, group: str, plural: str, ns: str, data: Any) -> aiohttp.web.Response:
         if not isinstance(data, dict) or not (data.get("metadata") or {}).get("name"):
             return _status(422, "Invalid", "metadata.name: Required value")
@@ -444,14 +521,31 @@ class KubeApi(kmock.KubernetesScaffold):
         q: asyncio.Queue[Obj] = asyncio.Queue()
         since = params.get("resourceVersion", "")
         selector = params.get("labelSelector", "")
+        gone = False
         if since in ("", "0"):
             for o in self._matching(group, plural, namespace, params):
                 q.put_nowait({"type": "ADDED", "object": o})
+        elif int(since) < self._compacted_rv:
+            gone = True  # the API server answers 200, then an ERROR event: 410 Expired
+            q.put_nowait(
+                {
+                    "type": "ERROR",
+                    "object": {
+                        "kind": "Status",
+                        "apiVersion": "v1",
+                        "metadata": {},
+                        "status": "Failure",
+                        "message": f"too old resource version: {since} ({self._compacted_rv})",
+                        "reason": "Expired",
+                        "code": 410,
+                    },
+                }
+            )
         else:
-            for rv, g, p, o in self._history:
+            for rv, g, p, o, event in self._history:
                 ns = (o.get("metadata") or {}).get("namespace", "")
                 if rv > int(since) and (g, p) == (group, plural) and namespace in (None, ns):
-                    q.put_nowait({"type": "MODIFIED", "object": copy.deepcopy(o)})
+                    q.put_nowait({"type": event, "object": copy.deepcopy(o)})
         watcher = (group, plural, namespace, q)
         self._watchers.append(watcher)
         resp = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
@@ -469,9 +563,11 @@ class KubeApi(kmock.KubernetesScaffold):
                 except TimeoutError:
                     break
                 labels = (event["object"].get("metadata") or {}).get("labels") or {}
-                if not _selector_matches(selector, labels):
+                if event["type"] != "ERROR" and not _selector_matches(selector, labels):
                     continue
                 await resp.write(json.dumps(event).encode() + b"\n")
+                if gone:
+                    break
         except ConnectionResetError:
             pass  # the client went away
         finally:

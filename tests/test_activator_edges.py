@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from activator.core import Activator
 from activator.server import serve
-from activator.types import ModelLimits, Replica
+from activator.types import ModelLimits, Replica, ServerLimits
 from kernel.clock import SystemClock
 
 MODEL = "tiny"
@@ -349,7 +349,7 @@ async def test_a_client_leaving_drops_its_upstream_request(stream: bool) -> None
 async def test_graceful_shutdown_refuses_the_buffer_and_finishes_in_flight() -> None:
     src, sink = Endpoints(), Sink()
     models = {"a": ModelLimits(), "b": ModelLimits()}
-    act = activator(src, sink, models=models, retry_after_s=3)
+    act = activator(src, sink, models=models, server=ServerLimits(retry_after_s=3))
     async with upstream() as up:
         up.mode["a1"] = "hold"
         src.replicas["a"] = [Replica("a1", up.url("a1"), None, None)]

@@ -33,7 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from activator.core import Activator
 from activator.server import serve
-from activator.types import ModelLimits, Replica
+from activator.types import ModelLimits, Replica, ServerLimits
 from kernel.clock import SystemClock
 
 MODEL = "tiny"
@@ -304,13 +304,14 @@ async def test_error_answers_in_openai_shape() -> None:
         endpoints=src,
         demand=sink,
         clock=SystemClock(),
-        retry_after_s=7,
+        server=ServerLimits(retry_after_s=7),
     )
     async with running(act) as url:
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             r = await client.post("/v1/completions", json={"model": "quick", "prompt": "x"})
             err = _assert_error_shape(r, 504)
             assert "quick" in err["message"]
+            assert r.headers["retry-after"] == "7"  # a 504 that asks to come back says when
 
             waiting = asyncio.create_task(client.post("/v1/completions", json=CHAT))
             for _ in range(200):

@@ -23,6 +23,7 @@ from autoscaler.decider import (
     decide,
 )
 from autoscaler.policy import AutoscalingPolicy
+from autoscaler.scale_to_zero import apply_grace
 
 # -- helpers --------------------------------------------------------------------------------
 
@@ -61,10 +62,14 @@ def policy(**overrides: Any) -> AutoscalingPolicy:
 def run(
     p: AutoscalingPolicy, steps: Sequence[tuple[float, ModelObservation]]
 ) -> tuple[list[Decision], DeciderState]:
+    """The decider, then the scale-to-zero grace every runtime applies after it (Thaw's
+    activator always in the path, as in ``thaw up`` and ``thaw sim``)."""
     state = DeciderState.initial()
+    zero_since: float | None = None
     out: list[Decision] = []
     for now_s, o in steps:
         d, state = decide(o, p, state, now_s)
+        d, zero_since = apply_grace(d, zero_since, True, now_s, p.scale_to_zero_grace_s)
         out.append(d)
     return out, state
 
@@ -196,18 +201,19 @@ CASES = [
         {"stable_window_s": 6},
         every_second(0, 31, idle(1)),
         [1] * 30 + [0],
-        "idle 30.0 s >= grace 30 s",
+        "wants 0 for 30.0 s >= grace 30 s",
     ),
     Case(
-        "scale-to-zero grace counts from the last demand",
+        "scale-to-zero grace counts from when the decider first wants 0 (the stable window empty)",
         {"stable_window_s": 6},
         [
             *every_second(0, 20, idle(1)),
             (20.0, obs(ready("a", running=1))),
-            *every_second(21, 52, idle(1)),
+            *every_second(21, 57, idle(1)),
         ],
-        [1] * 51 + [0],
-        "idle 30.0 s",
+        # The stable window (20, 26] is empty at 26: the decider wants 0 from then, 30 s more.
+        [1] * 56 + [0],
+        "wants 0 for 30.0 s >= grace 30 s",
     ),
     Case(
         "buffered requests are demand even with replicas up",
@@ -284,7 +290,7 @@ CASES = [
         {"target_kv_cache_usage_ratio": 0.5, "stable_window_s": 6, "scale_to_zero_grace_s": 2},
         every_second(0, 4, obs(ready("a", kv=0.4))),
         [1, 1, 0, 0],
-        "idle 3.0 s >= grace 2 s",
+        ">= grace 2 s",
     ),
     Case(
         "scale-down delay keeps the largest count of the delay window",
@@ -401,7 +407,6 @@ def test_stale_metrics_do_not_feed_the_window() -> None:
     _, s1 = decide(obs(ready("a", running=50)), p, DeciderState(), 0.0)
     _, s2 = decide(obs(ready("a", age_s=60.0)), p, s1, 1.0)
     assert s2.samples == s1.samples
-    assert s2.idle_since_s is None
 
 
 def test_policy_reload_shrinks_the_window() -> None:
@@ -484,14 +489,18 @@ def _facts(o: ModelObservation, p: AutoscalingPolicy) -> dict[str, Any]:
 def test_decider_invariants(p: AutoscalingPolicy, steps: list[Any]) -> None:
     state = DeciderState.initial()
     now_s = 0.0
-    last_demand_s: float | None = None
-    first_s: float | None = None
+    zero_since: float | None = None
+    wanted_zero_since: float | None = None
     for dt, reps, buffered, forecast in steps:
         now_s += dt
-        first_s = now_s if first_s is None else first_s
         o = ModelObservation("m", tuple(reps), buffered, forecast)
         f = _facts(o, p)
         d, state = decide(o, p, state, now_s)
+        if d.desired_replicas > 0 or d.current_replicas == 0:
+            wanted_zero_since = None
+        elif wanted_zero_since is None:
+            wanted_zero_since = now_s
+        d, zero_since = apply_grace(d, zero_since, True, now_s, p.scale_to_zero_grace_s)
         n = d.desired_replicas
         assert d.current_replicas == f["current"]
         # Bounds always win.
@@ -502,7 +511,6 @@ def test_decider_invariants(p: AutoscalingPolicy, steps: list[Any]) -> None:
         # Never zero while requests are buffered (or any demand is seen).
         if f["demand"]:
             assert n >= 1, d.reason
-            last_demand_s = now_s
         # At zero with requests buffered: activation scale at once.
         if f["current"] == 0 and o.buffered_requests > 0:
             assert n >= min(max(1, p.activation_scale), p.max_replicas), d.reason
@@ -514,10 +522,10 @@ def test_decider_invariants(p: AutoscalingPolicy, steps: list[Any]) -> None:
         # Scale-down rate: at most from ready to floor(ready / rate).
         floor_ = math.floor(max(1, f["ready"]) / p.max_scale_down_rate)
         assert n >= min(floor_, p.max_replicas), d.reason
-        # To zero only after the grace with no demand.
+        # To zero only once the decider has wanted 0 for the grace.
         if n == 0 and f["current"] > 0:
-            since = last_demand_s if last_demand_s is not None else first_s
-            assert now_s - since >= p.scale_to_zero_grace_s, d.reason
+            assert wanted_zero_since is not None, d.reason
+            assert now_s - wanted_zero_since >= p.scale_to_zero_grace_s, d.reason
         # The forecast is a floor (within max).
         if forecast is not None:
             assert n >= min(math.ceil(forecast - 1e-9), p.max_replicas), d.reason

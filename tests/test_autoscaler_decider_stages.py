@@ -443,35 +443,7 @@ def test_cold_start_count(args: dict[str, Any], want: object) -> None:
     check(s.cold_start_count, args, want)
 
 
-# -- 7. scale-to-zero grace -----------------------------------------------------------------
-
-GRACE = [
-    expect("demand clears the idle stretch", desired=2, current=2, demand=True,
-           idle_since_s=5.0, now_s=10.0, want=(2, None, None)),
-    expect("no demand: the idle stretch starts now", desired=1, current=1, demand=False,
-           idle_since_s=None, now_s=10.0, want=(1, 10.0, None)),
-    expect("to zero within the grace: one stays", desired=0, current=1, demand=False,
-           idle_since_s=0.0, now_s=29.0,
-           want=(1, 0.0, "scale-to-zero grace: idle 29.0 s of 30 s")),
-    expect("to zero once the grace has passed", desired=0, current=1, demand=False,
-           idle_since_s=0.0, now_s=30.0, want=(0, 0.0, "idle 30.0 s >= grace 30 s")),
-    expect("to zero while there is demand: one stays", desired=0, current=2, demand=True,
-           idle_since_s=None, now_s=5.0,
-           want=(1, None, "scale-to-zero grace: idle 0.0 s of 30 s")),
-    expect("already at zero: nothing to hold", desired=0, current=0, demand=False,
-           idle_since_s=0.0, now_s=5.0, want=(0, 0.0, None)),
-    expect("no grace: to zero on the first idle tick", desired=0, current=1, demand=False,
-           idle_since_s=None, now_s=7.0, grace_s=0.0,
-           want=(0, 7.0, "idle 0.0 s >= grace 0 s")),
-]  # fmt: skip
-
-
-@pytest.mark.parametrize(("args", "want"), GRACE)
-def test_scale_to_zero_grace(args: dict[str, Any], want: object) -> None:
-    check(s.scale_to_zero_grace, {"grace_s": 30.0, **args}, want)
-
-
-# -- 8. bounds ------------------------------------------------------------------------------
+# -- 7. bounds ------------------------------------------------------------------------------
 
 BOUNDS = [
     expect("within the bounds", desired=5, want=(5, None)),

@@ -418,3 +418,32 @@ def test_thaw_engine_help_teaches() -> None:
     assert out.returncode == 0, out.stderr
     for words in ("--model", "--port", "VLLM_CPU_KVCACHE_SPACE=1", "examples:", "-- VLLM_ARGS"):
         assert words in out.stdout
+
+
+async def test_start_works_while_the_launcher_holds_over_1024_descriptors(
+    engines: list[EngineProcess],
+) -> None:
+    """A front door with thousands of client sockets still starts engines: the supervisor's
+    pipe then has a descriptor above 1,024, which select() refused (ValueError: the supervisor
+    died and /health never came) and poll() takes."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the hard open-files limit ({hard}) is below 1,200")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held: list[int] = []
+    try:
+        while not held or held[-1] < 1100:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        engine = EngineProcess(helper_spec(free_port()))
+        engines.append(engine)
+        await engine.start()  # before: the supervisor died of select() and /health never came
+        assert engine.running
+        pids = [engine.pid or 0, *engine_pids(engine.base_url)]
+        assert await engine.stop(grace_s=5.0) == 0
+        assert wait_all_gone(pids, 2.0) == []
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

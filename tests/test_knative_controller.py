@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from knative_world import (
     DEPLOY,
     LEASES,
@@ -35,14 +32,15 @@ from knative_world import (
     emulator,
     endpoint_slice,
     eventually,
+    ever_failed,
     knative_and_kubelet,
     kube_api,
     podautoscaler,
+    revision_condition,
 )
 from kube_api import KubeApi
 
 from knative import leader, reconcile
-from knative.contract import MODEL_ANNOTATION
 
 PA_SCHEMA = crd_schema("podautoscaler.yaml")
 SKS_SCHEMA = crd_schema("serverlessservice.yaml")
@@ -109,10 +107,11 @@ async def test_pa_of_our_class_gets_sks_status_and_scales_0_1_0_with_proxy_first
                 assert owner["uid"] == pa["metadata"]["uid"]
                 assert owner["kind"] == "PodAutoscaler" and owner["controller"] is True
 
-                # At rest: status written, inactive (NoTraffic), nothing scaled.
+                # At rest: status written, inactive (NoTraffic), nothing scaled. The SKS is not
+                # Ready without a ready private endpoint (Knative: NoHealthyBackends).
                 def at_rest() -> dict[str, Any] | None:
                     pa = api.get_object(*PA, NS, "tiny-00001")
-                    ok = cond(pa, "SKSReady").get("status") == "True"
+                    ok = cond(pa, "SKSReady").get("message") == "K8s Service is not ready"
                     return pa if ok and cond(pa, "Active").get("reason") == "NoTraffic" else None
 
                 pa = await eventually(at_rest, what="PA status at rest")
@@ -127,6 +126,10 @@ async def test_pa_of_our_class_gets_sks_status_and_scales_0_1_0_with_proxy_first
                 assert cond(pa, "Ready")["status"] == "False"
                 assert cond(pa, "Ready")["reason"] == "NoTraffic"
                 assert scale_patches(api, "tiny-00001") == []
+                # Knative's revision reconciler: an initialized revision at zero is Ready.
+                await eventually(
+                    lambda: revision_condition(api, "tiny-00001") == "True", what="revision Ready"
+                )
 
                 # A request buffered at Thaw's activator: 0 -> 1, Active Unknown "Queued".
                 act.held[NS, "tiny-00001"] = 1
@@ -203,6 +206,7 @@ async def test_pa_of_our_class_gets_sks_status_and_scales_0_1_0_with_proxy_first
                 )
                 jsonschema.validate(pa, PA_SCHEMA)
                 assert cond(pa, "Active")["reason"] == "NoTraffic"
+                assert not ever_failed(api, "tiny-00001")
                 # Every replica change and the completed cold start were reported.
                 assert reports.decisions == [(MODEL, 0, 1), (MODEL, 1, 0)]
                 [(model, tier, seconds)] = reports.cold_starts
@@ -261,12 +265,14 @@ async def test_conflicts_on_status_and_sks_are_retried_after_a_re_read(
             async with controller(server, tmp_path, engine_port):
                 await eventually(
                     lambda: (
-                        cond(api.get_object(*PA, NS, "tiny-00001"), "SKSReady").get("status")
-                        == "True"
+                        cond(api.get_object(*PA, NS, "tiny-00001"), "SKSReady").get("message")
+                        == "K8s Service is not ready"
                     ),
                     what="status written despite 409s",
                 )
                 # The SKS flips to Serve on demand: its first PUT answers 409, it is re-read.
+                await asyncio.sleep(0.3)
+                injected_at = len(api.log)
                 api.inject_conflicts(1, verb="update", resource="serverlessservices")
                 act.held[NS, "tiny-00001"] = 1
                 await eventually(
@@ -293,7 +299,7 @@ async def test_conflicts_on_status_and_sks_are_retried_after_a_re_read(
         sks_puts = [
             i
             for i, r in enumerate(api.log)
-            if r.resource == "serverlessservices" and r.verb == "update"
+            if r.resource == "serverlessservices" and r.verb == "update" and i >= injected_at
         ]
         assert len(sks_puts) >= 2
         assert any(
@@ -360,42 +366,6 @@ async def test_only_the_lease_holder_acts_and_a_stale_lease_is_taken_over(
             if r.user_agent.endswith("/b") and r.resource == "serverlessservices"
         ]
         assert b_sks
-
-
-def test_plan_marks_inactive_and_proxies_before_scaling_to_zero() -> None:
-    """The pure KPA steps: decision 0 on an active PA -> Active False + Proxy, no scale; after
-    the grace in Proxy -> scale 0."""
-    pa = podautoscaler("r")
-    pa["metadata"].update(uid="u1", generation=3)
-    pa["status"] = {
-        "conditions": [
-            {"type": t, "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}
-            for t in ("Active", "ScaleTargetInitialized", "SKSReady", "Ready")
-        ],
-        "desiredScale": 1,
-        "actualScale": 1,
-    }
-    sks = reconcile.desired_sks(pa, "Serve", 2)
-    sks["status"] = {
-        "serviceName": "r",
-        "privateServiceName": "r-private",
-        "conditions": [{"type": "Ready", "status": "True"}],
-    }
-    p1 = reconcile.plan(pa, reconcile.Observed(1, 1, sks, None), 0, 30.0, 100.0, "T1")
-    assert p1.scale is None and p1.mode == "Proxy"
-    assert cond({"status": p1.status}, "Active")["reason"] == "NoTraffic"
-    assert p1.status["observedGeneration"] == 3
-    pa["status"] = p1.status
-    sks["spec"]["mode"] = "Proxy"
-    early = reconcile.plan(pa, reconcile.Observed(1, 1, sks, 100.0), 0, 30.0, 129.0, "T2")
-    assert early.scale is None
-    late = reconcile.plan(pa, reconcile.Observed(1, 1, sks, 100.0), 0, 30.0, 130.0, "T3")
-    assert late.scale == 0 and late.mode == "Proxy"
-    # lastTransitionTime moves only when a condition's status changes.
-    assert cond({"status": late.status}, "Active")["lastTransitionTime"] == "T1"
-    assert cond({"status": late.status}, "SKSReady")["lastTransitionTime"] == (
-        "2026-01-01T00:00:00Z"
-    )
 
 
 @pytest.mark.parametrize(
@@ -484,48 +454,12 @@ def test_activator_in_path_needs_the_networking_controller_to_catch_up(
     assert reconcile.activator_in_path(sks) is expected
 
 
-@pytest.mark.parametrize(
-    ("annotations", "expected", "problem"),
-    [
-        # The render's annotations: min 0, initial 0; max from the policy file (2).
-        ({}, (0, 0, 2), None),
-        ({"autoscaling.knative.dev/max-scale": "1"}, (0, 0, 1), None),
-        ({"autoscaling.knative.dev/min-scale": "1", "autoscaling.knative.dev/initial-scale": "1"},
-         (1, 1, 2), None),
-        # min above max: not applied, the file's policy stays, and the reason is given.
-        ({"autoscaling.knative.dev/min-scale": "5"}, (0, 0, 2),
-         r"^scale annotations not applied \(autoscaling.knative.dev/min-scale = 5, "
-         r"autoscaling.knative.dev/initial-scale = 0\): "
-         r"max_replicas: value 2: must be >= min_replicas \(5\); the policy stays$"),
-        # a bad value from the annotation itself is named by the annotation
-        ({"autoscaling.knative.dev/max-scale": "1001"}, (0, 0, 2),
-         r"annotation autoscaling.knative.dev/max-scale: value 1001: must be <= 1000 "
-         r"\(accepted: \[1, 1000\]\)"),
-    ],
-)  # fmt: skip
-def test_policy_for_applies_the_pas_scale_annotations(
-    annotations: dict[str, str], expected: tuple[int, int, int], problem: str | None
-) -> None:
-    from knative_world import config
-
-    pa = podautoscaler("r")
-    pa["metadata"]["annotations"].update(annotations)
-    model, policy, why = reconcile.policy_for(pa, config())
-    assert model == MODEL
-    assert (policy.min_replicas, policy.initial_replicas, policy.max_replicas) == expected
-    if problem is None:
-        assert why is None
-    else:
-        assert why is not None and re.search(problem, why)
-    del pa["metadata"]["annotations"][MODEL_ANNOTATION]
-    assert reconcile.policy_for(pa, config())[0] == "tiny-cpu"  # the service label
-
-
 async def test_at_rest_the_controller_reads_and_writes_nothing_new(
     tmp_path: Path, engine_port: int
 ) -> None:
-    """Once a PA's status is settled, ticks only read (SKS, scale, EndpointSlices): no status
-    churn, no SKS or scale writes."""
+    """Once a PA's status is settled, the reconcile makes no API request at all: every read is
+    from the watch-backed caches, and nothing is written (no status churn, no SKS or scale
+    writes)."""
     async with kube_api() as (api, server), activator(api, server):
         api.put_object(*DEPLOY, deployment("tiny-00001"))
         api.put_object(*PA, podautoscaler("tiny-00001"))
@@ -547,10 +481,9 @@ async def test_at_rest_the_controller_reads_and_writes_nothing_new(
         finally:
             stop.set()
             await world
-    writes = [r for r in window if r.verb not in ("get", "list", "watch")]
-    assert [w for w in writes if w.resource != "leases"] == []
-    per_resource = {r.resource for r in window if r.verb in ("get", "list")}
-    assert {"serverlessservices", "deployments/scale", "endpointslices"} <= per_resource
+    # The Lease, and the demand source's list of Knative's activator pods (every pods_every_s):
+    # nothing of the reconcile.
+    assert [r for r in window if r.resource not in ("leases", "pods")] == []
 
 
 async def test_an_sks_owned_by_someone_else_is_left_alone_and_reported(
@@ -579,67 +512,6 @@ async def test_an_sks_owned_by_someone_else_is_left_alone_and_reported(
         assert not [
             r for r in api.writes() if r.resource in ("serverlessservices", "deployments/scale")
         ]
-
-
-def test_status_before_the_sks_is_ready_is_valid_and_unknown() -> None:
-    """Knative's first pass: SKS in Proxy, SKSReady Unknown "No Private Service Name",
-    desiredScale -1, and a status the CRD accepts (serviceName "" is required, not absent)."""
-    pa = podautoscaler("r")
-    pa["metadata"].update(uid="u1", generation=1)
-    p = reconcile.plan(pa, reconcile.Observed(0, 0, None, None), 1, 30.0, 0.0, "T0",
-                       min_scale=0, initial_scale=0)  # fmt: skip
-    assert p.mode == "Proxy" and p.scale is None and p.want == -1
-    assert p.status["desiredScale"] == -1
-    assert cond({"status": p.status}, "SKSReady")["message"] == "No Private Service Name"
-    jsonschema.validate({**pa, "status": p.status}, PA_SCHEMA)
-    jsonschema.validate(p.sks, SKS_SCHEMA)
-
-
-@settings(deadline=None, max_examples=50)
-@given(
-    steps=st.lists(
-        st.tuples(
-            st.integers(min_value=0, max_value=3),  # the decision
-            st.integers(min_value=0, max_value=3),  # ready pods
-            st.sampled_from(["Serve", "Proxy"]),  # the SKS mode seen
-            st.floats(min_value=0.0, max_value=20.0),  # seconds since the last step
-        ),
-        min_size=1,
-        max_size=30,
-    )
-)
-def test_plan_invariants(steps: list[tuple[int, int, str, float]]) -> None:
-    """Over any run: a scale to 0 happens only with the SKS in Proxy for the grace; while the
-    decision is above 0, Active never becomes False; the scale set is the decision."""
-    grace_s = 5.0
-    pa = podautoscaler("r")
-    pa["metadata"].update(uid="u1", generation=1)
-    sks = reconcile.desired_sks(pa, "Proxy", 2)
-    sks["status"] = {"serviceName": "r", "privateServiceName": "r-private",
-                     "conditions": [{"type": "Ready", "status": "True"}]}  # fmt: skip
-    now_s, spec_replicas, proxy_since = 0.0, 0, None
-    for want, ready, mode, dt in steps:
-        now_s += dt
-        ready = min(ready, spec_replicas)
-        sks["spec"]["mode"] = mode
-        if mode != "Proxy":
-            proxy_since = None
-        elif proxy_since is None:
-            proxy_since = now_s
-        was = cond(pa, "Active").get("status")
-        p = reconcile.plan(pa, reconcile.Observed(spec_replicas, ready, sks, proxy_since), want,
-                           grace_s, now_s, f"T{now_s}", min_scale=0, initial_scale=0)  # fmt: skip
-        active = cond({"status": p.status}, "Active")["status"]
-        if p.scale == 0:
-            assert mode == "Proxy" and proxy_since is not None and now_s - proxy_since >= grace_s
-        if p.scale is not None and p.scale > 0:
-            assert p.scale == want
-        if want > 0 and was != "False":
-            assert active != "False"
-        if p.scale is not None:
-            spec_replicas = p.scale
-        pa["status"] = p.status
-        PA_VALIDATOR.validate(pa)
 
 
 async def test_a_clean_stop_releases_the_lease_and_the_standby_takes_over_at_once(
@@ -674,41 +546,60 @@ async def test_a_clean_stop_releases_the_lease_and_the_standby_takes_over_at_onc
 
 
 async def test_api_errors_back_off_per_pa_and_recover(tmp_path: Path, engine_port: int) -> None:
-    """While the API answers 500 to every read of one PA's SKS, that PA is retried with growing
-    delays (not every tick) and the other PA is reconciled every tick; then it recovers."""
+    """While the API answers 500 to every status write of one PA, that PA is retried with
+    growing delays (not every tick) and the other PA is not held up; then it recovers."""
     async with kube_api() as (api, server), activator(api, server):
         for name in ("tiny-00001", "tiny-00002"):
             api.put_object(*DEPLOY, deployment(name))
             api.put_object(*PA, podautoscaler(name))
+        api.inject_errors(
+            10_000, status=500, verb="update", resource="podautoscalers/status", name="tiny-00001"
+        )
         stop = asyncio.Event()
         world = asyncio.create_task(knative_and_kubelet(api, engine_port, stop))
         try:
             async with controller(server, tmp_path, engine_port):
-                await eventually(lambda: api.get_object(*SKS, NS, "tiny-00002"), what="SKS 2")
-                api.inject_errors(
-                    10_000, status=500, verb="get", resource="serverlessservices", name="tiny-00001"
+                await eventually(
+                    lambda: cond(api.get_object(*PA, NS, "tiny-00002"), "Active"),
+                    what="PA 2 reconciled",
                 )
                 start = len(api.log)
                 await asyncio.sleep(1.5)  # 30 ticks of 50 ms
                 window = api.log[start:]
                 api.clear_injected()
-                api.put_object(*PA, {**podautoscaler("tiny-00001"), "status": {}})
                 await eventually(
-                    lambda: (
-                        cond(api.get_object(*PA, NS, "tiny-00001"), "SKSReady").get("status")
-                        == "True"
-                    ),
+                    lambda: cond(api.get_object(*PA, NS, "tiny-00001"), "Active"),
                     what="PA 1 reconciled again",
                 )
         finally:
             stop.set()
             await world
-
-    def reads(name: str, resource: str) -> int:
-        return sum(r.resource == resource and r.verb == "get" and r.name == name for r in window)
-
+    tries = sum(
+        r.resource == "podautoscalers/status" and r.verb == "update" and r.name == "tiny-00001"
+        for r in window
+    )
     # Backoff 0.5, 1, 2, 4, 8 s on the 10x clock: a handful of tries in 30 ticks.
-    assert 2 <= reads("tiny-00001", "serverlessservices") <= 7
-    assert reads("tiny-00001", "deployments/scale") == 0  # a failed read ends that PA's tick
-    # The other PA goes on every tick.
-    assert reads("tiny-00002", "deployments/scale") >= 10
+    assert 2 <= tries <= 7
+
+
+async def test_a_deleted_sks_is_created_again(tmp_path: Path, engine_port: int) -> None:
+    """Someone deletes the SKS: the watch reports it, and the next tick creates it again (what
+    the controller last wrote does not stand in for the object)."""
+    async with kube_api() as (api, server), activator(api, server):
+        api.put_object(*DEPLOY, deployment("tiny-00001"))
+        api.put_object(*PA, podautoscaler("tiny-00001"))
+        stop = asyncio.Event()
+        world = asyncio.create_task(knative_and_kubelet(api, engine_port, stop))
+        try:
+            async with controller(server, tmp_path, engine_port):
+                first = await eventually(
+                    lambda: api.get_object(*SKS, NS, "tiny-00001"), what="the SKS"
+                )
+                api.delete_object(*SKS, NS, "tiny-00001")
+                again = await eventually(
+                    lambda: api.get_object(*SKS, NS, "tiny-00001"), what="the SKS again"
+                )
+        finally:
+            stop.set()
+            await world
+    assert again["metadata"]["uid"] != first["metadata"]["uid"]

@@ -29,7 +29,8 @@ from knative_world import (
 )
 
 from knative.demand import ACTIVATOR_POD_RULES, KNATIVE_NAMESPACE
-from knative.rbac import REQUIRED_RULES, rule_set
+from knative.kube import KubeClient, KubeConfig, KubeError
+from knative.rbac import REQUIRED_RULES, allows, knative_serving_rule_set, rule_set
 
 REPO = Path(__file__).resolve().parent.parent
 RBAC_YAML = REPO / "manifests" / "rbac.yaml"
@@ -58,8 +59,10 @@ async def test_every_call_is_a_required_rule_and_every_rule_is_used(tmp_path: Pa
         async with kube_api() as (api, server), activator(api, server) as act:
             api.put_object(*DEPLOY, deployment("tiny-00001"))
             api.put_object(*PA, podautoscaler("tiny-00001"))
-            # One refused status write: the controller re-reads the PA (the "get" rule).
+            # One refused status write: the controller re-reads the PA (the "get" rule); the
+            # same for the SKS's switch to Serve.
             api.inject_conflicts(1, verb="update", resource="podautoscalers/status")
+            api.inject_conflicts(1, verb="update", resource="serverlessservices")
             stop = asyncio.Event()
             world = asyncio.create_task(knative_and_kubelet(api, engine_port, stop))
             try:
@@ -86,16 +89,23 @@ async def test_every_call_is_a_required_rule_and_every_rule_is_used(tmp_path: Pa
             finally:
                 stop.set()
                 await world
-    ours = [r for r in api.log if r.user_agent.startswith("thaw-controller/")]
-    pods = {(r.group, r.resource, r.verb, r.namespace) for r in ours if r.resource == "pods"}
+    calls = [r for r in api.log if r.user_agent.startswith("thaw-controller/")]
+    assert calls, "the controller made no call"
+    pods = {(r.group, r.resource, r.verb, r.namespace) for r in calls if r.resource == "pods"}
     allowed = {(r.api_group, r.resource, v) for r in ACTIVATOR_POD_RULES for v in r.verbs}
     # Knative's activator pods: listed, in knative-serving only (the Role's one rule).
     assert pods == {(*rule, KNATIVE_NAMESPACE) for rule in allowed}
-    used = {(r.group, r.resource, r.verb) for r in ours if r.resource != "pods"}
-    assert used, "the controller made no call"
+    calls = [r for r in calls if r.resource != "pods"]
+    cluster = {(r.group, r.resource, r.verb) for r in calls if r.namespace != "knative-serving"}
+    knative = {(r.group, r.resource, r.verb) for r in calls if r.namespace == "knative-serving"}
+    # Permissions the admission stand-in checked on the controller's behalf (blockOwnerDeletion).
+    checked = {(g, res, v) for ua, g, res, v, _ in api.admission_checks if ua.startswith("thaw")}
+    used = cluster | checked
     assert used <= rule_set(), f"calls outside REQUIRED_RULES: {sorted(used - rule_set())}"
+    assert knative <= knative_serving_rule_set() | rule_set(), sorted(knative)
     # Every rule is exercised by this scenario, so none needs a written justification.
     assert rule_set() <= used, f"rules never used: {sorted(rule_set() - used)}"
+    assert knative_serving_rule_set() <= knative, "Knative's ConfigMaps were never read"
 
 
 def test_manifest_cluster_role_grants_exactly_the_required_rules() -> None:
@@ -145,3 +155,53 @@ def test_the_manifest_check_fails_on_a_missing_or_an_extra_verb(
     monkeypatch.setattr(sys.modules[__name__], "RBAC_YAML", path)
     with pytest.raises(AssertionError, match=message):
         test_manifest_cluster_role_grants_exactly_the_required_rules()
+
+
+async def test_blocking_owner_deletion_needs_update_on_the_pas_finalizers() -> None:
+    """OwnerReferencesPermissionEnforcement (OpenShift): the SKS's controller ownerRef carries
+    blockOwnerDeletion, so creating it needs update on podautoscalers/finalizers. The admission
+    stand-in refuses it without that rule and accepts it with REQUIRED_RULES."""
+    pa = podautoscaler("tiny-00001")
+
+    def without_finalizers(group: str, resource: str, verb: str, ns: str) -> bool:
+        return resource != "podautoscalers/finalizers" and allows(group, resource, verb, ns)
+
+    from knative import reconcile
+
+    async with kube_api() as (api, server):
+        stored = api.put_object(*PA, pa)
+        sks = reconcile.desired_sks(stored, "Proxy", 2)
+        path = f"/apis/{SKS[0]}/v1alpha1/namespaces/{NS}/serverlessservices"
+        api.enforce("narrow/", without_finalizers)
+        async with KubeClient(KubeConfig(server), user_agent="narrow/1") as kube:
+            with pytest.raises(KubeError) as e:
+                await kube.create(path, sks)
+        assert e.value.status == 403
+        assert "cannot set blockOwnerDeletion" in e.value.message
+        assert "podautoscalers/finalizers" in e.value.message
+        async with KubeClient(KubeConfig(server), user_agent="thaw-controller/a") as kube:
+            created = await kube.create(path, sks)
+        assert created["metadata"]["ownerReferences"][0]["blockOwnerDeletion"] is True
+    assert ("autoscaling.internal.knative.dev", "podautoscalers/finalizers", "update") in (
+        rule_set()
+    )
+
+
+def test_manifest_role_in_knative_serving_grants_exactly_the_knative_rules() -> None:
+    docs = [d for d in yaml.safe_load_all(RBAC_YAML.read_text()) if d]
+    [role] = [
+        d
+        for d in docs
+        if d.get("kind") == "Role" and d["metadata"]["name"] == "thaw-controller-knative"
+    ]
+    assert role["metadata"]["namespace"] == "knative-serving"
+    assert _triples(role.get("rules") or []) == knative_serving_rule_set()
+    [binding] = [
+        d
+        for d in docs
+        if d.get("kind") == "RoleBinding" and d["metadata"]["name"] == "thaw-controller-knative"
+    ]
+    assert binding["roleRef"]["name"] == "thaw-controller-knative"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "thaw-controller", "namespace": "thaw-system"}
+    ]

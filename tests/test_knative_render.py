@@ -551,3 +551,26 @@ def test_cli_error_names_the_field(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "models[2].pools[0] = 't4'" in done.stderr
     assert done.stdout == ""
+
+
+def test_startup_timeout_is_the_revisions_progress_deadline_when_set() -> None:
+    """engine.startup_timeout_s, when the file sets it, is Knative's progress deadline (how long
+    a revision may take to become ready; KPA waits it, plus 30 s, before it gives up
+    activating); unset, config-deployment's applies."""
+    cfg = config()
+    m0 = cfg.models[0]
+    engine = m0.engine.model_copy(update={"startup_timeout_s": 900.5})
+    models = (m0.model_copy(update={"engine": engine}), *cfg.models[1:])
+    key = "serving.knative.dev/progress-deadline"
+
+    def deadlines(c: ThawConfig) -> dict[str, str | None]:
+        return {
+            s["metadata"]["name"]: s["spec"]["template"]["metadata"]["annotations"].get(key)
+            for s in render_services(c)
+        }
+
+    before = deadlines(cfg)
+    after = deadlines(cfg.model_copy(update={"models": models}))
+    assert set(before.values()) == {None}
+    changed = {name: d for name, d in after.items() if d is not None}
+    assert changed and set(changed.values()) == {"901s"}

@@ -24,6 +24,7 @@ from model_cache.tiny_model import (
     TinyLlamaShape,
     TinyModelError,
     build_tiny_llama,
+    ensure_tiny_llama,
     num_parameters,
     tiny_llama_config,
 )
@@ -182,6 +183,48 @@ def test_a_failed_build_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(TinyModelError, match="vocab_size = 100000"):
         build_tiny_llama(target, shape=TinyLlamaShape(vocab_size=100_000))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_two_builds_into_one_dir_at_once_both_succeed(model_dir: Path, tmp_path: Path) -> None:
+    """Two replicas of `thaw up` used to build into the same staging folder (named by the
+    process id) at once: one of them failed with a SafetensorError."""
+    import concurrent.futures
+
+    target = tmp_path / "tiny-llama"
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        done = [pool.submit(build_tiny_llama, target, overwrite=True) for _ in range(2)]
+        for f in done:
+            f.result()
+    assert digests(target) == digests(model_dir)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-llama"]  # no staging left
+
+
+def test_ensure_builds_once_for_concurrent_callers(model_dir: Path, tmp_path: Path) -> None:
+    import concurrent.futures
+
+    target = tmp_path / "models" / "tiny-llama"
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        built = list(pool.map(lambda _: ensure_tiny_llama(target), range(3)))
+    assert sorted(built) == [False, False, True]  # one build; the others waited and found it
+    assert digests(target) == digests(model_dir)
+    assert ensure_tiny_llama(target) is False
+
+
+def test_ensure_is_single_flight_across_processes(model_dir: Path, tmp_path: Path) -> None:
+    target = tmp_path / "models" / "tiny-llama"
+    code = (
+        "import sys; from pathlib import Path; from model_cache.tiny_model import "
+        "ensure_tiny_llama; print(ensure_tiny_llama(Path(sys.argv[1])))"
+    )
+    procs = [
+        subprocess.Popen(
+            [*thaw_argv()[:1], "-c", code, str(target)], cwd=REPO, stdout=subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
+    outs = sorted(p.communicate(timeout=120)[0].decode().strip() for p in procs)
+    assert outs == ["False", "True"] and all(p.returncode == 0 for p in procs)
+    assert digests(target) == digests(model_dir)
 
 
 def test_cli_refuses_a_non_empty_dir_naming_it(tmp_path: Path) -> None:

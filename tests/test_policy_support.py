@@ -133,11 +133,8 @@ cluster:
 
 
 def test_knative_refuses_only_non_default_values_of_what_it_does_not_honour() -> None:
+    # engine.startup_timeout_s (60) is honoured: render writes it as the progress deadline.
     assert errors_of(CLUSTER_FILE, Runtime.KNATIVE) == (
-        "models[0].engine.startup_timeout_s (line 3): value 60: thaw knative does not honour it: "
-        "thaw knative render does not map it to Knative yet; Knative's progress deadline "
-        "(config-deployment) decides how long a revision may take to become ready; accepted "
-        "here: its default, 300.0 (honoured by: thaw up)",
         "models[0].autoscaling.forecast.enabled (line 5): value True: thaw knative does not "
         "honour it: the Knative controller does not run the forecaster yet; accepted here: its "
         "default, False (honoured by: thaw up, thaw sim)",
@@ -145,7 +142,7 @@ def test_knative_refuses_only_non_default_values_of_what_it_does_not_honour() ->
         "models[0].activator.buffer_size (line 7): value 7: thaw knative does not honour it: on "
         "a cluster Knative's activator holds the requests of a model at zero: its own queue, "
         "and a request waits at most the revision's timeoutSeconds (cluster.request_timeout_s); "
-        "accepted here: its default, 100 (honoured by: thaw up)",
+        "accepted here: its default, 10000 (honoured by: thaw up)",
         "models[0].warm_pool.enabled (line 6): value True: thaw knative does not honour it: the "
         "Knative controller does not run the warm pool yet: a scale-down deletes the pod; "
         "accepted here: its default, False (honoured by: thaw up, thaw sim)",
@@ -157,8 +154,61 @@ def test_the_simulator_refuses_front_door_limits_and_leaves_the_rest_to_others()
     assert line == (
         "models[0].activator.buffer_size (line 7): value 7: thaw sim does not honour it: the "
         "simulated activator holds every request until a replica is ready: no buffer limit, no "
-        "wait timeout, no request bodies; accepted here: its default, 100 (honoured by: thaw up)"
+        "wait timeout, no request bodies; accepted here: its default, 10000 (honoured by: thaw up)"
     )
+
+
+FRONT_DOOR_FILE = """\
+models:
+  - name: m
+    activator:
+      buffer_max_bytes: 2097152
+      max_body_bytes: 2048
+      max_concurrency_per_replica: 8
+      upstream_connect_timeout_s: 1
+      upstream_first_byte_timeout_s: 30
+      upstream_idle_timeout_s: 10
+activator:
+  header_timeout_s: 5
+  body_timeout_s: 5
+  keepalive_timeout_s: 5
+  retry_after_s: 2
+"""
+
+
+def _refused_keys(runtime: Runtime) -> list[str]:
+    return [line.split(" (line")[0] for line in errors_of(FRONT_DOOR_FILE, runtime)]
+
+
+def test_the_front_doors_limits_are_the_local_stacks_alone() -> None:
+    # On a cluster the gateway and Knative own buffering, upstream and client timeouts; the
+    # gateway honours only the body limit (its 413). The simulator has no sockets or bodies.
+    upstream = [
+        "models[0].activator.max_concurrency_per_replica",
+        "models[0].activator.upstream_connect_timeout_s",
+        "models[0].activator.upstream_first_byte_timeout_s",
+        "models[0].activator.upstream_idle_timeout_s",
+    ]
+    server = [
+        "activator.header_timeout_s",
+        "activator.body_timeout_s",
+        "activator.keepalive_timeout_s",
+        "activator.retry_after_s",
+    ]
+    assert _refused_keys(Runtime.KNATIVE) == [
+        "models[0].activator.buffer_max_bytes",
+        *upstream,
+        *server,
+    ]
+    assert _refused_keys(Runtime.SIM) == [
+        "models[0].activator.buffer_max_bytes",
+        "models[0].activator.max_body_bytes",
+        *upstream,
+        *server,
+    ]
+    config = parse_policy(FRONT_DOOR_FILE, "f.yaml", Runtime.LOCAL)
+    assert config.activator.retry_after_s == 2
+    assert config.models[0].activator.max_concurrency_per_replica == 8
 
 
 def test_the_local_stack_accepts_every_other_runtimes_section() -> None:

@@ -161,3 +161,34 @@ def test_the_thaw_policys_own_forecast_matches_deciding_every_tick() -> None:
     assert report_json([a], fleet, None, {}) == report_json([b], fleet, None, {})
     assert a.sample_replicas == b.sample_replicas
     assert a.decisions < b.decisions
+
+
+@pytest.mark.parametrize(("tick_s", "grace_s"), [(1.0, 5.0), (0.3, 5.0), (2.0, 30.0), (1.0, 0.0)])
+def test_the_grace_counts_once_from_the_first_tick_the_decider_wants_zero(
+    tick_s: float, grace_s: float
+) -> None:
+    # As the cluster runs it (autoscaler/scale_to_zero.py): the decider wants 0 once its stable
+    # window has seen no request, and the replica stays one grace longer. The idle replica is
+    # parked meanwhile and visited again at the tick where the grace runs out.
+    fleet = parse_fleet(FLEET)
+    window_s = 10.0
+    thaw = ThawConfig.model_validate(
+        {"tick_s": tick_s,
+         "models": [{"name": "any", "engine": {"kind": "emulator"},
+                     "autoscaling": {"max_replicas": 1, "stable_window_s": window_s,
+                                     "scale_to_zero_grace_s": grace_s,
+                                     "target_concurrency_per_replica": 1.0}}]}
+    )  # fmt: skip
+    reqs = (Request(0.0, 200, 16, "any"),)
+    cfg = replace(sim_config("thaw", reqs, fleet, thaw, 120.0), sample_every_s=tick_s)
+    a = simulate(reqs, fleet, cfg)
+    b = simulate(reqs, fleet, replace(cfg, decide_every_tick=True))
+    assert report_json([a], fleet, None, {}) == report_json([b], fleet, None, {})
+    assert a.sample_replicas == b.sample_replicas
+    assert a.decisions < b.decisions / 3
+    (rec,) = a.records
+    held_s = sum(a.gpu_seconds_by_pool.values())  # from the start at 0 to the release
+    # the last tick that saw the request (within a tick before its end), the first tick after
+    # a window from it, the first tick after a grace from that
+    zero_s = rec.e2e_s + window_s + grace_s
+    assert zero_s - tick_s < held_s < zero_s + 2 * tick_s

@@ -54,7 +54,8 @@ engines pin again. Errors answer {"error": {"message", "type", "param", "code"}}
 examples:
   thaw cache serve --dir /var/cache/thaw --budget-bytes 500GiB --s3-endpoint http://s3.local:8333
   thaw cache serve --dir /tmp/c --budget-bytes 2000000000 --s3-prefix s3://models --port 9000
-  curl -X POST localhost:8070/v1/models/tiny-llama/ensure -d '{"s3_uri": "s3://models/tiny-llama"}'
+  curl -X POST localhost:8070/v1/models/tiny-llama/ensure -H 'content-type: application/json' \\
+       -d '{"s3_uri": "s3://models/tiny-llama"}'
   curl -X POST localhost:8070/v1/models/tiny-llama/pin
 """
 

@@ -158,7 +158,9 @@ def run(args: argparse.Namespace) -> int:
 
     from engine.emulator.config import EmulatorConfigError, load_config
     from engine.emulator.server import serve
+    from thaw.fd_limit import raise_open_files_limit
 
+    raise_open_files_limit()  # the activator may hold up to a thousand connections to it
     overrides = {name: getattr(args, name) for name, _, _ in OPTIONS}
     overrides["served_model_name"] = args.served_model_name
     try:

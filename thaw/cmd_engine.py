@@ -92,11 +92,11 @@ def register(subparsers: Any) -> None:
 def _model_and_name(args: argparse.Namespace) -> tuple[str, str | None]:
     if args.model is not None:
         return str(args.model), args.served_model_name
-    from model_cache.tiny_model import build_tiny_llama
+    from model_cache.tiny_model import ensure_tiny_llama
 
     if not (DEFAULT_MODEL_DIR / "config.json").exists():
         print(f"building the tiny Llama into {DEFAULT_MODEL_DIR} ...", file=sys.stderr)
-        build_tiny_llama(DEFAULT_MODEL_DIR)
+        ensure_tiny_llama(DEFAULT_MODEL_DIR)
     return str(DEFAULT_MODEL_DIR.resolve()), args.served_model_name or DEFAULT_NAME
 
 

@@ -48,13 +48,21 @@ here: every tick the leader chooses one revision per model (warm first, then the
 model fits and costs least per unit served) and serves the routes, clusters and ready pods over
 REST xDS on --xds-port (/ready answers 200 on the leader only).
 
-The policy per model (thaw.dev/model annotation on the PA) comes from --config; the PA's
-autoscaling.knative.dev/min-scale, max-scale and initial-scale annotations win over it.
+The policy per model (thaw.dev/model annotation on the PA) comes from --config. Scale bounds
+are Knative's: the PA's autoscaling.knative.dev/min-scale, max-scale and initial-scale
+annotations (thaw knative render writes the policy's values there), else Knative's
+config-autoscaler (read and watched in knative-serving, with config-deployment's
+progress-deadline); an Unreachable revision (spec.reachability) has no minimum and is never
+scaled for demand. scale_to_zero_grace_s is the model's when the file sets it, else
+config-autoscaler's scale-to-zero-grace-period.
 
-Scale to zero follows Knative: after scale_to_zero_grace_s without demand the decider asks for
-0; the PA is marked inactive (Active=False NoTraffic) and the SKS put in Proxy; once Knative has
-the activator in the path, the Deployment goes to 0 after scale_to_zero_grace_s more.
-While a cold start is in flight the PA is Active=Unknown (Queued), never False.
+Scale to zero follows Knative's KPA: when the decider wants 0, the PA (active for a stable
+window) is marked inactive (Active=False NoTraffic) and the SKS put in Proxy; the Deployment
+goes to 0 once the PA has been inactive for the grace and Knative reports its activator in the
+path: the grace is counted once, as in thaw up and thaw sim. While a cold start is in flight the
+PA is Active=Unknown (Queued); it gives up only after the revision's progress deadline + 30 s.
+The cluster is read through watches (PodAutoscalers, ServerlessServices, Deployments,
+EndpointSlices, Knative's ConfigMaps): at rest a tick makes no API request.
 Every replica change and completed cold start goes out as a CloudEvent to $K_SINK (Knative's
 SinkBinding sets it; unset: nothing is sent).
 
@@ -84,7 +92,8 @@ def register_args(c: argparse.ArgumentParser) -> None:
         "--knative-namespace",
         metavar="NS",
         default=KNATIVE_NAMESPACE,
-        help="namespace of Knative's activator pods, scraped each tick (default: %(default)s)",
+        help="Knative's namespace: its activator pods, scraped each tick, and its "
+        "config-autoscaler and config-deployment, watched (default: %(default)s)",
     )
     pol.add_argument(
         "--activator-selector",
@@ -197,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
         identity=args.identity or os.environ.get("POD_NAME") or socket.gethostname(),
         lease_duration_s=args.lease_duration_s,
         renew_every_s=max(1.0, args.lease_duration_s / 3),
+        knative_namespace=args.knative_namespace,
     )
 
     async def main() -> None:

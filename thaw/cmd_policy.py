@@ -21,7 +21,7 @@ concept is Knative's (stable window 60 s, panic window 10 %, panic threshold 200
 grace 30 s, ...). Unknown keys are errors.
 
 The same file serves the three runtimes (`thaw up`, `thaw knative` controller / render /
-activator, `thaw sim`). A setting a runtime does not honour yet is refused by that runtime when
+gateway, `thaw sim`). A setting a runtime does not honour yet is refused by that runtime when
 set to anything but its default (at start and at reload), naming the key, the value and why;
 sections that configure another runtime (`cluster:` for `thaw up`, `cache:` on a cluster, the
 engines for the simulator) are accepted and left to it.

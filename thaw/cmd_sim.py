@@ -358,11 +358,11 @@ def _calibrate(args: argparse.Namespace) -> int:
         from thaw.cmd_engine import DEFAULT_MODEL_DIR, DEFAULT_NAME
 
         if args.model is None:
-            from model_cache.tiny_model import build_tiny_llama
+            from model_cache.tiny_model import ensure_tiny_llama
 
             if not (DEFAULT_MODEL_DIR / "config.json").exists():
                 print(f"building the tiny Llama into {DEFAULT_MODEL_DIR} ...", file=sys.stderr)
-                build_tiny_llama(DEFAULT_MODEL_DIR)
+                ensure_tiny_llama(DEFAULT_MODEL_DIR)
             model, name = str(DEFAULT_MODEL_DIR.resolve()), DEFAULT_NAME
         else:
             model, name = str(args.model), str(args.model)

@@ -77,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
     from policy_file.load import PolicyError, default_config_path, load_policy
     from policy_file.support import Runtime
     from thaw.api_keys import api_keys
+    from thaw.fd_limit import raise_open_files_limit
 
+    raise_open_files_limit()  # one descriptor per connection; engines inherit it
     try:
         keys = api_keys(args.api_key_file, os.environ.get("THAW_API_KEYS"))
     except (OSError, ValueError) as e:

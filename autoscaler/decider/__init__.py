@@ -33,10 +33,11 @@ with vLLM signals instead of request concurrency alone. In order:
    ``initial_replicas`` (during the first stable window) and the cold start: at zero replicas
    with requests buffered, ``max(1, activation_scale, min_replicas)`` at once
    (:func:`cold_start_decision` on its own; its words lead the reason).
-7. Scale-to-zero grace: to zero only after ``scale_to_zero_grace_s`` without demand (no waiting,
-   running or buffered request); until then one replica stays. Its own stage, last before the
-   bounds, so that it can move to the actuation, where Knative keeps it.
-8. Bounds: ``min_replicas`` and ``max_replicas`` always win.
+7. Bounds: ``min_replicas`` and ``max_replicas`` always win.
+
+The decider asks for 0 as soon as its stable window has seen no demand; the scale-to-zero grace
+is counted after it, once, by the actuation every runtime shares (:mod:`autoscaler.scale_to_zero`,
+where Knative keeps it: ``kpa/scaler.go`` ``handleScaleToZero``).
 
 Stale or missing metrics on any ready replica: the window is not fed with half a picture; the
 decider holds the current count (never down, never to zero), scales up only for the demand it can

@@ -1,6 +1,6 @@
 """The decision: :func:`decide` runs the stages of :mod:`autoscaler.decider.stages` in order,
 joins their notes into the reason and returns the decision with the next state. Two paths, chosen
-by the signals stage: fresh metrics (windows, desired, rate limits, panic, floors, grace, bounds)
+by the signals stage: fresh metrics (windows, desired, rate limits, panic, floors, bounds)
 and stale or missing metrics (hold; visible demand and the panic maximum, then the same floors
 and bounds). :func:`cold_start_decision` is the scale-from-zero path on its own.
 """
@@ -82,14 +82,6 @@ def decide(
     desired, cold_note, forecast_note, initial_note = stages.floors(
         desired, obs.forecast_replicas, current, buffered, now_s, started_s, policy
     )
-    desired, idle_since_s, grace_note = stages.scale_to_zero_grace(
-        desired,
-        current,
-        totals[1] > 0,  # demand: something waits, runs or is buffered
-        state.idle_since_s,
-        now_s,
-        policy.scale_to_zero_grace_s,
-    )
     desired, bound_note = stages.bounds(desired, policy)
 
     head = stages.describe(want_stable, stable_counts, stable_avg, policy)
@@ -97,7 +89,7 @@ def decide(
         head = f"{cold_note}; {head}"
     notes = (
         rate_note, panic_note, activation_note, delay_note, forecast_note, initial_note,
-        grace_note, bound_note,
+        bound_note,
     )  # fmt: skip
     decision = Decision(
         obs.model,
@@ -114,7 +106,7 @@ def decide(
     times, ws, cs, ks = window
     new_state = DeciderState(  # positional, in field order: a third cheaper than keywords
         times, ws, cs, ks,  # the stable window
-        panic_since_s, max_panic, idle_since_s,
+        panic_since_s, max_panic,
         delay_times, delay_counts, started_s,
     )  # fmt: skip
     return decision, new_state
@@ -135,7 +127,7 @@ def _decide_stale(
     the demand that is seen.
 
     The windows are not fed (half a picture would drag the averages down); panic state is kept
-    as it was; the idle stretch restarts, since demand is unknown.
+    as it was.
     """
     seen, largest, _ = stages.desired(policy, totals, None)  # over what is seen now
     desired, visible_note = stages.visible_demand(current, largest, ready, policy)
@@ -161,4 +153,4 @@ def _decide_stale(
             seen, None, None, max(0, obs.buffered_requests), obs.forecast_replicas
         ),
     )
-    return decision, replace(state, idle_since_s=None, started_s=started_s)
+    return decision, replace(state, started_s=started_s)

@@ -13,9 +13,10 @@ left the count alone. :mod:`autoscaler.decider.pipeline` composes them;
 5. :func:`panic` — enter, extend, leave panic; no scale-down while in it.
 6. Floors: :func:`activation_floor`, :func:`scale_down_delay`, then :func:`floors` (the
    forecast, ``initial_replicas``, the cold start).
-7. :func:`scale_to_zero_grace` — the idle stretch and the grace, on its own so that it can move
-   into the actuation (where Knative keeps it: ``kpa/scaler.go`` ``handleScaleToZero``).
-8. :func:`bounds` — ``min_replicas`` and ``max_replicas`` always win.
+7. :func:`bounds` — ``min_replicas`` and ``max_replicas`` always win.
+
+The scale-to-zero grace is not a stage: like Knative, Thaw keeps it in the actuation, one rule
+every runtime calls after the decider (:mod:`autoscaler.scale_to_zero`).
 
 The stale-metrics path has two stages of its own (:func:`visible_demand`, :func:`panic_hold`),
 then runs the same floors and bounds. :func:`reason` words the decision (with :func:`verb`,
@@ -362,38 +363,7 @@ def floors(
     return desired, cold_note, forecast_note, initial_note
 
 
-# -- 7. scale-to-zero grace -----------------------------------------------------------------
-
-
-def scale_to_zero_grace(
-    desired: int,
-    current: int,
-    demand: bool,
-    idle_since_s: float | None,
-    now_s: float,
-    grace_s: float,
-) -> tuple[int, float | None, str | None]:
-    """From some replicas to zero only after ``grace_s`` without demand; until then one stays.
-
-    ``idle_since_s``: when the stretch without demand (nothing waiting, running or buffered)
-    began, None while there is demand; returned updated for the next decision, with the count
-    and the note. Knative keeps this in the actuation (``kpa/scaler.go``
-    ``handleScaleToZero``), not the decider; it is one stage here so that it can move there
-    whole.
-    """
-    if demand:
-        idle_since_s = None
-    elif idle_since_s is None:
-        idle_since_s = now_s
-    if desired != 0 or current == 0:
-        return desired, idle_since_s, None
-    idle_s = 0.0 if idle_since_s is None else now_s - idle_since_s
-    if idle_since_s is None or idle_s < grace_s:
-        return 1, idle_since_s, f"scale-to-zero grace: idle {idle_s:.1f} s of {grace_s:g} s"
-    return 0, idle_since_s, f"idle {idle_s:.1f} s >= grace {grace_s:g} s"
-
-
-# -- 8. bounds ------------------------------------------------------------------------------
+# -- 7. bounds ------------------------------------------------------------------------------
 
 
 def bounds(desired: int, policy: AutoscalingPolicy) -> tuple[int, str | None]:

@@ -77,8 +77,7 @@ class DeciderState:
     ``sample_times_s`` and the observed totals ``waiting_samples``, ``concurrency_samples``,
     ``kv_usage_samples`` (columns, so that sums and trims run in C). ``panic_since_s``: when panic
     last held (Knative's panicTime), None when calm. ``max_panic_replicas``: the most replicas
-    asked for during this panic. ``idle_since_s``: start of the current stretch without demand,
-    None while there is demand. ``delay_times_s`` / ``delay_desired``: the counts wanted within
+    asked for during this panic. ``delay_times_s`` / ``delay_desired``: the counts wanted within
     the scale-down delay. ``started_s``: the first decision's time.
     """
 
@@ -88,7 +87,6 @@ class DeciderState:
     kv_usage_samples: tuple[float, ...] = ()
     panic_since_s: float | None = None
     max_panic_replicas: int = 0
-    idle_since_s: float | None = None
     delay_times_s: tuple[float, ...] = ()
     delay_desired: tuple[int, ...] = ()
     started_s: float | None = None

@@ -18,6 +18,7 @@ from engine.perf_model import EnginePerf
 from kernel.config_errors import (
     ConfigFileError,
     Lines,
+    check_size,
     not_a_mapping,
     problem,
     read_yaml,
@@ -122,8 +123,10 @@ def _key(name: str) -> str:
 
 
 def _read_file(path: Path) -> tuple[dict[str, Any], Lines, tuple[str, ...]]:
-    """The file's values, each key's line, and keys given twice."""
+    """The file's values, each key's line, and keys given twice (a file over the kernel's 1 MiB
+    limit is refused unread)."""
     try:
+        check_size(path.stat().st_size, str(path), EmulatorConfigError)
         text = path.read_text()
     except OSError as e:
         raise EmulatorConfigError(str(path), [f"cannot read the config file: {e}"]) from e

@@ -16,9 +16,18 @@ import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
 
 from engine.perf_model import EnginePerf, estimate_tokens
 
@@ -65,6 +74,18 @@ def error_body(status: int, message: str, err_type: str, param: str | None) -> d
     return {"error": {"message": message, "type": err_type, "param": param, "code": status}}
 
 
+def _json_integer(value: Any) -> Any:
+    """JSON's integers: ``46`` and ``46.0`` (vLLM's pydantic accepts both); not ``46.5``, not
+    ``"46"``, not ``true`` (left to the strict int below to refuse)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+#: An integer as JSON Schema and vLLM take it (a float with no fraction is one).
+JsonInt = Annotated[StrictInt, BeforeValidator(_json_integer)]
+
+
 class _StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -78,13 +99,13 @@ class _Common(BaseModel):
     model: StrictStr
     stream: StrictBool = False
     stream_options: _StreamOptions | None = None
-    max_tokens: StrictInt | None = Field(None, ge=1)
-    n: StrictInt = Field(1, ge=1, le=1)
-    seed: StrictInt | None = None
+    max_tokens: JsonInt | None = Field(None, ge=1)
+    n: JsonInt = Field(1, ge=1, le=1)
+    seed: JsonInt | None = None
 
 
 class _Completion(_Common):
-    prompt: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+    prompt: StrictStr | list[StrictStr] | list[JsonInt] | list[list[JsonInt]]
 
 
 class _ContentPart(BaseModel):
@@ -103,7 +124,7 @@ class _Message(BaseModel):
 
 class _Chat(_Common):
     messages: list[_Message] = Field(min_length=1)
-    max_completion_tokens: StrictInt | None = Field(None, ge=1)
+    max_completion_tokens: JsonInt | None = Field(None, ge=1)
     add_generation_prompt: StrictBool = True
 
 
