@@ -110,6 +110,14 @@ _GPU_KNATIVE = _theirs(
     "the local stack's one GPU; on a cluster cluster.pools[] (and their share) describe the GPUs"
 )
 _GPU_SIM = _theirs("the fleet file (--fleet) describes the simulated GPUs")
+_WARM_SIM = _yes(
+    "a sleeper of an unshared pool keeps (and is billed for) its GPU; on a pool with share > 1 "
+    "the GPU-memory arbiter decides who is awake"
+)
+_SHARE_SIM = _theirs(
+    "the fleet file's pools[].share is the simulator's: engines per GPU, the arbiter's sleeps "
+    "and wakes, a GPU billed while any engine is on it"
+)
 _FRONT_SIM = _refused(
     "the simulated activator holds every request until a replica is ready: no buffer limit, "
     "no wait timeout, no request bodies"
@@ -211,12 +219,12 @@ TABLE: tuple[Row, ...] = (
     Row("models[].activator.upstream_connect_timeout_s", YES, _UPSTREAM_KNATIVE, _UPSTREAM_SIM),
     Row("models[].activator.upstream_first_byte_timeout_s", YES, _UPSTREAM_KNATIVE, _UPSTREAM_SIM),
     Row("models[].activator.upstream_idle_timeout_s", YES, _UPSTREAM_KNATIVE, _UPSTREAM_SIM),
-    Row("models[].warm_pool.enabled", YES, _WARM_KNATIVE, YES),
-    Row("models[].warm_pool.sleep_level", YES, _WARM_KNATIVE, YES),
-    Row("models[].warm_pool.max_sleeping", YES, _WARM_KNATIVE, YES),
-    Row("models[].warm_pool.sleep_ttl_s", YES, _WARM_KNATIVE, YES),
-    Row("models[].warm_pool.host_ram_budget_bytes", YES, _WARM_KNATIVE, YES),
-    Row("models[].warm_pool.weights_bytes", YES, _WARM_KNATIVE, YES),
+    Row("models[].warm_pool.enabled", YES, _WARM_KNATIVE, _WARM_SIM),
+    Row("models[].warm_pool.sleep_level", YES, _WARM_KNATIVE, _WARM_SIM),
+    Row("models[].warm_pool.max_sleeping", YES, _WARM_KNATIVE, _WARM_SIM),
+    Row("models[].warm_pool.sleep_ttl_s", YES, _WARM_KNATIVE, _WARM_SIM),
+    Row("models[].warm_pool.host_ram_budget_bytes", YES, _WARM_KNATIVE, _WARM_SIM),
+    Row("models[].warm_pool.weights_bytes", YES, _WARM_KNATIVE, _WARM_SIM),
     Row("models[].weights_bytes", _CLUSTER_LOCAL, _yes(_PLACE), _CLUSTER_SIM),
     Row("models[].pools", _CLUSTER_LOCAL, _yes("render"), _CLUSTER_SIM),
     Row("activator.header_timeout_s", YES, _SERVER_KNATIVE, _SERVER_SIM),
@@ -247,7 +255,7 @@ TABLE: tuple[Row, ...] = (
         "cluster.pools[].share",
         _CLUSTER_LOCAL,
         _yes("render: one GPU slice per engine pod"),
-        _CLUSTER_SIM,
+        _SHARE_SIM,
     ),
     Row("cluster.model_cache.host_path", _CLUSTER_LOCAL, _yes("render"), _CLUSTER_SIM),
     Row("cluster.model_cache.url", _CLUSTER_LOCAL, _yes("render"), _CLUSTER_SIM),

@@ -16,17 +16,31 @@ to sleep finishes its requests, then sleeps.
 
 Replica life and costs:
 
-- a new replica takes a GPU at once and is ready after the fleet's derived cold-start time for
-  the run's start tier (``local_disk`` or ``remote``); its engine runs at its pool's speed
-  (:meth:`~sim.fleet.Fleet.engine_perf`: prefill rate, decode step, KV capacity);
-- a sleeper holds no GPU: level 1 holds its weights in the pool's host RAM (falls back to level 2
-  when the RAM is taken), level 2 holds nothing; going to sleep at level 1 keeps the GPU for the
-  copy-out time. Waking needs a free GPU in the sleeper's pool (else a cold start elsewhere) and
-  takes the derived ``wake_level1`` / ``wake_level2`` time;
-- GPU time counts from a replica taking its GPU until it gives it back, within the measured
-  window: from ``SimConfig.measure_from_s`` to the last arrival (or ``horizon_s``, if later). Every
-  policy is billed for the same window; requests still finishing after it are measured (their
-  latency) but their GPU time is not, nor is ``drain_s``.
+- a new replica on an unshared pool (``share: 1``) takes a GPU at once and is ready after the
+  fleet's derived cold-start time for the run's start tier (``local_disk`` or ``remote``); its
+  engine runs at its pool's speed (:meth:`~sim.fleet.Fleet.engine_perf`: prefill rate, decode
+  step, KV capacity);
+- a sleeper on an unshared pool keeps its GPU (a pod holds its whole ``nvidia.com/gpu`` while its
+  engine sleeps): it is billed, and no other replica can take that GPU; level 1 holds its weights
+  in the pool's host RAM (falls back to level 2 when the RAM is taken), level 2 holds nothing;
+  going to sleep at level 1 copies the weights out. Waking takes the derived ``wake_level1`` /
+  ``wake_level2`` time on the GPU it kept;
+- on a shared pool (``share: N``) every GPU has N slices; an engine, awake or asleep, holds one
+  slice of one GPU, and awake it holds :func:`~sim.fleet.engine_awake_bytes` of its memory. Every
+  action of a model there goes through the GPU-memory arbiter
+  (:func:`autoscaler.arbiter.arbitrate`) of each GPU it touches: the model's new awake count on
+  that GPU and every other model's as it is, the models' warm pools, their buffered requests and
+  the node's free host RAM. Its plan is carried out in order: stops and sleeps at once (a sleeper
+  finishes its requests and copies out, a stopped engine drains), and the wakes and starts wait
+  until no free is in flight on that GPU (the memory is given back), then take their derived time.
+  A new engine goes to a held GPU with a free slice where it fits awake (the fullest), else an
+  empty GPU, else the held GPU with the least awake memory, where the arbiter may sleep idle
+  engines of other models (when requests wait for it) or stop sleepers to make room; a start the
+  arbiter cannot make room for is refused. A GPU is billed while any engine is on it;
+- GPU time counts within the measured window: from ``SimConfig.measure_from_s`` to the last
+  arrival (or ``horizon_s``, if later). Every policy is billed for the same window; requests
+  still finishing after it are measured (their latency) but their GPU time is not, nor is
+  ``drain_s``.
 
 Measurement: requests before ``SimConfig.first_measured`` only prime the fleet (a warm-up whose
 requests, GPU time, cold starts and samples are not reported); times in :class:`SimResult` are
@@ -60,11 +74,12 @@ the answer provably stays what it is and no action follows:
   grace) is not visited until a request comes or the first tick where the answer can change
   (with a forecaster: its tick is decided, and while its replica is idle and its forecast asks
   for at most one, it is parked until a new forecast is due);
-- *no free GPU*: no live replica and at most one sleeper (asleep), requests buffered (within one
-  replica's targets, in the window too, so no panic), and none of its pools has a free GPU: the
-  decider asks for one replica, and the start (or the wake, which then starts one elsewhere) is
-  refused (counted in ``capacity_refusals`` as it would be). Checked at every tick (a GPU may
-  have come free).
+- *no free GPU*: no live replica and no sleeper, none of its pools shared, requests buffered
+  (within one replica's targets, in the window too, so no panic), and none of its pools has a
+  free GPU: the decider asks for one replica, and the start is refused (counted in
+  ``capacity_refusals`` as it would be). Checked at every tick (a GPU may have come free). (A
+  sleeper keeps its GPU, so its wake is never refused; on a shared pool the arbiter may make
+  room, so those ticks are decided.)
 
 A skipped tick still happened for the decider and the grace: the totals it would have seen are
 recorded, and before its next call its state is brought forward as the skipped calls would have
@@ -81,6 +96,9 @@ whose ``forecast_replicas`` one cold start ahead the decider takes as a floor; s
 :mod:`sim.predictive`). A new replica takes the pool :class:`~sim.predictive.PoolChooser` picks
 (placement when the model lists several pools).
 
+Another model's arbitration may put an idle engine to sleep or stop a sleeper: that model is then
+visited again at once (a parked model is unparked), as any change it observes does.
+
 No I/O, no clock reads; the optional ``progress`` callback is the only way out.
 """
 
@@ -94,14 +112,22 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, NamedTuple
 
+from autoscaler.arbiter import Gpu, GpuEngine, GpuPlan, Want, arbitrate
 from autoscaler.decider import DeciderState, ModelObservation, ReplicaObservation, decide
 from autoscaler.policy import AutoscalingPolicy, WarmPoolConfig
 from autoscaler.scale_to_zero import apply_grace
-from autoscaler.warm_pool import PoolReplica, plan_actions
+from autoscaler.warm_pool import Actions, PoolReplica, plan_actions
 from engine.perf_model import EngineCore, EnginePerf, StepPlan
 from engine.perf_model import Sequence as EngineSeq
-from kernel.vocab import FINE_LOAD_TIERS, FineLoadTier, ReplicaState, wake_tier
-from sim.fleet import Fleet, FleetModel, cold_start_s, sleep_s
+from kernel.vocab import (
+    AWAKE_MEMORY_STATES,
+    FINE_LOAD_TIERS,
+    LIVE_STATES,
+    FineLoadTier,
+    ReplicaState,
+    wake_tier,
+)
+from sim.fleet import Fleet, FleetModel, cold_start_s, engine_awake_bytes, sleep_s
 from sim.predictive import ForecastPlan, PoolChooser, SimForecaster
 from sim.traces import Request
 
@@ -195,7 +221,7 @@ class SimResult:
     sample_replicas: tuple[int, ...]
     """Replicas holding a GPU (starting, ready, draining, going to sleep) at each sample."""
     sample_sleeping: tuple[int, ...]
-    """Replicas asleep (no GPU) at each sample."""
+    """Replicas asleep at each sample (on an unshared pool a sleeper still holds its GPU)."""
     sample_demand: tuple[int, ...]
     """Requests in the system (buffered, waiting, running) at each sample."""
     events: int = 0
@@ -212,6 +238,15 @@ class SimResult:
     stopped_early: bool = False
     """The run stopped at ``SimConfig.stop_after_misses``: its figures cover only part of the
     trace (good enough to say that the target was missed)."""
+    sample_gpus_held: tuple[int, ...] = ()
+    """GPUs held at each sample: an unshared pool's GPU while its replica exists (asleep too), a
+    shared pool's GPU while any engine is on it."""
+    gpu_memory_peak_ratio: float = 0.0
+    """The most memory in use on any shared GPU, as a share of its memory (awake engines' and
+    sleepers' bytes, when each wake or start took its memory): at most 1 unless the arbiter's
+    plan was carried out wrong (``gpu_memory_overflows``)."""
+    gpu_memory_overflows: int = 0
+    """Wakes or starts that found their shared GPU's memory short (0 unless a plan was wrong)."""
 
 
 # -- mutable simulation state (private to one run) -------------------------------------------
@@ -226,7 +261,16 @@ class _Replica:
     """When it last started or began to wake (the warm pool's ``started_at_s``)."""
     state: ReplicaState = "starting"
     gpu_since_s: float | None = None
-    """When it took its GPU; None while it holds none (asleep)."""
+    """When it took its whole GPU (an unshared pool: held until it stops, asleep too); None on
+    a shared pool, whose GPUs are billed per GPU (:class:`_Gpu`)."""
+    mem: bool = False
+    """It holds its awake GPU memory (starting, ready, draining, or finishing and copying out
+    on its way to sleep)."""
+    gpu: _Gpu | None = None
+    """Its GPU on a shared pool (one slice of it, awake or asleep); None on an unshared pool."""
+    pending: FineLoadTier | None = None
+    """On a shared GPU: a wake or start from this tier waiting for the GPU's frees in flight
+    (sleeps copying out, stops draining) to give their memory back."""
     sleep_level: int | None = None
     asleep_since_s: float | None = None
     going_to_sleep: bool = False
@@ -259,6 +303,20 @@ _INF = math.inf
 _FORGET_AFTER = 512
 
 
+@dataclass(slots=True, eq=False)
+class _Gpu:
+    """One GPU of a shared pool: up to ``share`` engines (time slices) on it, awake or asleep."""
+
+    pool: str
+    index: int
+    node: int
+    memory_bytes: int
+    share: int
+    engines: list[tuple[_Model, _Replica]] = field(default_factory=list)
+    held_since_s: float | None = None
+    """Since when an engine has been on it (it is billed while one is)."""
+
+
 @dataclass(slots=True)
 class _Model:
     name: str
@@ -271,6 +329,8 @@ class _Model:
     replicas: list[_Replica] = field(default_factory=list)
     buffer: deque[tuple[int, Request]] = field(default_factory=deque)
     next_id: int = 0
+    shared: bool = False
+    """One of its pools is shared (share > 1): its engines there go through the arbiter."""
     forecaster: SimForecaster | None = None
     """Fed each arrival; gives the decider ``forecast_replicas`` (``predictive``)."""
     obs: ModelObservation | None = None
@@ -322,10 +382,31 @@ class _Sim:
         self.cfg = cfg
         self.heap: list[tuple[float, int, int, _Payload | None]] = []
         self.seq = 0
+        #: Per pool, GPUs a new engine may go to: free GPUs (unshared), GPUs with a free slice
+        #: (shared).
         self.free_gpus = {p.name: p.count for p in fleet.pools}
-        self.gpus = sum(self.free_gpus.values())
         self.replica_count = 0
+        self.awake_count = 0  # replicas holding their awake memory
+        self.held_gpus = 0  # GPUs held (billed)
         self.free_ram = {p.name: p.host_ram_bytes * fleet.pool_nodes(p.name) for p in fleet.pools}
+        #: Shared pools: their GPUs, and each node's host RAM for level-1 sleepers.
+        self.shared_gpus: dict[str, list[_Gpu]] = {
+            p.name: [
+                _Gpu(p.name, i, i // p.gpus_per_node, p.gpu_memory_bytes, p.share)
+                for i in range(p.count)
+            ]
+            for p in fleet.pools
+            if p.share > 1
+        }
+        self.node_ram: dict[tuple[str, int], int] = {
+            (p.name, n): p.host_ram_bytes
+            for p in fleet.pools
+            if p.share > 1
+            for n in range(fleet.pool_nodes(p.name))
+        }
+        self.awake_bytes: dict[tuple[str, str], int] = {}
+        self.mem_peak_ratio = 0.0
+        self.mem_overflows = 0
         self.gpu_s = {p.name: 0.0 for p in fleet.pools}
         self.cold_by_tier: dict[str, int] = dict.fromkeys(FINE_LOAD_TIERS, 0)
         self.capacity_refusals = 0
@@ -339,6 +420,7 @@ class _Sim:
             policy = None if cfg.policy == "always-on" else cfg.autoscaling.get(name)
             warm = cfg.warm_pools.get(name, _NO_WARM_POOL)
             m = _Model(name, index, cfg.specs[name], policy, warm)
+            m.shared = any(p in self.shared_gpus for p in m.spec.pools)
             plan = cfg.forecasts.get(name)
             if plan is not None:
                 m.forecaster = plan.start()
@@ -367,6 +449,7 @@ class _Sim:
         self.samples_r: list[int] = []
         self.samples_s: list[int] = []
         self.samples_d: list[int] = []
+        self.samples_g: list[int] = []
         self.decisions = 0
         self.tick_k = -1
         self.misses = 0
@@ -393,32 +476,71 @@ class _Sim:
 
     # GPUs and host RAM
     def take_gpu(self, rep: _Replica, now: float) -> None:
+        """An unshared pool's GPU, held (and billed) until the replica stops, asleep too."""
         self.free_gpus[rep.pool] -= 1
+        self.held_gpus += 1
         rep.gpu_since_s = now
 
     def give_gpu(self, rep: _Replica, now: float) -> None:
         if rep.gpu_since_s is None:
             return
         self.free_gpus[rep.pool] += 1
-        held = min(now, self.window_end_s) - max(rep.gpu_since_s, self.cfg.measure_from_s)
-        if held > 0:
-            self.gpu_s[rep.pool] += held
+        self.held_gpus -= 1
+        self.bill(rep.pool, rep.gpu_since_s, now)
         rep.gpu_since_s = None
 
+    def bill(self, pool: str, since_s: float, now: float) -> None:
+        held = min(now, self.window_end_s) - max(since_s, self.cfg.measure_from_s)
+        if held > 0:
+            self.gpu_s[pool] += held
+
+    def set_mem(self, rep: _Replica, awake: bool) -> None:
+        """The replica takes (True) or gives back (False) its awake GPU memory."""
+        if rep.mem == awake:
+            return
+        rep.mem = awake
+        self.awake_count += 1 if awake else -1
+
     def give_ram(self, rep: _Replica) -> None:
-        self.free_ram[rep.pool] += rep.ram_bytes
+        if rep.gpu is not None:
+            self.node_ram[(rep.pool, rep.gpu.node)] += rep.ram_bytes
+        else:
+            self.free_ram[rep.pool] += rep.ram_bytes
         rep.ram_bytes = 0
 
+    def take_ram(self, m: _Model, rep: _Replica) -> bool:
+        """Host RAM for a level-1 sleeper (its node's on a shared pool); False when full."""
+        need = m.spec.weights_bytes
+        if rep.gpu is not None:
+            key = (rep.pool, rep.gpu.node)
+            if self.node_ram[key] < need:
+                return False
+            self.node_ram[key] -= need
+        else:
+            if self.free_ram[rep.pool] < need:
+                return False
+            self.free_ram[rep.pool] -= need
+        rep.ram_bytes = need
+        return True
+
     # replica lifecycle
+    def new_replica(self, m: _Model, pool_name: str, now: float) -> _Replica:
+        m.next_id += 1
+        core = EngineCore(self.engine_perf(m.spec, pool_name))
+        rep = _Replica(f"{m.name}-{m.next_id}", pool_name, core, now)
+        m.replicas.append(rep)
+        self.replica_count += 1
+        return rep
+
     def start_replica(self, m: _Model, now: float, ready_now: bool) -> bool:
         pool_name = self.chooser.pick(m.spec, self.free_gpus)
-        if pool_name is not None:
-            m.next_id += 1
-            core = EngineCore(self.engine_perf(m.spec, pool_name))
-            rep = _Replica(f"{m.name}-{m.next_id}", pool_name, core, now)
+        if pool_name is not None and pool_name in self.shared_gpus:
+            if self.start_shared(m, pool_name, now, ready_now):
+                return True
+        elif pool_name is not None:
+            rep = self.new_replica(m, pool_name, now)
             self.take_gpu(rep, now)
-            m.replicas.append(rep)
-            self.replica_count += 1
+            self.set_mem(rep, True)
             if ready_now:
                 rep.state = "ready"
             else:
@@ -436,24 +558,22 @@ class _Sim:
         rep.version += 1
         m.replicas.remove(rep)
         self.replica_count -= 1
+        self.set_mem(rep, False)
         self.give_gpu(rep, now)
         self.give_ram(rep)
+        g = rep.gpu
+        if g is not None:
+            self.leave_gpu(g, m, rep, now)
+            self.try_gains(g, now)
 
     def wake(self, m: _Model, rep: _Replica, now: float) -> None:
-        if rep.gpu_since_s is not None:  # still finishing or copying out: cancel the sleep
-            rep.epoch += 1
-            rep.going_to_sleep = False
-            rep.state = "ready"
-            rep.sleep_level = rep.asleep_since_s = None
-            self.give_ram(rep)
-            self.route_buffer(m, now)
-            return
-        if self.free_gpus[rep.pool] < 1:  # its node's GPUs are taken: start cold elsewhere
-            self.start_replica(m, now, ready_now=False)
+        """Wake a sleeper of an unshared pool: its GPU is still its own."""
+        if rep.mem:  # still finishing or copying out: cancel the sleep
+            self.cancel_sleep(m, rep, now)
             return
         level = rep.sleep_level or 1
-        self.take_gpu(rep, now)
         self.give_ram(rep)
+        self.set_mem(rep, True)
         rep.state = "starting"
         rep.started_s = now
         rep.sleep_level = rep.asleep_since_s = None
@@ -463,13 +583,17 @@ class _Sim:
         delay = cold_start_s(m.spec, self.fleet.pool(rep.pool), tier)
         self.push(now + delay, _READY, (m, rep, rep.epoch))
 
+    def cancel_sleep(self, m: _Model, rep: _Replica, now: float) -> None:
+        rep.epoch += 1
+        rep.going_to_sleep = False
+        rep.state = "ready"
+        rep.sleep_level = rep.asleep_since_s = None
+        self.give_ram(rep)
+        self.route_buffer(m, now)
+
     def sleep(self, m: _Model, rep: _Replica, level: int, now: float) -> None:
-        if level == 1:
-            if self.free_ram[rep.pool] >= m.spec.weights_bytes:
-                self.free_ram[rep.pool] -= m.spec.weights_bytes
-                rep.ram_bytes = m.spec.weights_bytes
-            else:
-                level = 2
+        if level == 1 and not self.take_ram(m, rep):
+            level = 2
         rep.state = "sleeping"
         rep.sleep_level = level
         rep.asleep_since_s = now
@@ -477,11 +601,18 @@ class _Sim:
             self.fall_asleep(m, rep, now)
 
     def fall_asleep(self, m: _Model, rep: _Replica, now: float) -> None:
-        """The replica has no request left: copy the weights out, then give the GPU back."""
+        """The replica has no request left: copy the weights out, then give the memory back."""
         rep.going_to_sleep = True
         rep.epoch += 1
         delay = sleep_s(m.spec, self.fleet.pool(rep.pool), rep.sleep_level or 1)
         self.push(now + delay, _ASLEEP, (m, rep, rep.epoch))
+
+    def asleep(self, rep: _Replica, now: float) -> None:
+        """The copy-out is done: the awake memory is free (the GPU or slice stays held)."""
+        rep.going_to_sleep = False
+        self.set_mem(rep, False)
+        if rep.gpu is not None:
+            self.try_gains(rep.gpu, now)
 
     def stop(self, m: _Model, rep: _Replica, now: float) -> None:
         if rep.state == "draining":
@@ -496,8 +627,200 @@ class _Sim:
         """The replica's engine has nothing left to run."""
         if rep.state == "draining":
             self.remove(m, rep, now)
-        elif rep.state == "sleeping" and not rep.going_to_sleep and rep.gpu_since_s is not None:
+        elif rep.state == "sleeping" and not rep.going_to_sleep and rep.mem:
             self.fall_asleep(m, rep, now)
+
+    # shared GPUs: placement, the arbiter, and carrying out its plans
+    def engine_bytes(self, m: _Model, pool: str) -> int:
+        key = (m.spec.name, pool)
+        b = self.awake_bytes.get(key)
+        if b is None:
+            b = self.awake_bytes[key] = engine_awake_bytes(m.spec, self.fleet.pool(pool))
+        return b
+
+    def asleep_bytes(self, m: _Model, pool: str) -> int:
+        return min(m.spec.asleep_gpu_bytes, self.engine_bytes(m, pool))
+
+    def planned_bytes(self, g: _Gpu) -> int:
+        """GPU memory as the arbiter counts it: awake states their awake bytes, sleepers (on
+        their way or asleep) their asleep bytes."""
+        used = 0
+        for mm, r in g.engines:
+            awake = r.state in AWAKE_MEMORY_STATES
+            used += self.engine_bytes(mm, g.pool) if awake else self.asleep_bytes(mm, g.pool)
+        return used
+
+    def join_gpu(self, g: _Gpu, m: _Model, rep: _Replica, now: float) -> None:
+        if not g.engines:
+            g.held_since_s = now
+            self.held_gpus += 1
+        g.engines.append((m, rep))
+        rep.gpu = g
+        if len(g.engines) == g.share:
+            self.free_gpus[g.pool] -= 1
+
+    def leave_gpu(self, g: _Gpu, m: _Model, rep: _Replica, now: float) -> None:
+        if len(g.engines) == g.share:
+            self.free_gpus[g.pool] += 1
+        for i, (_, r) in enumerate(g.engines):
+            if r is rep:
+                del g.engines[i]
+                break
+        if not g.engines and g.held_since_s is not None:
+            self.bill(g.pool, g.held_since_s, now)
+            g.held_since_s = None
+            self.held_gpus -= 1
+
+    def pick_gpu(self, m: _Model, pool: str, ready_now: bool) -> _Gpu | None:
+        """The GPU of a shared pool for a new engine of ``m``: a held GPU with a free slice
+        where it fits awake now (the fullest: pack), else an empty GPU, else (not for
+        always-on's ready engines) the held GPU with a free slice and the least awake memory,
+        where the arbiter may make room by sleeping or stopping others."""
+        need = self.engine_bytes(m, pool)
+        best: _Gpu | None = None
+        best_used = -1
+        empty: _Gpu | None = None
+        roomy: _Gpu | None = None
+        roomy_used = 0
+        for g in self.shared_gpus[pool]:
+            if len(g.engines) >= g.share:
+                continue
+            if not g.engines:
+                if empty is None:
+                    empty = g
+                continue
+            used = self.planned_bytes(g)
+            if used + need <= g.memory_bytes:
+                if used > best_used:
+                    best, best_used = g, used
+            elif roomy is None or used < roomy_used:
+                roomy, roomy_used = g, used
+        if best is not None:
+            return best
+        if empty is not None or ready_now:
+            return empty
+        return roomy
+
+    def start_shared(self, m: _Model, pool: str, now: float, ready_now: bool) -> bool:
+        """A new engine of ``m`` on a GPU of shared pool ``pool``; False when refused."""
+        g = self.pick_gpu(m, pool, ready_now)
+        if g is None:
+            return False
+        if ready_now:  # always-on at t=0: it fits awake (pick_gpu checked)
+            rep = self.new_replica(m, pool, now)
+            self.join_gpu(g, m, rep, now)
+            rep.state = "ready"
+            self.set_mem(rep, True)
+            self.check_memory(g)
+            return True
+        live = sum(1 for mm, r in g.engines if mm is m and r.state in LIVE_STATES)
+        before = m.next_id
+        plan = self.arbitrate_gpu(g, m, live + 1, now)
+        return m.next_id > before or any(s.kind == "wake" and s.model == m.name for s in plan.steps)
+
+    def arbitrate_gpu(self, g: _Gpu, m: _Model, awake: int, now: float) -> GpuPlan:
+        """Ask the arbiter for ``g`` with ``m`` wanted at ``awake`` engines there and every
+        other model on it as it is, and carry out its plan."""
+        engines = []
+        others: dict[str, _Model] = {}
+        ram_held = 0
+        for mm, r in g.engines:
+            sleeping = r.state == "sleeping"
+            engines.append(
+                GpuEngine(
+                    r.rid,
+                    mm.name,
+                    r.state,
+                    (1 if r.sleep_level == 1 else 2) if sleeping else None,
+                    float(r.load),
+                    (r.asleep_since_s or 0.0) if sleeping else r.started_s,
+                )
+            )
+            ram_held += r.ram_bytes
+            if mm is not m:
+                others[mm.name] = mm
+        wants = [self.want(g, m, awake)]
+        for name in sorted(others):
+            mm = others[name]
+            live = sum(1 for o, r in g.engines if o is mm and r.state in LIVE_STATES)
+            wants.append(self.want(g, mm, live))
+        budget = self.node_ram[(g.pool, g.node)] + ram_held
+        plan = arbitrate(Gpu(g.memory_bytes, budget, tuple(engines)), wants, now)
+        touched: set[str] = set()
+        for step in plan.steps:
+            mm = self.models[step.model]
+            touched.add(mm.name)
+            if step.kind == "start":
+                rep = self.new_replica(mm, g.pool, now)
+                self.join_gpu(g, mm, rep, now)
+                rep.pending = self.cfg.tier
+                self.count_start(self.cfg.tier, now)
+                continue
+            assert step.engine_id is not None
+            target = mm.find(step.engine_id)
+            assert target is not None
+            if step.kind == "stop":
+                self.stop(mm, target, now)
+            elif step.kind == "sleep":
+                self.sleep(mm, target, step.level or 1, now)
+            elif target.mem:  # a wake of a sleeper still finishing or copying out
+                self.cancel_sleep(mm, target, now)
+            else:
+                level = target.sleep_level or 1
+                self.give_ram(target)
+                target.state = "starting"
+                target.started_s = now
+                target.sleep_level = target.asleep_since_s = None
+                target.epoch += 1
+                target.pending = wake_tier(level)
+                self.count_start(target.pending, now)
+        self.try_gains(g, now)
+        for name in touched:
+            if name != m.name:
+                self.touch(self.models[name])
+        return plan
+
+    def want(self, g: _Gpu, m: _Model, awake: int) -> Want:
+        return Want(
+            m.name,
+            awake,
+            self.engine_bytes(m, g.pool),
+            self.asleep_bytes(m, g.pool),
+            len(m.buffer),
+            m.warm_pool,
+        )
+
+    def try_gains(self, g: _Gpu, now: float) -> None:
+        """Carry out ``g``'s waiting wakes and starts once no free is in flight on it (every
+        sleep has copied out, every stop has drained: the memory they free is free)."""
+        waiting = False
+        for _, r in g.engines:
+            if r.mem and r.state in ("sleeping", "draining"):
+                return
+            if r.pending is not None:
+                waiting = True
+        if not waiting:
+            return
+        for mm, r in g.engines:
+            tier = r.pending
+            if tier is None:
+                continue
+            r.pending = None
+            self.set_mem(r, True)
+            delay = cold_start_s(mm.spec, self.fleet.pool(g.pool), tier)
+            self.push(now + delay, _READY, (mm, r, r.epoch))
+        self.check_memory(g)
+
+    def check_memory(self, g: _Gpu) -> None:
+        """The ledger of ``g`` as the engines hold it now: never over its memory."""
+        used = 0
+        for mm, r in g.engines:
+            used += self.engine_bytes(mm, g.pool) if r.mem else self.asleep_bytes(mm, g.pool)
+        ratio = used / g.memory_bytes
+        if ratio > self.mem_peak_ratio:
+            self.mem_peak_ratio = ratio
+        if used > g.memory_bytes:
+            self.mem_overflows += 1
 
     # requests
     def route(self, m: _Model, idx: int, req: Request, now: float) -> None:
@@ -670,15 +993,10 @@ class _Sim:
         if live == 0:  # the *no free GPU* rule
             if sleeping > 1 or not c > 0:
                 return False
-            if sleeping:
-                # it would wake its one sleeper, whose pool has no free GPU, so start one
-                # elsewhere, refused: one refusal a tick, as without a sleeper, if it asks for
-                # exactly one replica (no initial_replicas above one) and the sleeper is asleep
-                (r,) = (r for r in m.replicas if r.state == "sleeping")
-                if r.gpu_since_s is not None or r.going_to_sleep:
-                    return False
-                if p.initial_replicas > 1 and now - st.started_s < p.stable_window_s:
-                    return False
+            if sleeping or m.shared:
+                # it would wake its sleeper, which holds its GPU or slice; on a shared pool
+                # the arbiter may make room: decided
+                return False
             free = self.free_gpus
             # no pool of its with a free GPU: placement finds none (no need to ask it)
             if all(free[p] < 1 for p in m.spec.pools) or self.chooser.pick(m.spec, free) is None:
@@ -827,6 +1145,9 @@ class _Sim:
         actions = plan_actions(desired, view, m.warm_pool, now)
         if actions.empty:
             return desired, False
+        if m.shared:
+            self.act_shared(m, actions, now)
+            return desired, True
         for rid in actions.wake:
             rep = m.find(rid)
             if rep is not None:
@@ -843,6 +1164,54 @@ class _Sim:
             if rep is not None:
                 self.stop(m, rep, now)
         return desired, True
+
+    def act_shared(self, m: _Model, actions: Actions, now: float) -> None:
+        """Carry out a model's actions where some of its engines are on shared GPUs: each GPU
+        it touches is arbitrated with the model's new awake count there (stops and sleeps
+        first, by GPU, then wakes, then each start on the GPU :meth:`pick_gpu` finds); engines
+        on unshared pools act as before."""
+        target: dict[int, tuple[_Gpu, int]] = {}
+
+        def bump(g: _Gpu, by: int) -> None:
+            if id(g) not in target:
+                live = sum(1 for mm, r in g.engines if mm is m and r.state in LIVE_STATES)
+                target[id(g)] = (g, live)
+            gg, n = target[id(g)]
+            target[id(g)] = (gg, n + by)
+
+        for rid in actions.stop:
+            rep = m.find(rid)
+            if rep is None:
+                continue
+            if rep.gpu is None:
+                self.stop(m, rep, now)
+            else:
+                bump(rep.gpu, -1 if rep.state in LIVE_STATES else 0)
+        for rid, level in actions.sleep:
+            rep = m.find(rid)
+            if rep is None:
+                continue
+            if rep.gpu is None:
+                self.sleep(m, rep, level, now)
+            else:
+                bump(rep.gpu, -1)
+        for rid in actions.wake:
+            rep = m.find(rid)
+            if rep is None:
+                continue
+            if rep.gpu is None:
+                self.wake(m, rep, now)
+            else:
+                bump(rep.gpu, 1)
+        starts = actions.start
+        for g, n in sorted(target.values(), key=lambda t: (t[0].pool, t[0].index)):
+            plan = self.arbitrate_gpu(g, m, max(n, 0), now)
+            # a wake its GPU cannot make room for, with requests waiting: a start elsewhere
+            if m.buffer:
+                starts += sum(u.engines for u in plan.unmet if u.model == m.name)
+        for _ in range(starts):
+            if not self.start_replica(m, now, ready_now=False):
+                break
 
     def poke(self, m: _Model, now: float) -> None:
         """The activator's poke: a request buffered at zero gets a decision at once."""
@@ -1102,11 +1471,12 @@ class _Sim:
 
     def sample(self, now: float) -> None:
         """Replicas holding a GPU (= GPUs taken), replicas asleep, requests in the system."""
-        awake = self.gpus - sum(self.free_gpus.values())
+        awake = self.awake_count
         self.samples_t.append(now - self.cfg.measure_from_s)
         self.samples_r.append(awake)
         self.samples_s.append(self.replica_count - awake)
         self.samples_d.append(self.outstanding)
+        self.samples_g.append(self.held_gpus)
 
     def miss(self, idx: int) -> None:
         """Measured request ``idx`` is known to have missed its SLO (counted once)."""
@@ -1241,8 +1611,7 @@ class _Sim:
             elif kind == _ASLEEP:
                 if tag != rep.epoch:
                     continue
-                rep.going_to_sleep = False
-                self.give_gpu(rep, now)
+                self.asleep(rep, now)
             else:
                 if tag != rep.version:
                     continue  # superseded by a split chunk
@@ -1332,6 +1701,9 @@ class _Sim:
             model_classes={name: m.spec.name for name, m in self.models.items()},
             unserved_prompt_tokens=tuple(unserved),
             stopped_early=stopped,
+            sample_gpus_held=tuple(self.samples_g),
+            gpu_memory_peak_ratio=self.mem_peak_ratio,
+            gpu_memory_overflows=self.mem_overflows,
         )
 
 

@@ -18,6 +18,14 @@ Going to sleep at level 1 copies the weights out (weights / host_to_gpu_bytes_pe
 discards them (no time). The engine model's own ``sleep_*`` / ``wake_*`` fields are the
 emulator's typed-in figures and are not used here.
 
+GPU sharing (``pools[].share``, the policy's ``cluster.pools[].share``: the NVIDIA device
+plugin's time-slicing): 1, an engine holds a whole GPU, asleep too; N > 1, up to N engines share
+one GPU, each taking :func:`engine_awake_bytes` awake (the model's
+``gpu_memory_utilization_ratio``, else the pool's ``speed.memory_utilization_ratio`` (0.9 unset) /
+N, as ``thaw knative render`` passes ``--gpu-memory-utilization``), its KV capacity derived from
+that share, and ``asleep_gpu_bytes`` asleep. A model whose weights and longest context do not fit
+its share of a shared pool is refused.
+
 SLOs (:class:`Slo`): per model class (a fleet model; every trace model that runs as it), else the
 fleet's: a TTFT target sized to the prompt (base + budget per prompt token) and an optional time
 per output token; the report counts a request as meeting it or not.
@@ -36,7 +44,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engine.perf_model import EnginePerf
 from kernel.config_errors import ConfigFileError, check_size, parse_yaml
@@ -118,19 +126,11 @@ class Pool(_Frozen):
         ge=1,
         le=64,
         description="Engines per GPU, as the policy's cluster.pools[].share (the NVIDIA device "
-        "plugin's time-slicing). 1: an engine holds a whole GPU, asleep too. The simulator "
-        "does not price shared pools yet: only 1 is accepted.",
+        "plugin's time-slicing: N slices per GPU). 1: an engine holds a whole GPU, asleep too "
+        "(billed while it sleeps). Above 1: up to N engines, awake or asleep, on one GPU; the "
+        "GPU-memory arbiter decides which are awake, and a GPU is billed while any engine is on "
+        "it.",
     )
-
-    @field_validator("share")
-    @classmethod
-    def _share_not_priced_yet(cls, value: int) -> int:
-        if value != 1:
-            raise ValueError(
-                "thaw sim does not price shared pools yet (engines per GPU, the GPU-memory "
-                "arbiter's sleeps and wakes); accepted: 1"
-            )
-        return value
 
 
 class Slo(_Frozen):
@@ -200,6 +200,21 @@ class FleetModel(_Frozen):
         description="This model class's SLO (every trace model that runs as this model); null: "
         "the fleet's slo.",
     )
+    gpu_memory_utilization_ratio: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="On a shared pool (share > 1): the share of the GPU's memory one engine "
+        "takes awake, weights and KV cache (vLLM's --gpu-memory-utilization, the policy's "
+        "engine.gpu_memory_utilization). null: the pool's speed.memory_utilization_ratio (0.9 "
+        "when unset) / share, as thaw knative render passes it. Unused on unshared pools.",
+    )
+    asleep_gpu_bytes: int = Field(
+        0,
+        ge=0,
+        description="On a shared pool: GPU memory one engine keeps while asleep (CUDA context "
+        "and the like), bytes; the arbiter counts it. 0: a sleeper frees all of it.",
+    )
 
 
 class Fleet(_Frozen):
@@ -242,14 +257,27 @@ class Fleet(_Frozen):
                 else:
                     pool = self.pool(p)
                     kv = derived_kv_tokens(m, pool)
+                    ratio = engine_memory_ratio(m, pool)
                     if kv is not None and kv < m.perf.max_model_len_tokens:
+                        where = (
+                            "speed.memory_utilization_ratio"
+                            if pool.share == 1
+                            else f"the engine's share of a GPU shared {pool.share} ways "
+                            "(models[].gpu_memory_utilization_ratio, else "
+                            "speed.memory_utilization_ratio / share)"
+                        )
                         problems.append(
                             f"models[{i}].pools[{j}] = {p!r}: KV capacity {kv} tokens = "
-                            f"(gpu_memory_bytes {pool.gpu_memory_bytes} x "
-                            f"speed.memory_utilization_ratio "
-                            f"{pool.speed.memory_utilization_ratio:g} - weights_bytes "
+                            f"(gpu_memory_bytes {pool.gpu_memory_bytes} x {where} "
+                            f"{ratio:g} - weights_bytes "
                             f"{m.weights_bytes}) / kv_bytes_per_token {m.kv_bytes_per_token}, "
                             f"must be >= perf.max_model_len_tokens ({m.perf.max_model_len_tokens})"
+                        )
+                    if pool.share > 1 and m.asleep_gpu_bytes > engine_awake_bytes(m, pool):
+                        problems.append(
+                            f"models[{i}].asleep_gpu_bytes = {m.asleep_gpu_bytes}: must be <= "
+                            f"what one engine takes awake on pool {p!r} "
+                            f"({engine_awake_bytes(m, pool)})"
                         )
         if problems:
             raise ValueError("; ".join(problems))
@@ -299,9 +327,32 @@ class Fleet(_Frozen):
         return perf.model_copy(update=update) if update else perf
 
 
+#: vLLM's default --gpu-memory-utilization: what a shared pool divides when its speed sets none.
+DEFAULT_MEMORY_UTILIZATION_RATIO = 0.9
+
+
+def engine_memory_ratio(model: FleetModel, pool: Pool) -> float | None:
+    """The share of one GPU's memory an engine of ``model`` takes on ``pool``: on a shared pool
+    the model's ``gpu_memory_utilization_ratio``, else the pool's memory share (0.9 unset) /
+    ``share``; on an unshared pool its ``speed.memory_utilization_ratio`` (None: unset)."""
+    whole = pool.speed.memory_utilization_ratio
+    if pool.share == 1:
+        return whole
+    if model.gpu_memory_utilization_ratio is not None:
+        return model.gpu_memory_utilization_ratio
+    return (whole if whole is not None else DEFAULT_MEMORY_UTILIZATION_RATIO) / pool.share
+
+
+def engine_awake_bytes(model: FleetModel, pool: Pool) -> int:
+    """GPU memory one engine of ``model`` takes awake on ``pool`` (weights + KV cache)."""
+    ratio = engine_memory_ratio(model, pool)
+    return int(pool.gpu_memory_bytes * (ratio if ratio is not None else 1.0))
+
+
 def derived_kv_tokens(model: FleetModel, pool: Pool) -> int | None:
-    """KV tokens ``model`` gets on ``pool`` when its speed sets a memory share; else None."""
-    share = pool.speed.memory_utilization_ratio
+    """KV tokens ``model`` gets on ``pool`` when its memory share is set (always on a shared
+    pool); else None."""
+    share = engine_memory_ratio(model, pool)
     if share is None:
         return None
     free = int(pool.gpu_memory_bytes * share) - model.weights_bytes

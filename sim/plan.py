@@ -266,6 +266,7 @@ def equal_slo_table(found: Sequence[Found], target: float) -> list[dict[str, Any
                 "gpus_by_pool": s.get("fleet_gpus_by_pool", {}),
                 "slo_attainment_ratio": s["slo_attainment_ratio"],
                 "gpu_hours": hours,
+                "models_per_gpu": s.get("models_per_gpu"),
                 "cost_usd": cost,
                 "gpu_hours_vs_always_on": round(hours / base_h, 4) if base_h else None,
                 "cost_vs_always_on": round(cost / base_c, 4) if base_c else None,
@@ -281,8 +282,8 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """The equal-SLO table as text lines."""
     head = (
         f"{'policy':12s} {'GPUs':>6s} {'by pool':24s} {'SLO':>7s} {'GPU-h':>9s} "
-        f"{'x always-on':>11s} {'cost $':>10s} {'x always-on':>11s} {'cold req':>8s} "
-        f"{'p99 TTFT':>9s}"
+        f"{'x always-on':>11s} {'models/GPU':>10s} {'cost $':>10s} {'x always-on':>11s} "
+        f"{'cold req':>8s} {'p99 TTFT':>9s}"
     )
     lines = [head]
     for r in rows:
@@ -300,9 +301,11 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         gh = r["gpu_hours_vs_always_on"]
         gc = r["cost_vs_always_on"]
         p99 = r["ttft_p99_s"]
+        mpg = r.get("models_per_gpu")
         lines.append(
             f"{r['policy']:12s} {r['gpus']:6d} {pools:24s} {r['slo_attainment_ratio']:7.4f} "
             f"{r['gpu_hours']:9.2f} {('-' if gh is None else f'{gh:.3f}'):>11s} "
+            f"{('-' if mpg is None else f'{mpg:.2f}'):>10s} "
             f"{r['cost_usd']:10.2f} {('-' if gc is None else f'{gc:.3f}'):>11s} "
             f"{r['cold_start_requests']:8d} {('inf' if p99 is None else f'{p99:.2f} s'):>9s}"
         )

@@ -14,13 +14,17 @@ is infinite, and a percentile that falls among them is ``null`` (the warning blo
 ``ttft_p99_served_s`` is over the served ones alone. Also: ``cold_start_requests`` (requests that
 waited on a replica start or wake) and their TTFT, ``cold_starts_by_tier`` (replica starts),
 ``gpu_hours_by_pool`` / ``gpu_hours`` / ``cost_usd`` (billed over the measured window,
-``window_s``, the same for every policy), ``busy_gpu_hours_floor`` (:func:`busy_gpu_hours`),
+``window_s``, the same for every policy: an unshared pool's GPU while its replica exists, asleep
+too; a shared pool's GPU while any engine is on it), ``models_served`` and ``models_per_gpu``
+(:func:`models_per_gpu`: models served per GPU held on average), ``busy_gpu_hours_floor``
+(:func:`busy_gpu_hours`),
 ``capacity_refusals`` (starts refused for want of a free GPU). Floats are rounded so that the
 same seed gives the same file, byte for byte.
 
 :func:`warnings` lists what a reader must not miss (unserved, refused, rejected requests);
 ``thaw sim`` prints it after every run. :func:`write_report` writes ``report.json`` and the PNG
-plots (matplotlib, Agg backend): replicas over time against demand and the fleet's GPUs, the
+plots (matplotlib, Agg backend): replicas awake and asleep and GPUs held over time against demand
+and the fleet's GPUs, the
 TTFT CDF per policy with unserved requests as an infinite tail, cold-start requests and replica
 starts by tier, cost against SLO attainment.
 """
@@ -105,6 +109,16 @@ def busy_gpu_hours(result: SimResult) -> float:
     return total / 3600.0
 
 
+def models_per_gpu(result: SimResult) -> tuple[int, float | None]:
+    """Models served (with a measured request served) and models served per GPU held on
+    average over the billed window: models x window / GPU-seconds (None: no GPU held)."""
+    served = len({r.model for r in result.records})
+    held_s = sum(result.gpu_seconds_by_pool.values())
+    if not held_s > 0 or not result.window_s > 0:
+        return served, None
+    return served, served * result.window_s / held_s
+
+
 def ttft_cdf(result: SimResult) -> tuple[list[float], list[float], float]:
     """The TTFT CDF over every request that reached an engine or the activator: the served
     TTFTs (sorted) with the share of those requests at or below each, and the share never
@@ -149,6 +163,7 @@ def summarize(
         result.gpu_seconds_by_pool[p.name] / 3600.0 * p.cost_per_hour_usd for p in fleet.pools
     )
     admitted = n + unserved
+    served_models, per_gpu = models_per_gpu(result)
     return {
         "requests": arrived,
         "served_requests": n,
@@ -167,6 +182,8 @@ def summarize(
         "cold_starts_by_tier": dict(sorted(result.cold_starts_by_tier.items())),
         "gpu_hours_by_pool": hours,
         "gpu_hours": _r(sum(result.gpu_seconds_by_pool.values()) / 3600.0),
+        "models_served": served_models,
+        "models_per_gpu": _r(per_gpu) if per_gpu is not None else None,
         "busy_gpu_hours_floor": _r(busy_gpu_hours(result)) if n else 0.0,
         "cost_usd": _r(cost),
         "capacity_refusals": result.capacity_refusals,
@@ -251,6 +268,7 @@ SERIES = {
     "asleep": "tab:purple",
     "demand": "tab:orange",
     "capacity": "tab:red",
+    "held": "tab:green",
 }
 POLICY_COLOURS = {
     "thaw": "tab:blue",
@@ -333,6 +351,16 @@ def replicas_figure(results: Sequence[SimResult], fleets: Fleets) -> Figure:
             lw=1.0,
             gid="asleep",
         )
+        if res.sample_gpus_held:
+            ax.step(
+                t,
+                res.sample_gpus_held,
+                where="post",
+                ls="-.",
+                color=SERIES["held"],
+                lw=0.9,
+                gid="held",
+            )
         ax.plot(t, res.sample_demand, lw=0.6, alpha=0.7, color=SERIES["demand"], gid="demand")
         ax.axhline(gpus_of[res.policy], color=SERIES["capacity"], ls="--", lw=0.8, gid="capacity")
         title = res.policy if one_fleet else f"{res.policy} ({gpus_of[res.policy]} GPUs)"
@@ -341,12 +369,13 @@ def replicas_figure(results: Sequence[SimResult], fleets: Fleets) -> Figure:
     axes[-1, 0].set_xlabel("time (min)")
     capacity = f"fleet GPUs ({next(iter(gpus_of.values()))})" if one_fleet else "fleet GPUs"
     handles = [
-        Line2D([], [], color=SERIES["replicas"], label="replicas holding a GPU"),
-        Line2D([], [], color=SERIES["asleep"], ls=":", label="replicas asleep (no GPU)"),
+        Line2D([], [], color=SERIES["replicas"], label="replicas awake"),
+        Line2D([], [], color=SERIES["asleep"], ls=":", label="replicas asleep"),
+        Line2D([], [], color=SERIES["held"], ls="-.", label="GPUs held (billed)"),
         Line2D([], [], color=SERIES["demand"], label="demand (requests in system)"),
         Line2D([], [], color=SERIES["capacity"], ls="--", label=capacity),
     ]
-    fig.legend(handles=handles, loc="upper center", ncol=4, fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="upper center", ncol=5, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (2.6 * len(results) + 0.6)))
     return fig
 
@@ -454,7 +483,12 @@ def cost_figure(
             [y],
             s=60,
             color=POLICY_COLOURS.get(res.policy),
-            label=f"{res.policy}: {s['gpu_hours']:.2f} GPU-h",
+            label=f"{res.policy}: {s['gpu_hours']:.2f} GPU-h"
+            + (
+                f", {s['models_per_gpu']:.2f} models/GPU"
+                if s.get("models_per_gpu") is not None
+                else ""
+            ),
         )
     ax.set_xlabel("SLO attainment (TTFT within its size-aware target)")
     ax.set_ylabel("cost (USD)")

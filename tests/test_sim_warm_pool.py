@@ -1,5 +1,6 @@
-"""The simulator's warm pool, warm-up and end of run: sleepers hold no GPU and wake in the derived
-time, host RAM bounds level 1, a model that never gets a GPU ends unserved."""
+"""The simulator's warm pool, warm-up and end of run: sleepers of an unshared pool keep (and are
+billed for) their GPU and wake in the derived time, host RAM bounds level 1, a model that never
+gets a GPU ends unserved."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def run_one(fleet_text: str, cfg: ThawConfig, policy: str = "thaw") -> SimResult
     return res
 
 
-def test_scaled_to_zero_replicas_sleep_without_a_gpu_and_wake_in_the_derived_time() -> None:
+def test_scaled_to_zero_replicas_sleep_holding_their_gpu_and_wake_in_the_derived_time() -> None:
     fleet = parse_fleet(FLEET)
     res = run_one(FLEET, config(WARM))
     assert res.cold_starts_by_tier["local_disk"] == 1  # the first start only
@@ -53,18 +54,28 @@ def test_scaled_to_zero_replicas_sleep_without_a_gpu_and_wake_in_the_derived_tim
     assert len(later) >= 4
     assert all(r.ttft_s < wake + 1.0 for r in later)
     assert max(r.ttft_s for r in later) >= wake
-    # Between bursts: nothing holds a GPU, one replica sleeps.
+    # Between bursts: nothing awake, one replica sleeps, and it still holds its GPU (a pod
+    # holds its whole nvidia.com/gpu while its engine sleeps).
     quiet = [
-        (n, s)
-        for t, n, s in zip(
-            res.sample_times_s, res.sample_replicas, res.sample_sleeping, strict=True
+        (n, s, g)
+        for t, n, s, g in zip(
+            res.sample_times_s,
+            res.sample_replicas,
+            res.sample_sleeping,
+            res.sample_gpus_held,
+            strict=True,
         )
         if 100 < t % 210 < 200
     ]
-    assert quiet and all(n == 0 and s == 1 for n, s in quiet)
+    assert quiet and all(n == 0 and s == 1 and g == 1 for n, s, g in quiet)
     cold = run_one(FLEET, config())
     assert cold.cold_starts_by_tier["local_disk"] == 5
-    assert sum(res.gpu_seconds_by_pool.values()) < sum(cold.gpu_seconds_by_pool.values())
+    # Billed for its sleeper: the GPU from the first start to the end of the window, more than
+    # the cold policy that gives it back between bursts.
+    first_ready = min(r.arrival_s + r.ttft_s for r in res.records)
+    held = sum(res.gpu_seconds_by_pool.values())
+    assert held >= res.window_s - first_ready
+    assert held > sum(cold.gpu_seconds_by_pool.values())
     assert max(r.ttft_s for r in res.records if r.arrival_s > 100) < 3.0
     assert max(r.ttft_s for r in cold.records) >= 18.0
 
