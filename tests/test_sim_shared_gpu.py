@@ -5,17 +5,25 @@ never over a GPU's memory."""
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
+from test_sim_cli import write_azure
+from test_sim_core import FLEET
+from test_sim_plan import staggered
 
 from policy_file.schema import ThawConfig
 from sim.core import SimResult, simulate
 from sim.fleet import FleetError, cold_start_s, engine_awake_bytes, parse_fleet, sleep_s
+from sim.plan import PlanJob, equal_slo_table, search
 from sim.report import report_json, summarize
 from sim.runner import run_policies, sim_config, with_warmup
 from sim.traces import Request, bursty, poisson, spread_zipf
+from sim.workers import ProbePool
+from thaw.cli import main
 
 # One GPU shared two ways whose memory holds one engine awake (0.6 of it each).
 ONE_GPU = """
@@ -237,3 +245,45 @@ def test_awake_memory_never_exceeds_a_gpu_and_skipping_ticks_changes_nothing(see
     assert report_json([res], fleet, None, {}) == report_json([every], fleet, None, {})
     assert res.sample_gpus_held == every.sample_gpus_held
     assert res.decisions <= every.decisions
+
+
+# -- thaw sim plan and thaw sim on shared pools ------------------------------------------------
+
+
+def test_the_planner_sizes_a_shared_pool_and_it_needs_fewer_gpus() -> None:
+    """Six models, each a burst every 300 s, one after another (tests/test_sim_plan.py): with a
+    warm pool, an unshared pool needs a GPU per model (each sleeper holds its own); shared four
+    ways (each engine 0.25 of the GPU) the same traffic needs fewer."""
+    slo = "slo: {ttft_base_s: 30, ttft_per_prompt_token_s: 0}\n"
+    plain = parse_fleet(FLEET + slo)
+    shared = parse_fleet(
+        FLEET.replace("count: 8", "count: 8, share: 4", 1).replace(
+            "wake_overhead_s: 0.5", "wake_overhead_s: 0.5\n    gpu_memory_utilization_ratio: 0.25"
+        )
+        + slo
+    )
+    warm = thaw(stable_s=10.0, grace_s=5.0)
+    found = {}
+    for name, fleet in (("plain", plain), ("shared", shared)):
+        job = PlanJob(staggered(), fleet, warm, 0.95, ("big",))
+        with ProbePool(job, 1) as pool:
+            (found[name],) = search(["thaw"], 8, 64, 0.95, pool.evaluate)
+    assert found["plain"].gpus is not None and found["shared"].gpus is not None
+    assert found["plain"].gpus == 6
+    assert found["shared"].gpus < found["plain"].gpus
+    (row,) = equal_slo_table([found["shared"]], 0.95)
+    assert row["models_per_gpu"] > 6 / found["plain"].gpus
+
+
+def test_thaw_sim_runs_the_shared_example_fleet(tmp_path: Path) -> None:
+    write_azure(tmp_path / "t.csv")
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "out"
+    argv = ["sim", "--trace", str(tmp_path / "t.csv"), "--models", "12", "--no-progress",
+            "--fleet", str(root / "sim/examples/fleet-shared.yaml"),
+            "--compare", "kpa", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    for entry in report["policies"].values():
+        assert entry["models_served"] == 12
+        assert entry["models_per_gpu"] > 1.0
