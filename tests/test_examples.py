@@ -258,6 +258,8 @@ SIM = [
     "sim/examples/policy.yaml --models 20 --zipf 1.0 --compare kpa,always-on --out out/",
     ".venv/bin/thaw sim --trace ../shared/traces/AzureLLMInferenceTrace_conv.csv --models 20 "
     "--compare kpa,always-on,predictive --out sim-out",
+    ".venv/bin/thaw sim --trace ../shared/traces/AzureLLMInferenceTrace_conv.csv --models 200 "
+    "--fleet sim/examples/fleet-shared.yaml --compare kpa --out shared-out",
     ".venv/bin/thaw sim plan --trace ../shared/traces/AzureLLMInferenceTrace_conv.csv --models 200 "
     "--slo-target 0.99 --out plan-out",
     "thaw sim plan --trace AzureLLMInferenceTrace_conv.csv --models 200 --out plan/",
@@ -403,6 +405,8 @@ def test_sim_examples(tmp_path: Path) -> None:
     outputs = {example: sb.run(example, timeout_s=600) for example in SIM}
     assert json.loads((work / "out" / "report.json").read_text())
     assert json.loads((work / "sim-out" / "report.json").read_text())
+    shared = json.loads((work / "shared-out" / "report.json").read_text())
+    assert all(p["models_per_gpu"] > 1 for p in shared["policies"].values())
     assert json.loads((work / "plan-out" / "report.json").read_text())["equal_slo"]
     assert "always-on" in outputs[SIM[-1]] and "thaw" in outputs[SIM[-1]]
 
