@@ -106,7 +106,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from bisect import bisect_right, insort
+from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -452,6 +452,8 @@ class _Sim:
         self.samples_g: list[int] = []
         self.decisions = 0
         self.tick_k = -1
+        # the index of the model visiting in the tick under way; past the last between ticks
+        self.visiting = len(self.models)
         self.misses = 0
         self.missed: list[bool] = [False] * len(requests)
         self.miss_limit = cfg.stop_after_misses
@@ -1447,9 +1449,15 @@ class _Sim:
         insort(self.awake, (m.index, m))
 
     def touch(self, m: _Model) -> None:
-        """Something ``m``'s decider observes changed (a request came, a replica became ready)."""
+        """Something ``m``'s decider observes changed (a request came, a replica became ready,
+        another model's arbitration put its engine to sleep or stopped it). During a tick's
+        visits, a model after the one visiting has not had this tick yet: it is unparked up to
+        the tick before, and visited in this one."""
         if m.parked:
-            self.unpark(m)
+            if m.index > self.visiting:
+                self.unpark(m, self.tick_k - 1)
+            else:
+                self.unpark(m)
 
     def ttl_tick(self, m: _Model, k: int) -> int | None:
         """The first tick after ``k`` at which plan_actions would stop one of ``m``'s sleepers
@@ -1591,9 +1599,19 @@ class _Sim:
                     _, _, m = heapq.heappop(due)
                     if m.parked and m.due_tick == k_now:
                         self.unpark(m, k_now - 1)
-                for _, m in list(self.awake):
+                # In index order; a model another's arbitration unparks later in this tick is
+                # visited in it too (the models after the one visiting have not had tick k yet).
+                awake = self.awake
+                last = -1
+                while True:
+                    j = bisect_left(awake, (last + 0.5,))
+                    if j == len(awake):
+                        break
+                    m = awake[j][1]
+                    last = self.visiting = m.index
                     if not m.parked:
                         self.visit(m, k_now, now)
+                self.visiting = len(models)
                 if watch:
                     self.expire_buffered(now)
                 if i < n or now < horizon or (self.outstanding > 0 and now < horizon + cfg.drain_s):

@@ -67,6 +67,23 @@ def test_report_is_byte_identical_to_deciding_every_tick_on_the_azure_slice(
     assert needed.decisions * fewer <= every.decisions
 
 
+@pytest.mark.parametrize(("gpus", "policy"), [(64, "thaw"), (16, "thaw"), (64, "kpa")])
+def test_the_same_on_the_shared_example_fleet(gpus: int, policy: PolicyName) -> None:
+    # every pool shared 8 ways: engines put to sleep or stopped by other models' arbitration
+    reqs = spread_zipf(clip(load_trace(DATA), 300.0), 200, 1.0, 0)
+    fleet = scaled_fleet(load_fleet(ROOT / "sim" / "examples" / "fleet-shared.yaml"), gpus)
+    thaw = load_policy(ROOT / "sim" / "examples" / "policy.yaml")
+    primed, first = with_warmup(reqs, 120.0)
+    cfg = sim_config(policy, reqs, fleet, thaw, 0.0, warmup_s=120.0, first_measured=first)
+    needed = simulate(primed, fleet, cfg)
+    every = simulate(primed, fleet, replace(cfg, decide_every_tick=True))
+    assert report_json([needed], fleet, None, {}) == report_json([every], fleet, None, {})
+    assert needed.sample_gpus_held == every.sample_gpus_held
+    assert needed.records == every.records
+    assert needed.decisions * 3 <= every.decisions
+    assert needed.gpu_memory_overflows == every.gpu_memory_overflows == 0
+
+
 @pytest.mark.parametrize(("gpus", "seed"), [(8, 14), (2, 24)])
 def test_the_same_on_random_policies_and_traces(gpus: int, seed: int) -> None:
     # 2 GPUs for up to 8 models: starts and wakes refused for want of a GPU
