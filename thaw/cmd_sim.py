@@ -60,8 +60,11 @@ The trace's format is detected from the file (a JSON object per line: Mooncake; 
 TIMESTAMP,ContextTokens,GeneratedTokens header: Azure; else its extension); --trace-format
 overrides it. Cold-start times are derived from the fleet file: a new engine loads from
 --start-tier (local_disk: engine_start_s + weights / local-disk bandwidth); a warm-pool sleeper
-wakes from host RAM (weights / host-to-GPU bandwidth + wake_overhead_s) and holds no GPU while
-asleep. A request that arrives while its model has no ready replica waits at the activator and
+wakes from host RAM (weights / host-to-GPU bandwidth + wake_overhead_s). Asleep on a pool without
+sharing it keeps its whole GPU and is billed for it, as a pod is on Kubernetes; on a pool with
+`share: N` (N engines per GPU, sim/examples/fleet-shared.yaml) the GPU-memory arbiter decides which
+engines are awake (sleep before wake) and a GPU is billed while any engine is on it. A request
+that arrives while its model has no ready replica waits at the activator and
 counts as a cold-start request. Before the trace, its first --warmup-s seconds are replayed
 unmeasured, so that no policy is charged for every model starting at zero.
 
@@ -74,9 +77,10 @@ every class. Every arrival counts in slo_attainment_ratio: a request served late
 Writes DIR/report.json (per policy: requests, slo_met/slo_missed/unserved_requests,
 rejected_too_long, ttft_p50_s, ttft_p99_s (null when it falls among unserved requests),
 e2e_p99_s, slo_attainment_ratio, cold_start_requests, cold_starts_by_tier, gpu_hours_by_pool,
-cost_usd over the measured window) and DIR/replicas.png, ttft_cdf.png, cold_starts.png,
-cost_vs_slo.png; then a warning block when any request was unserved, refused or rejected. Same
-inputs and seed, same report.json, byte for byte.
+cost_usd over the measured window, models_per_gpu: models served per GPU held on average) and
+DIR/replicas.png, ttft_cdf.png, cold_starts.png, cost_vs_slo.png; then a warning block when
+any request was unserved, refused or rejected. Same inputs and seed, same report.json, byte for
+byte.
 """
 
 EPILOG = """\
