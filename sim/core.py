@@ -219,7 +219,8 @@ class SimResult:
     """When the simulation stopped (the last request done, or the drain's end)."""
     sample_times_s: tuple[float, ...]
     sample_replicas: tuple[int, ...]
-    """Replicas holding a GPU (starting, ready, draining, going to sleep) at each sample."""
+    """Replicas holding their awake memory (starting, ready, draining, going to sleep) at each
+    sample; a wake or start waiting for its shared GPU's frees is in neither series."""
     sample_sleeping: tuple[int, ...]
     """Replicas asleep at each sample (on an unshared pool a sleeper still holds its GPU)."""
     sample_demand: tuple[int, ...]
@@ -387,6 +388,7 @@ class _Sim:
         self.free_gpus = {p.name: p.count for p in fleet.pools}
         self.replica_count = 0
         self.awake_count = 0  # replicas holding their awake memory
+        self.pending_count = 0  # wakes and starts waiting for their shared GPU's frees
         self.held_gpus = 0  # GPUs held (billed)
         self.free_ram = {p.name: p.host_ram_bytes * fleet.pool_nodes(p.name) for p in fleet.pools}
         #: Shared pools: their GPUs, and each node's host RAM for level-1 sleepers.
@@ -561,6 +563,9 @@ class _Sim:
         m.replicas.remove(rep)
         self.replica_count -= 1
         self.set_mem(rep, False)
+        if rep.pending is not None:
+            rep.pending = None
+            self.pending_count -= 1
         self.give_gpu(rep, now)
         self.give_ram(rep)
         g = rep.gpu
@@ -756,6 +761,7 @@ class _Sim:
                 rep = self.new_replica(mm, g.pool, now)
                 self.join_gpu(g, mm, rep, now)
                 rep.pending = self.cfg.tier
+                self.pending_count += 1
                 self.count_start(self.cfg.tier, now)
                 continue
             assert step.engine_id is not None
@@ -775,6 +781,7 @@ class _Sim:
                 target.sleep_level = target.asleep_since_s = None
                 target.epoch += 1
                 target.pending = wake_tier(level)
+                self.pending_count += 1
                 self.count_start(target.pending, now)
         self.try_gains(g, now)
         for name in touched:
@@ -808,6 +815,7 @@ class _Sim:
             if tier is None:
                 continue
             r.pending = None
+            self.pending_count -= 1
             self.set_mem(r, True)
             delay = cold_start_s(mm.spec, self.fleet.pool(g.pool), tier)
             self.push(now + delay, _READY, (mm, r, r.epoch))
@@ -1482,7 +1490,7 @@ class _Sim:
         awake = self.awake_count
         self.samples_t.append(now - self.cfg.measure_from_s)
         self.samples_r.append(awake)
-        self.samples_s.append(self.replica_count - awake)
+        self.samples_s.append(self.replica_count - awake - self.pending_count)
         self.samples_d.append(self.outstanding)
         self.samples_g.append(self.held_gpus)
 
