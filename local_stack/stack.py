@@ -73,6 +73,9 @@ def restart_needed(old: ThawConfig, new: ThawConfig) -> list[tuple[str, object, 
     return out
 
 
+#: A tick longer than this (or 4x tick_s, whichever is more) is warned about, with its parts.
+SLOW_TICK_S = 2.0
+
 SCALE_FROM_ZERO_BUCKETS_S = (0.5, 1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600)
 
 
@@ -320,7 +323,9 @@ class LocalStack:
 
     async def tick(self) -> list[Decision]:
         """One pass over every model: scrape, observe, decide, actuate, export."""
+        began_s = self.clock.monotonic()
         await self._maybe_reload()
+        reloaded_s = self.clock.monotonic()
         await self.actuator.scrape()
         now_s = self.clock.monotonic()
         decisions: list[Decision] = []
@@ -369,7 +374,24 @@ class LocalStack:
             if not actions.empty:
                 self.actuator.apply(name, actions)
             self._export(name, decision)
+        self._check_tick_time(began_s, reloaded_s, now_s)
         return decisions
+
+    def _check_tick_time(self, began_s: float, reloaded_s: float, scraped_s: float) -> None:
+        """Warn when one pass took far longer than ``tick_s``: every decision waits for it, so a
+        slow tick is a slow reaction to load; the warning says which part took the time."""
+        ended_s = self.clock.monotonic()
+        took_s = ended_s - began_s
+        if took_s > max(SLOW_TICK_S, 4 * self.config.tick_s):
+            log.warning(
+                "a tick took %.1f s (tick_s %g): policy reload %.1f s, scraping replicas %.1f s, "
+                "deciding and acting %.1f s",
+                took_s,
+                self.config.tick_s,
+                reloaded_s - began_s,
+                scraped_s - reloaded_s,
+                ended_s - scraped_s,
+            )
 
     def _check_staleness(self, name: str, run: _ModelRun, now_s: float) -> None:
         """Export each ready replica's staleness, and say once per episode when its metrics
@@ -495,8 +517,18 @@ class LocalStack:
             serve(self.activator, self.config.listen.host, self.config.listen.port)
         )
         try:
+            last_end_s: float | None = None
             while not stop.is_set():
+                began_s = self.clock.monotonic()
+                gap_s = 0.0 if last_end_s is None else began_s - last_end_s
+                if gap_s > self.config.tick_s + SLOW_TICK_S:
+                    log.warning(
+                        "%.1f s between two ticks (tick_s %g): the event loop was blocked",
+                        gap_s,
+                        self.config.tick_s,
+                    )
                 await self.tick()
+                last_end_s = self.clock.monotonic()
                 self._wake.clear()
                 waiters = [
                     asyncio.ensure_future(self._wake.wait()),
