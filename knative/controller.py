@@ -49,7 +49,13 @@ from knative.cluster_config import (
     parse_autoscaler,
     parse_deployment,
 )
-from knative.contract import POOL_ANNOTATION, PRIVATE, REVISION_LABEL, SERVICE_TYPE_LABEL
+from knative.contract import (
+    GENERATION_LABEL,
+    POOL_ANNOTATION,
+    PRIVATE,
+    REVISION_LABEL,
+    SERVICE_TYPE_LABEL,
+)
 from knative.demand import DemandSource, Revision
 from knative.endpoints import revision_candidates
 from knative.gateway import Gateway
@@ -77,7 +83,7 @@ from knative.reconcile import (
     sks_update,
     view,
 )
-from knative.revisions import GENERATION_LABEL, ReadyPod, RevisionView, ready_pods
+from knative.revisions import ReadyPod, RevisionView, ready_pods
 from policy_file.schema import ThawConfig
 
 log = logging.getLogger(__name__)
