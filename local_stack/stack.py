@@ -474,7 +474,7 @@ class LocalStack:
         """Apply a changed policy file. Reading and parsing run off the event loop (a large
         file must not stall the front door); settings the running stack cannot change are
         named in a warning and keep their old values."""
-        if self._watcher is None:
+        if self._watcher is None or not self._watcher.may_have_changed():
             return
         new = await asyncio.to_thread(self._watcher.poll)
         if new is None:
