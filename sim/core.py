@@ -98,7 +98,7 @@ from autoscaler.decider import DeciderState, ModelObservation, ReplicaObservatio
 from autoscaler.policy import AutoscalingPolicy, WarmPoolConfig
 from autoscaler.scale_to_zero import apply_grace
 from autoscaler.warm_pool import PoolReplica, plan_actions
-from engine.perf_model import EngineCore, EnginePerf, StepPlan
+from engine.perf_model import EngineCore, EnginePerf
 from engine.perf_model import Sequence as EngineSeq
 from kernel.vocab import FINE_LOAD_TIERS, FineLoadTier, ReplicaState, wake_tier
 from sim.fleet import Fleet, FleetModel, cold_start_s, sleep_s
@@ -234,9 +234,9 @@ class _Replica:
     ram_bytes: int = 0
     """Host RAM it holds as a level-1 sleeper."""
     stopped: bool = False
-    plan: StepPlan | None = None
     chunk: tuple[float, float, int] | None = None
-    """Steps fast-forwarded as one event: (start_s, step_s, steps); see ``_Run.plan``."""
+    """The steps under way as one event: (start_s, step_s, steps), several when fast-forwarded
+    (see ``_Sim.plan``); None while the engine has nothing to run."""
     version: int = 0
     """Bumped whenever a pending step event is superseded."""
     epoch: int = 0
@@ -511,10 +511,11 @@ class _Sim:
             return
         self.routed[idx] = now
         best.core.add(EngineSeq(str(idx), req.prompt_tokens, req.output_tokens, req.arrival_s))
-        if best.chunk is not None:
-            self.split_chunk(m, best, now)
-        elif best.plan is None:
+        chunk = best.chunk
+        if chunk is None:
             self.plan(m, best, now)
+        elif chunk[2] > 1:
+            self.split_chunk(m, best, now)
 
     def route_buffer(self, m: _Model, now: float) -> None:
         while m.buffer:
@@ -532,27 +533,19 @@ class _Sim:
         """
         core = rep.core
         rep.version += 1
-        running = core.running
-        if self.cfg.fast_forward and not core.waiting and running:
-            k = -1
-            for s in running:
-                if s.first_token_s is None:
-                    k = 0
-                    break
-                left = s.max_tokens - s.generated_tokens
-                if k < 0 or left < k:
-                    k = left
+        if self.cfg.fast_forward:
+            k = core.decode_steps_ahead()
             if k >= 2:
-                step = core.perf.decode_step_s(len(running))
-                rep.plan = None
+                step = core.step_s(len(core.running))
                 rep.chunk = (now, step, k)
                 self.push(now + k * step, _STEP, (m, rep, rep.version))
                 return
-        plan = core.plan_step(now)
-        rep.plan = plan
-        if plan is not None:
-            self.push(plan.end_s, _STEP, (m, rep, rep.version))
+        duration = core.next_step_s()
+        if duration is not None:
+            rep.chunk = (now, duration, 1)
+            self.push(now + duration, _STEP, (m, rep, rep.version))
         else:
+            rep.chunk = None
             self.idle(m, rep, now)
 
     def _chunk_steps_done(self, rep: _Replica, now: float) -> int:
@@ -561,22 +554,22 @@ class _Sim:
         return min(int((now - start) / step), k - 1)
 
     def split_chunk(self, m: _Model, rep: _Replica, now: float) -> None:
-        """End a fast-forward at the step in progress at ``now``; that step becomes a plan."""
+        """End a fast-forward at the step in progress at ``now``; that step becomes the last."""
         assert rep.chunk is not None
         start, step, _ = rep.chunk
         j = self._chunk_steps_done(rep, now)
         rep.core.advance(j)
-        rep.chunk = None
+        start += j * step
+        rep.chunk = (start, step, 1)
         rep.version += 1
-        plan = StepPlan(start + j * step, step, (), tuple(rep.core.running))
-        rep.plan = plan
-        self.push(plan.end_s, _STEP, (m, rep, rep.version))
+        self.push(start + step, _STEP, (m, rep, rep.version))
 
     def kv_ratio(self, rep: _Replica, now: float) -> float:
         """The replica's KV usage at ``now``, counting fast-forwarded steps already done."""
         core = rep.core
         extra = 0
-        if rep.chunk is not None:
+        chunk = rep.chunk
+        if chunk is not None and chunk[2] > 1:
             extra = self._chunk_steps_done(rep, now) * len(core.running)
         used = core.kv_tokens + extra
         return min(used / core.perf.kv_capacity_tokens, 1.0)
@@ -1246,17 +1239,11 @@ class _Sim:
             else:
                 if tag != rep.version:
                     continue  # superseded by a split chunk
-                if rep.chunk is not None:
-                    start, step, k = rep.chunk
-                    rep.core.advance(k - 1)
-                    rep.chunk = None
-                    plan = StepPlan(start + (k - 1) * step, step, (), tuple(rep.core.running))
-                else:
-                    assert rep.plan is not None
-                    plan = rep.plan
-                res = rep.core.finish_step(plan)
-                end = res.end_s
-                for s in res.first_tokens:
+                assert rep.chunk is not None
+                start, step, k = rep.chunk
+                end = (start + (k - 1) * step) + step  # as stepping one by one ends the last
+                first, done = rep.core.finish_steps(k, end)
+                for s in first:
                     idx = int(s.request_id)
                     first_token[idx] = end
                     if watch and idx >= first_measured:
@@ -1264,10 +1251,10 @@ class _Sim:
                         r = reqs[idx]
                         if end - r.arrival_s > slo_of(r):
                             self.miss(idx)
-                if res.finished:
-                    for s in res.finished:
+                if done:
+                    for s in done:
                         finished[int(s.request_id)] = end
-                    self.outstanding -= len(res.finished)
+                    self.outstanding -= len(done)
                 self.plan(m, rep, now)
         if progress is not None and n % 4096:
             progress(n % 4096)
