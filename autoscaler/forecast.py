@@ -279,7 +279,11 @@ class Forecaster:
                 cached.target_start_s,
                 cached.interval_s,
             )
-        value = self.predict(np.asarray(self._y[:n], dtype=float), k)
+        if self.method_for(n) == "ewma":  # from the series' tail: no array of all of it
+            lo = max(0, n - _ewma_window(k))
+            value = self._ewma(self._y[lo:n], k, self._first + lo)
+        else:
+            value = self.predict(np.asarray(self._y[:n], dtype=float), k)
         self._pending.setdefault(n - 1 + k, value)
         conf = self.confidence()
         fc = Forecast(
@@ -306,7 +310,8 @@ class Forecaster:
         if method == "seasonal_naive":
             return self._seasonal_naive(y, k)
         if method == "ewma":
-            return self._ewma(y, k)
+            tail = y[-_ewma_window(k) :]
+            return self._ewma(tail.tolist(), k, (self._first or 0) + len(y) - len(tail))
         return self._learned(y, k, method)
 
     def _seasonal_source(self, t: np.ndarray, k: int) -> np.ndarray:
@@ -326,16 +331,16 @@ class Forecaster:
         resid = y[t] - y[self._seasonal_source(t, k)]
         return max(0.0, point + quantile(resid, self.quantile))
 
-    def _ewma(self, y: np.ndarray, k: int) -> float:
-        # The level forgets 0.7 per interval: the last few hundred intervals make it all.
-        tail = y[-(_RESIDUAL_WINDOW + k + 60) :]
+    def _ewma(self, tail: list[float], k: int, start: int) -> float:
+        """ewma over ``tail``, the last :func:`_ewma_window` values of the series (or all of
+        it), whose first value is the series' interval ``start``."""
         n = len(tail)
-        level = np.asarray(self._levels.of(tail.tolist()))
-        point = float(level[-1])
-        t = np.arange(max(k, n - _RESIDUAL_WINDOW), n)
-        if len(t) == 0:
+        level = self._levels.of(tail, start)
+        point = level[-1]
+        lo = max(k, n - _RESIDUAL_WINDOW)
+        if lo >= n:
             return max(0.0, point)
-        resid = tail[t] - level[t - k]
+        resid = [tail[t] - level[t - k] for t in range(lo, n)]
         return max(0.0, point + quantile(resid, self.quantile))
 
     def _features(self, y: np.ndarray, origins: np.ndarray, k: int) -> np.ndarray:
@@ -402,69 +407,61 @@ def _ewma_levels(y: np.ndarray) -> np.ndarray:
     return np.asarray(out)
 
 
+def _ewma_window(k: int) -> int:
+    """Intervals ewma looks back over for a forecast ``k`` intervals ahead: the level forgets
+    0.7 per interval, so the last few hundred intervals make it all."""
+    return _RESIDUAL_WINDOW + k + 60
+
+
 class _EwmaLevels:
     """:func:`_ewma_levels` of a window that slides over one series, reusing the last window's.
 
     The levels of a window depend on where it starts (the first level is its first value), so
     each window's are computed from its own start; but once a level equals, bit for bit, the
-    last window's level at the same place, and the values from there on are the same, every
+    last window's level at the same interval, and the values from there on are the same, every
     later level is the same too (the same float operations on the same operands): those are
     copied instead of recomputed. Windows one interval apart meet again within about a hundred
     levels (0.7 ** 100 is below a double's precision), at once where the values are zeros.
     """
 
     def __init__(self) -> None:
+        self._start = 0
         self._values: list[float] = []
         self._levels: list[float] = []
 
-    def of(self, values: list[float]) -> list[float]:
-        """The levels of ``values``: ``_ewma_levels(np.asarray(values)).tolist()``."""
-        old_levels = self._levels
-        # The new window's value i is the last window's value i + d, where both exist.
-        d = _overlap_shift(self._values, values)
+    def of(self, values: list[float], start: int) -> list[float]:
+        """The levels of ``values`` (``_ewma_levels(np.asarray(values)).tolist()``), the
+        series' values from interval ``start`` on."""
+        old_values, old_levels = self._values, self._levels
+        d = start - self._start  # values[i] is the last window's old_values[i + d]
+        end = min(len(values), len(old_levels) - d)
         out: list[float] = []
         a = _EWMA_ALPHA
         level = values[0] if values else 0.0
         i = 0
-        if d is not None:
-            end = min(len(values), len(old_levels) - d)
-            while i < end:
-                level += a * (values[i] - level)
-                out.append(level)
-                j = i + d
-                i += 1
-                if j >= 0 and old_levels[j] == level:  # met: the rest of the overlap is equal
+        while i < end:
+            level += a * (values[i] - level)
+            out.append(level)
+            j = i + d
+            i += 1
+            if j >= 0 and old_levels[j] == level:
+                if values[i:end] == old_values[j + 1 : end + d]:  # met: the rest is equal
                     out.extend(old_levels[j + 1 : end + d])
                     level = out[-1]
                     i = end
-                    break
+                break
         for v in values[i:]:
             level += a * (v - level)
             out.append(level)
-        self._values, self._levels = values, out
+        self._start, self._values, self._levels = start, values, out
         return out
 
 
-def _overlap_shift(old: list[float], new: list[float]) -> int | None:
-    """``d`` such that ``new[i] == old[i + d]`` wherever both exist, for the smallest ``|d|``
-    of the window moves a forecaster makes (-2..2), or None."""
-    if not old or not new:
-        return None
-    for d in (0, 1, -1, 2, -2):
-        lo_new = max(0, -d)
-        hi_new = min(len(new), len(old) - d)
-        if hi_new - lo_new < 1:
-            continue
-        if new[lo_new:hi_new] == old[lo_new + d : hi_new + d]:
-            return d
-    return None
-
-
-def quantile(values: np.ndarray, q: float) -> float:
-    """``float(np.quantile(values, q))`` for a non-empty 1-D array without NaN: numpy's
-    default ('linear') method by a sort and numpy's own float operations (its ``_lerp``), at a
-    fraction of the call's cost on a few hundred values."""
-    s = np.sort(values).tolist()
+def quantile(values: np.ndarray | list[float], q: float) -> float:
+    """``float(np.quantile(values, q))`` for non-empty values without NaN: numpy's default
+    ('linear') method by a sort and numpy's own float operations (its ``_lerp``), at a fraction
+    of the call's cost on a few hundred values."""
+    s = np.sort(values).tolist() if isinstance(values, np.ndarray) else sorted(values)
     n = len(s)
     virtual = (n - 1) * q
     if virtual >= n - 1:
