@@ -299,6 +299,11 @@ class _Model:
     """While parked idle: the first parked tick whose decider wants 0 (None: none does)."""
     zero_since_s: float | None = None
     """While parked idle: ``wants_zero_since_s`` from ``zero_from_tick`` on."""
+    forecast_wanted: int = -1
+    """A forecasting model parked until its next forecast: the replicas its forecast asked for
+    then (-1: not parked that way), and ``other_due``, the tick at which it must be visited
+    whatever the forecast says (None: none)."""
+    other_due: int | None = None
 
     def find(self, rid: str) -> _Replica | None:
         for r in self.replicas:
@@ -933,8 +938,7 @@ class _Sim:
             and m.wants_zero_since_s is None
             and all(r.state == "sleeping" for r in m.replicas)
         ):
-            ttl = self.ttl_tick(m, k)
-            self.park(m, k, "rest", change if ttl is None else min(ttl, change))
+            self.park_forecasting(m, k, "rest", 0, self.ttl_tick(m, k), change)
             return
         if not track or desired != 1 or not self.idle_replica(m):
             return
@@ -950,16 +954,53 @@ class _Sim:
         sleeping = sum(1 for r in m.replicas if r.state == "sleeping")
         if sleeping and not self.sleepers_stay(m, nxt, sleeping):
             return
-        floor = fc.last.replicas if fc.last is not None else None
-        wanted = 0 if floor is None else max(0, math.ceil(floor - 1e-9))
+        wanted = fc.wanted()
         if wanted > 1:
             return
         if wanted == 1:  # the forecast keeps one replica whatever the window says
-            ttl = self.ttl_tick(m, k)
-            self.park(m, k, "idle", change if ttl is None else min(ttl, change))
+            self.park_forecasting(m, k, "idle", 1, self.ttl_tick(m, k), change)
             return
         due, zero, since = self.idle_due(m, k)
-        self.park(m, k, "idle", change if due is None else min(due, change), zero, since)
+        self.park_forecasting(m, k, "idle", 0, due, change, zero, since)
+
+    def park_forecasting(
+        self,
+        m: _Model,
+        k: int,
+        why: Literal["rest", "idle"],
+        wanted: int,
+        other: int | None,
+        change: int,
+        zero_from: int | None = None,
+        zero_since_s: float | None = None,
+    ) -> None:
+        """Park a forecasting model whose answer stays what it is until ``other`` (a tick due
+        whatever the forecast says) as long as its forecast asks for ``wanted`` replicas; the
+        next forecast is due at tick ``change``. ``zero_from`` and ``zero_since_s`` are the
+        grace's, as :meth:`park` takes them (they do not depend on a forecast of 0)."""
+        m.forecast_wanted = wanted
+        m.other_due = other
+        due = change if other is None else min(other, change)
+        self.park(m, k, why, due, zero_from, zero_since_s)
+
+    def forecast_holds(self, m: _Model, k: int, now: float) -> bool:
+        """At a parked forecasting model's due tick ``k``: make the new forecast (as the
+        decision would, with nothing in the system) and, when it asks for as many replicas as
+        the one the model was parked with and nothing else is due, keep it parked until the
+        next forecast: the decider would answer as it did then, with no action (the forecast
+        is a floor; the decider's state does not depend on it; see :meth:`visit_forecasting`).
+        """
+        other = m.other_due
+        fc = m.forecaster
+        if m.forecast_wanted < 0 or fc is None or (other is not None and other <= k):
+            return False
+        fc.replicas(now, 0)
+        if fc.wanted() != m.forecast_wanted:
+            return False
+        change = fc.next_change_tick(now, self.cfg.tick_s, k)
+        m.due_tick = due = change if other is None else min(other, change)
+        heapq.heappush(self.due, (due, m.index, m))
+        return True
 
     def unseen_tick(self, m: _Model, k: int, now: float, totals: Totals) -> None:
         """Tick ``k`` skipped: its totals join the runs the decider has not seen."""
@@ -1068,6 +1109,7 @@ class _Sim:
             m.wants_zero_since_s = None if zero is None or last < zero else m.zero_since_s
         m.parked = ""
         m.due_tick = None
+        m.forecast_wanted = -1
         insort(self.awake, (m.index, m))
 
     def touch(self, m: _Model) -> None:
@@ -1212,7 +1254,7 @@ class _Sim:
                 k_now = self.tick_k = ticks
                 while due and due[0][0] <= k_now:
                     _, _, m = heapq.heappop(due)
-                    if m.parked and m.due_tick == k_now:
+                    if m.parked and m.due_tick == k_now and not self.forecast_holds(m, k_now, now):
                         self.unpark(m, k_now - 1)
                 for _, m in list(self.awake):
                     if not m.parked:

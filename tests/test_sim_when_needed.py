@@ -51,8 +51,9 @@ def both(
         (200, 320, "thaw", 10),
         # too few GPUs: a start refused each tick for want of a GPU, counted as every tick would
         (200, 64, "thaw", 3),
-        # a forecaster at rest is asked again only for a new interval or target
-        (200, 320, "predictive", 1),
+        # a forecaster at rest is asked again only for a new interval or target, and the
+        # decider only when that forecast asks for another count than the one parked with
+        (200, 320, "predictive", 5),
     ],
 )
 def test_report_is_byte_identical_to_deciding_every_tick_on_the_azure_slice(
