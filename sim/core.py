@@ -44,8 +44,9 @@ the answer provably stays what it is and no action follows:
   no grace running: the grace holds a live replica); each further tick would feed the decider
   the same empty observation, whose zeros only lower its averages. The model is not even
   visited until a request comes or a sleeper's time-to-live ends (with a forecaster, nothing in
-  the system: also until the forecast's interval or target interval changes, when a new
-  forecast is due);
+  the system: also until the forecast's interval or target interval changes, when the new
+  forecast is made there and, if it asks for as many replicas as before, the model stays
+  parked without a decision);
 - *one replica, within its targets*: one live replica, no panic, no forecast, no scale-down
   delay, activation scale 1, min_replicas <= 1; every total the decider has in its stable window
   (waiting, concurrency, KV usage) and the one it would see now within one replica's target, so
@@ -59,7 +60,9 @@ the answer provably stays what it is and no action follows:
   model in that state with nothing in flight (an idle replica waiting out its window and its
   grace) is not visited until a request comes or the first tick where the answer can change
   (with a forecaster: its tick is decided, and while its replica is idle and its forecast asks
-  for at most one, it is parked until a new forecast is due);
+  for at most one, it is parked until a new forecast is due, and stays parked while each new
+  forecast asks for the same count; the grace's ``wants_zero_since_s`` is kept as for any idle
+  parked model);
 - *no free GPU*: no live replica and at most one sleeper (asleep), requests buffered (within one
   replica's targets, in the window too, so no panic), and none of its pools has a free GPU: the
   decider asks for one replica, and the start (or the wake, which then starts one elsewhere) is
