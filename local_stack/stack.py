@@ -13,8 +13,8 @@ request to first ready replica), ``thaw_replica_metrics_stale{model,replica}`` (
 replica's scrapes have failed for longer than ``metrics_stale_after_s``; a warning says so once
 per episode, with the error).
 
-Policy reloads are read and parsed off the event loop; ``listen`` and ``cache`` changes need a
-restart and are named as such (:data:`RESTART_KEYS`).
+Policy reloads are read and parsed off the event loop; ``listen``, ``cache`` and
+``gpu.memory_bytes`` changes need a restart and are named as such (:data:`RESTART_KEYS`).
 
 With ``autoscaling.forecast.enabled``, each tick also feeds the model's
 :class:`~autoscaler.forecast.ReplicaForecaster` the arrivals since the last tick (requests the
@@ -75,9 +75,11 @@ log = logging.getLogger(__name__)
 #: The emulated GPU's id in the emulators' ledger (one GPU per stack).
 EMULATED_GPU_ID = "local"
 
-#: Settings the running stack cannot change: the listening socket and the opened model cache.
+#: Settings the running stack cannot change: the listening socket, the opened model cache, and
+#: the GPU's memory (its engines declared it to their ledger and run with their share of it; a
+#: ``gpu:`` section added or removed reads as None here).
 RESTART_KEYS = ("listen.host", "listen.port", "cache.dir", "cache.budget_bytes",
-                "cache.s3_endpoint_url", "cache.s3_region")  # fmt: skip
+                "cache.s3_endpoint_url", "cache.s3_region", "gpu.memory_bytes")  # fmt: skip
 
 
 def restart_needed(old: ThawConfig, new: ThawConfig) -> list[tuple[str, object, object]]:
@@ -85,11 +87,27 @@ def restart_needed(old: ThawConfig, new: ThawConfig) -> list[tuple[str, object, 
     out: list[tuple[str, object, object]] = []
     for key in RESTART_KEYS:
         block, name = key.split(".")
-        before = getattr(getattr(old, block), name)
-        after = getattr(getattr(new, block), name)
+        before = getattr(getattr(old, block), name, None)
+        after = getattr(getattr(new, block), name, None)
         if before != after:
             out.append((key, before, after))
     return out
+
+
+def keep_old_values(
+    old: ThawConfig, new: ThawConfig, kept: list[tuple[str, object, object]]
+) -> ThawConfig:
+    """``new`` with the old value of each key in ``kept`` (from :func:`restart_needed`); a
+    section that one of the two files lacks is kept whole, as it was."""
+    for key, _, _ in kept:
+        block, name = key.split(".")
+        before, after = getattr(old, block), getattr(new, block)
+        if before is None or after is None:
+            new = new.model_copy(update={block: before})
+        else:
+            kept_block = after.model_copy(update={name: getattr(before, name)})
+            new = new.model_copy(update={block: kept_block})
+    return new
 
 
 SCALE_FROM_ZERO_BUCKETS_S = (0.5, 1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600)
@@ -566,7 +584,7 @@ class LocalStack:
                 ", ".join(f"{k} ({old!r} -> {v!r})" for k, old, v in kept),
                 "s" if len(kept) > 1 else "",
             )
-            new = new.model_copy(update={"listen": self.config.listen, "cache": self.config.cache})
+            new = keep_old_values(self.config, new, kept)
         old_names = set(self._runs)
         for m in new.models:
             if m.name in self._runs:
