@@ -38,6 +38,7 @@ from typing import IO
 
 from engine.supervisor import PR_SET_PDEATHSIG, group_pids, prctl_setter
 from engine.vllm_site import SITE_DIR
+from engine.vllm_site.thaw_engine_guard import CREDENTIAL_FILE_ENV, VLLM_MIDDLEWARE
 from kernel.clock import Clock, SystemClock
 from kernel.errors import ThawError
 
@@ -106,13 +107,16 @@ def vllm_spec(
     startup_timeout_s: float = 300.0,
     log_path: Path | None = None,
     python: str = sys.executable,
+    credential_file: str | None = None,
 ) -> EngineSpec:
     """vLLM's OpenAI server on ``model`` (a directory or a Hugging Face id).
 
     ``--enforce-eager`` always (no compilation: a faster start on CPU); ``--max-model-len 2048``
     unless ``extra_args`` sets it; :data:`VLLM_DEFAULT_ENV` under ``env``, and
     :mod:`engine.vllm_site` first on ``PYTHONPATH`` (without it, vLLM CPU 0.32 dies of SIGILL
-    on AMX machines when the first prompt is a token or two long).
+    on AMX machines when the first prompt is a token or two long). ``credential_file``: Thaw's
+    engine guard (:mod:`engine.vllm_site.thaw_engine_guard`) is loaded with ``--middleware`` and
+    only a request carrying the credential in that file may sleep, wake or reconfigure vLLM.
     """
     argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model]
     if served_model_name is not None:
@@ -120,12 +124,16 @@ def vllm_spec(
     argv += ["--enforce-eager", "--host", host, "--port", str(port)]
     if not _has_flag(extra_args, "--max-model-len"):
         argv += ["--max-model-len", str(VLLM_DEFAULT_MAX_MODEL_LEN)]
+    if credential_file is not None and VLLM_MIDDLEWARE not in extra_args:
+        argv += ["--middleware", VLLM_MIDDLEWARE]
     argv += list(extra_args)
-    # Our sitecustomize first on the path: it lets vLLM's processes use AMX (see its docstring).
+    # Our sitecustomize first on the path: it lets vLLM's processes use AMX (see its docstring);
+    # the engine guard is imported from the same directory.
     python_path = os.pathsep.join(p for p in (str(SITE_DIR), os.environ.get("PYTHONPATH")) if p)
+    guard_env = {CREDENTIAL_FILE_ENV: credential_file} if credential_file is not None else {}
     return EngineSpec(
         argv=tuple(argv),
-        env={**VLLM_DEFAULT_ENV, "PYTHONPATH": python_path, **(env or {})},
+        env={**VLLM_DEFAULT_ENV, "PYTHONPATH": python_path, **guard_env, **(env or {})},
         host=host,
         port=port,
         startup_timeout_s=startup_timeout_s,
@@ -143,13 +151,16 @@ def emulator_spec(
     startup_timeout_s: float = 60.0,
     log_path: Path | None = None,
     python: str = sys.executable,
+    credential_file: str | None = None,
 ) -> EngineSpec:
-    """``thaw emulator`` answering to ``served_model_name``; ``extra_args`` are its flags."""
+    """``thaw emulator`` answering to ``served_model_name``; ``extra_args`` are its flags.
+    ``credential_file``: Thaw's engine guard is on, as with :func:`vllm_spec`."""
     argv = [python, "-m", "thaw.cli", "emulator", "--host", host, "--port", str(port)]
     argv += ["--served-model-name", served_model_name, *extra_args]
+    guard_env = {CREDENTIAL_FILE_ENV: credential_file} if credential_file is not None else {}
     return EngineSpec(
         argv=tuple(argv),
-        env=dict(env or {}),
+        env={**guard_env, **(env or {})},
         host=host,
         port=port,
         startup_timeout_s=startup_timeout_s,

@@ -4,8 +4,9 @@ Owns three lists, each written once here and imported everywhere else:
 
 - **Replica states**: ``starting`` (process up or waking, not yet serving), ``ready`` (routed
   to), ``sleeping`` (vLLM sleep mode, a warm-pool member; never routed to), ``draining`` (no new
-  requests; stopped once idle). The decider, the warm-pool plan, the local actuator, the local
-  stack's ``thaw_model_replicas{state}`` and the simulator use these words.
+  requests; stopped once idle). The decider, the warm-pool plan, the GPU-memory arbiter, the
+  local actuator, the local stack's ``thaw_model_replicas{state}`` and the simulator use these
+  words; which of them hold an engine's awake GPU memory is written here too.
 - **Load tiers**: where a starting replica's weights come from, fastest first. The coarse tier
   (:data:`LoadTier`: ``wake``, ``local_disk``, ``remote``) is what placement ranks and what the
   local stack and the CloudEvents report; the fine tier (:data:`FineLoadTier`) splits ``wake`` by
@@ -33,6 +34,10 @@ ReplicaState = Literal["starting", "ready", "sleeping", "draining"]
 REPLICA_STATES: tuple[ReplicaState, ...] = ("starting", "ready", "sleeping", "draining")
 #: States that count as capacity (ready now, or on its way): the decider's current replicas.
 LIVE_STATES: tuple[ReplicaState, ...] = ("starting", "ready")
+#: States in which an engine holds its whole awake GPU memory (weights + KV cache): starting
+#: (loading or waking), ready, and draining (its process is still up). A sleeper keeps only a
+#: residue (the GPU-memory arbiter, :mod:`autoscaler.arbiter`).
+AWAKE_MEMORY_STATES: tuple[ReplicaState, ...] = ("starting", "ready", "draining")
 
 # -- load tiers -------------------------------------------------------------------------------
 

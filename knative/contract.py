@@ -32,6 +32,12 @@ PRIVATE = "Private"
 #: Knative's label of a revision's configuration generation (a newer revision counts higher).
 GENERATION_LABEL = "serving.knative.dev/configurationGeneration"
 
+#: The Secret (in the Services' namespace, and in Thaw's for its controller) whose key holds the
+#: credential of Thaw's engine guard: only a request carrying it may sleep, wake or reconfigure an
+#: engine. The operator creates it (manifests/README.md); nothing on the public route carries it.
+ENGINE_CREDENTIAL_SECRET = "thaw-engine-credential"
+ENGINE_CREDENTIAL_KEY = "credential"
+
 assert not AUTOSCALER_CLASS.endswith(".knative.dev")
 
 

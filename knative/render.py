@@ -29,6 +29,19 @@ What each Service carries, and why:
 - ``VLLM_SERVER_DEV_MODE=1`` and ``--enable-sleep-mode`` when the model's warm pool is enabled
   (vLLM's ``/sleep`` and ``/wake_up``), ``timeoutSeconds`` from ``cluster.request_timeout_s`` so a
   request that waits through a cold start is not cut.
+- Thaw's engine guard on every engine (:mod:`engine.vllm_site.thaw_engine_guard`): vLLM loads it
+  with ``--middleware`` from the ConfigMap :data:`ENGINE_GUARD_CONFIG_MAP` (its source, which
+  :func:`render_objects` writes beside the Services) mounted on the container's ``PYTHONPATH``;
+  the credential is the Secret :data:`~knative.contract.ENGINE_CREDENTIAL_SECRET` mounted
+  read-only (the operator creates it; Thaw's controller mounts the same one). Control requests
+  without it are refused, and the readiness probe is the guard's ``/thaw/ready``, which fails
+  while the engine sleeps: a sleeping pod leaves its revision's ready endpoints.
+- on a shared pool (``share`` N > 1): one GPU slice per pod (``nvidia.com/gpu.shared``: the
+  NVIDIA device plugin's time-slicing with ``renameByDefault``, :func:`device_plugin_config_map`),
+  the node selector ``nvidia.com/gpu.replicas: N`` (set by GPU feature discovery) so pods land
+  only on GPUs sliced N ways, and ``--gpu-memory-utilization`` (the model's, else 0.9 / N). Until
+  the controller arbitrates GPU memory, every engine of a shared GPU must fit awake at once
+  (share x utilization <= 1), else a :class:`RenderError`.
 - an ``emulator`` model runs ``thaw emulator`` from Thaw's image, without GPUs (a cluster
   smoke test).
 """
@@ -39,16 +52,23 @@ import hashlib
 import math
 import re
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import yaml
 
 from autoscaler import placement
+from engine.vllm_site.thaw_engine_guard import (
+    CREDENTIAL_FILE_ENV,
+    READY_PATH,
+    VLLM_MIDDLEWARE,
+)
 from kernel.errors import ConfigError
 from knative.contract import (
     AUTOSCALER_CLASS,
     CLASS_ANNOTATION,
+    ENGINE_CREDENTIAL_KEY,
+    ENGINE_CREDENTIAL_SECRET,
     INITIAL_SCALE_ANNOTATION,
     MAX_SCALE_ANNOTATION,
     MIN_SCALE_ANNOTATION,
@@ -66,6 +86,25 @@ ENGINE_PORT = 8000
 MAX_SERVICE_NAME = 63 - len("-00001-private")
 #: Where the model-cache volume is named in the pod.
 CACHE_VOLUME = "model-cache"
+#: The ConfigMap that carries the engine guard's source into engine pods, and where it is mounted.
+ENGINE_GUARD_CONFIG_MAP = "thaw-engine-guard"
+ENGINE_GUARD_FILE = "thaw_engine_guard.py"
+ENGINE_GUARD_DIR = "/opt/thaw/engine-guard"
+GUARD_VOLUME = "thaw-engine-guard"
+#: Where the engine credential Secret is mounted in engine pods.
+CREDENTIAL_DIR = "/var/run/secrets/thaw/engine"
+CREDENTIAL_VOLUME = "thaw-engine-credential"
+#: The NVIDIA device plugin's time-slicing config for shared pools (GPU operator: ClusterPolicy
+#: ``spec.devicePlugin.config.name``; a node picks its key with :data:`DEVICE_PLUGIN_CONFIG_LABEL`).
+DEVICE_PLUGIN_CONFIG_MAP = "thaw-time-slicing"
+DEVICE_PLUGIN_NAMESPACE = "gpu-operator"
+DEVICE_PLUGIN_CONFIG_LABEL = "nvidia.com/device-plugin.config"
+#: The key of the config for GPUs that are not shared (the ClusterPolicy's default).
+UNSHARED_CONFIG_KEY = "unshared"
+#: GPU feature discovery's label: how many slices each GPU of the node is cut into.
+GPU_REPLICAS_LABEL = "nvidia.com/gpu.replicas"
+#: The resource the device plugin time-slices.
+WHOLE_GPU_RESOURCE = "nvidia.com/gpu"
 #: Knative features the rendered Services need in ``config-features`` (``manifests/`` enables them).
 REQUIRED_FEATURES = (
     "kubernetes.podspec-nodeselector",
@@ -103,10 +142,12 @@ class RenderError(ConfigError):
 
 
 def default_fits(model: ModelConfig, pool: PoolConfig) -> bool:
-    """Whether the weights fit one replica's GPUs (:func:`autoscaler.placement.fits`); unknown
-    weights fit everywhere."""
+    """Whether the weights fit one replica's GPUs (:func:`autoscaler.placement.fits`); on a
+    shared pool, its share of the GPU (:func:`engine_bytes`); unknown weights fit everywhere."""
     if model.weights_bytes is None:
         return True
+    if pool.shared:
+        return model.weights_bytes <= engine_bytes(model, pool)
     return placement.fits(
         placement.PlacementModel(name=model.name, weights_bytes=model.weights_bytes),
         placement.PlacementPool(
@@ -117,6 +158,21 @@ def default_fits(model: ModelConfig, pool: PoolConfig) -> bool:
             gpus_per_replica=pool.gpus_per_replica,
         ),
     )
+
+
+def engine_bytes(model: ModelConfig, pool: PoolConfig) -> int:
+    """GPU memory one engine of ``model`` takes awake on a shared ``pool``: its
+    ``gpu_memory_utilization`` (else 0.9 / share) x the GPU's memory."""
+    return int(model.engine.utilization(pool.share) * pool.gpu_memory_bytes)
+
+
+def _room(model: ModelConfig, pool: PoolConfig) -> str:
+    if pool.shared:
+        return (
+            f"gpu_memory_utilization {model.engine.utilization(pool.share):.3g} x "
+            f"gpu_memory_bytes {pool.gpu_memory_bytes} (pool share {pool.share})"
+        )
+    return f"{pool.gpus_per_replica} x gpu_memory_bytes {pool.gpu_memory_bytes}"
 
 
 def dns_label(text: str) -> str:
@@ -165,15 +221,13 @@ def pools_for(config: ThawConfig, index: int, fits: FitCheck | None = None) -> l
             if not check(model, pool):
                 raise RenderError(
                     f"{where}.pools[{j}] = {name!r}: weights_bytes {model.weights_bytes} do not "
-                    f"fit {pool.gpus_per_replica} x gpu_memory_bytes {pool.gpu_memory_bytes}"
+                    f"fit {_room(model, pool)}"
                 )
             chosen.append(pool)
         return chosen
     chosen = [p for p in cluster.pools if check(model, p)]
     if not chosen:
-        sizes = ", ".join(
-            f"{p.name} {p.gpus_per_replica} x {p.gpu_memory_bytes}" for p in cluster.pools
-        )
+        sizes = ", ".join(f"{p.name} {_room(model, p)}" for p in cluster.pools)
         raise RenderError(
             f"{where}.weights_bytes = {model.weights_bytes}: fits no pool in cluster.pools "
             f"({sizes}); accepted: at most the largest pool's GPU memory per replica"
@@ -203,8 +257,86 @@ def render_services(config: ThawConfig, fits: FitCheck | None = None) -> list[di
                     f"be named {name!r}, as is {seen[name]}'s; rename one of them"
                 )
             seen[name] = f"model {model.name!r} on pool {pool.name!r}"
+            _check_share(model, pool, i)
             out.append(_service(cluster, model, pool, name))
     return out
+
+
+def render_objects(
+    config: ThawConfig, guard_source: str, fits: FitCheck | None = None
+) -> list[dict[str, Any]]:
+    """What ``thaw knative render`` applies: the engine guard's ConfigMap (``guard_source``: the
+    text of :mod:`engine.vllm_site.thaw_engine_guard`), then :func:`render_services`."""
+    services = render_services(config, fits)
+    return [engine_guard_config_map(_cluster(config).namespace, guard_source), *services]
+
+
+def engine_guard_config_map(namespace: str, guard_source: str) -> dict[str, Any]:
+    """The ConfigMap engine pods mount the guard's module from."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": ENGINE_GUARD_CONFIG_MAP,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/part-of": "thaw"},
+        },
+        "data": {ENGINE_GUARD_FILE: guard_source},
+    }
+
+
+def time_slicing_config(replicas: int) -> dict[str, Any]:
+    """The NVIDIA device plugin's config (``version: v1``) that cuts each GPU into ``replicas``
+    time slices, advertised as ``nvidia.com/gpu.shared`` (``renameByDefault``), one per pod
+    (``failRequestsGreaterThanOne``: a pod asking for two slices is refused, not given two
+    slices of one GPU). ``replicas`` 1: the GPU unshared."""
+    config: dict[str, Any] = {"version": "v1", "flags": {"migStrategy": "none"}}
+    if replicas > 1:
+        config["sharing"] = {
+            "timeSlicing": {
+                "renameByDefault": True,
+                "failRequestsGreaterThanOne": True,
+                "resources": [{"name": WHOLE_GPU_RESOURCE, "replicas": replicas}],
+            }
+        }
+    return config
+
+
+def device_plugin_config_map(
+    shares: Iterable[int], namespace: str = DEVICE_PLUGIN_NAMESPACE
+) -> dict[str, Any]:
+    """The device plugin's ConfigMap: key :data:`UNSHARED_CONFIG_KEY` and one ``shared-N`` per
+    share N > 1. A node whose label :data:`DEVICE_PLUGIN_CONFIG_LABEL` is ``shared-N`` has its
+    GPUs cut N ways."""
+    data = {UNSHARED_CONFIG_KEY: yaml.safe_dump(time_slicing_config(1), sort_keys=False)}
+    for n in sorted({n for n in shares if n > 1}):
+        data[f"shared-{n}"] = yaml.safe_dump(time_slicing_config(n), sort_keys=False)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": DEVICE_PLUGIN_CONFIG_MAP,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/part-of": "thaw"},
+        },
+        "data": data,
+    }
+
+
+def _check_share(model: ModelConfig, pool: PoolConfig, index: int) -> None:
+    """On a shared pool every engine of a GPU must fit awake at once, until the controller
+    arbitrates GPU memory (it does not sleep engines yet)."""
+    if not pool.shared or model.engine.kind == "emulator":
+        return
+    util = model.engine.utilization(pool.share)
+    if util * pool.share > 1 + 1e-9:
+        raise RenderError(
+            f"models[{index}].engine.gpu_memory_utilization = {util:g} on pool {pool.name!r} "
+            f"(share {pool.share}): {pool.share} engines awake at once would need "
+            f"{util * pool.share:.3g} of the GPU; until the Knative controller puts engines to "
+            f"sleep, accepted: at most 1 / share = {1 / pool.share:.3g} (or null: "
+            f"{0.9 / pool.share:.3g})"
+        )
 
 
 class _Dumper(yaml.SafeDumper):
@@ -278,12 +410,16 @@ def _service(
         volumes: list[dict[str, Any]] = []
     else:
         container, volumes = _vllm_container(cluster, model, pool)
+    volumes += _guard(container, vllm=model.engine.kind != "emulator")
     pod: dict[str, Any] = {
         "timeoutSeconds": cluster.request_timeout_s,
         "containers": [container],
     }
-    if pool.node_selector:
-        pod["nodeSelector"] = dict(pool.node_selector)
+    node_selector = dict(pool.node_selector)
+    if pool.shared and model.engine.kind != "emulator":
+        node_selector.setdefault(GPU_REPLICAS_LABEL, str(pool.share))
+    if node_selector:
+        pod["nodeSelector"] = node_selector
     if pool.tolerations:
         pod["tolerations"] = [
             t.model_dump(exclude_none=True, exclude_defaults=False) for t in pool.tolerations
@@ -308,9 +444,32 @@ def _service(
     }
 
 
+def _guard(container: dict[str, Any], *, vllm: bool) -> list[dict[str, Any]]:
+    """Put Thaw's engine guard on ``container``; the volumes it needs. vLLM loads the module
+    from the guard's ConfigMap; the emulator (Thaw's image) has it installed."""
+    env = container.setdefault("env", [])
+    mounts = container.setdefault("volumeMounts", [])
+    env.append({"name": CREDENTIAL_FILE_ENV, "value": f"{CREDENTIAL_DIR}/{ENGINE_CREDENTIAL_KEY}"})
+    mounts.append({"name": CREDENTIAL_VOLUME, "mountPath": CREDENTIAL_DIR, "readOnly": True})
+    volumes: list[dict[str, Any]] = [
+        {
+            "name": CREDENTIAL_VOLUME,
+            "secret": {
+                "secretName": ENGINE_CREDENTIAL_SECRET,
+                "items": [{"key": ENGINE_CREDENTIAL_KEY, "path": ENGINE_CREDENTIAL_KEY}],
+            },
+        }
+    ]
+    if vllm:  # its --middleware flag is _vllm_container's
+        env.append({"name": "PYTHONPATH", "value": ENGINE_GUARD_DIR})
+        mounts.append({"name": GUARD_VOLUME, "mountPath": ENGINE_GUARD_DIR, "readOnly": True})
+        volumes.append({"name": GUARD_VOLUME, "configMap": {"name": ENGINE_GUARD_CONFIG_MAP}})
+    return volumes
+
+
 def _probe() -> dict[str, Any]:
     return {
-        "httpGet": {"path": "/health", "port": ENGINE_PORT},
+        "httpGet": {"path": READY_PATH, "port": ENGINE_PORT},
         "periodSeconds": 2,
         "timeoutSeconds": 2,
         "failureThreshold": 3,
@@ -325,22 +484,25 @@ def _vllm_container(
     vllm_args = ["--served-model-name", model.name, "--port", str(ENGINE_PORT)]
     if pool.gpus_per_replica > 1 and "--tensor-parallel-size" not in engine.args:
         vllm_args += ["--tensor-parallel-size", str(pool.gpus_per_replica)]
+    if pool.shared or engine.gpu_memory_utilization is not None:
+        vllm_args += ["--gpu-memory-utilization", f"{engine.utilization(pool.share):.4g}"]
     if model.warm_pool.enabled and "--enable-sleep-mode" not in engine.args:
         vllm_args.append("--enable-sleep-mode")
+    vllm_args += ["--middleware", VLLM_MIDDLEWARE]
     vllm_args += list(engine.args)
     env: dict[str, str] = {}
     if model.warm_pool.enabled:
         env["VLLM_SERVER_DEV_MODE"] = "1"
     env.update(engine.env)
-    gpus = str(pool.gpus_per_replica)
+    gpus = "1" if pool.shared else str(pool.gpus_per_replica)
     container: dict[str, Any] = {
         "name": "vllm",
         "image": cluster.image,
         "ports": [{"name": "http1", "containerPort": ENGINE_PORT}],
         "readinessProbe": _probe(),
         "resources": {
-            "requests": {pool.gpu_resource: gpus},
-            "limits": {pool.gpu_resource: gpus},
+            "requests": {pool.resource_name: gpus},
+            "limits": {pool.resource_name: gpus},
         },
     }
     volumes: list[dict[str, Any]] = []
@@ -400,9 +562,14 @@ __all__ = [
     "RenderError",
     "cache_name",
     "default_fits",
+    "device_plugin_config_map",
     "dns_label",
+    "engine_bytes",
+    "engine_guard_config_map",
     "pools_for",
+    "render_objects",
     "render_services",
     "service_name",
+    "time_slicing_config",
     "to_yaml",
 ]

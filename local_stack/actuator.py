@@ -10,6 +10,15 @@ Replica states are the shared vocabulary's (:mod:`kernel.vocab`): ``starting`` (
 ``/health`` not yet 200), ``ready``, ``sleeping`` (the warm pool; not routed to), ``draining`` (no
 new requests; stopped once its engine reports nothing running or waiting, or after
 ``drain_timeout_s``).
+
+Two ways to act: :meth:`LocalActuator.apply` carries out one model's warm-pool actions at once
+(engines with a GPU each), :meth:`LocalActuator.run_plan` carries out the GPU-memory arbiter's
+plan for the one GPU the engines share: every sleep and stop first, and no wake or start until
+every sleep and stop in flight (this plan's and earlier ones') has given its memory back — the
+sleep answered, the process gone — so the GPU is never asked for more than it has.
+
+Sleep, wake and the other control requests carry ``control_headers`` (Thaw's credential for the
+engine guard, :mod:`engine.vllm_site.thaw_engine_guard`).
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from typing import Any
 import aiohttp
 
 from activator.types import Replica
+from autoscaler.arbiter import GpuEngine, GpuPlan
 from autoscaler.decider import ModelObservation, ReplicaObservation
 from autoscaler.policy import WarmPoolConfig
 from autoscaler.warm_pool import Actions, PoolReplica, plan_actions
@@ -95,6 +105,7 @@ class LocalActuator:
         drain_timeout_s: float = 30.0,
         stop_grace_s: float = 10.0,
         cpu_note: str = "",
+        control_headers: dict[str, str] | None = None,
     ) -> None:
         self._spec_factory = spec_factory
         self._clock = clock
@@ -110,6 +121,9 @@ class LocalActuator:
         self._cpu_note = cpu_note
         self._failures: dict[str, int] = {}
         self._retry_at_s: dict[str, float] = {}
+        self._control_headers = dict(control_headers or {})
+        #: Sleeps and stops whose memory is not back yet; wakes and starts of a plan wait.
+        self._frees: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -209,6 +223,50 @@ class LocalActuator:
             )
         return out
 
+    def gpu_view(self) -> list[GpuEngine]:
+        """Every replica as the GPU-memory arbiter sees it (one GPU: this machine's)."""
+        out = []
+        for r in self._replicas.values():
+            m = r.metrics
+            since = r.asleep_since_s if r.state == "sleeping" else (r.ready_at_s or r.started_at_s)
+            out.append(
+                GpuEngine(
+                    engine_id=r.replica_id,
+                    model=r.model,
+                    state=r.state,
+                    sleep_level=(1 if r.sleep_level == 1 else 2) if r.state == "sleeping" else None,
+                    load=(m.num_requests_running + m.num_requests_waiting) if m else 0.0,
+                    since_s=since or 0.0,
+                )
+            )
+        return out
+
+    def run_plan(self, plan: GpuPlan) -> None:
+        """Carry out the arbiter's plan: its sleeps and stops now, its wakes and starts once every
+        sleep and stop in flight has given its GPU memory back."""
+        for step in plan.frees:
+            r = self._replicas.get(step.engine_id or "")
+            if r is None or r.state == "draining":
+                continue
+            task = self._sleep(r, step.level or 1) if step.kind == "sleep" else self._drain(r)
+            self._frees.add(task)
+            task.add_done_callback(self._frees.discard)
+        for step in plan.gains:
+            if step.kind == "wake":
+                r = self._replicas.get(step.engine_id or "")
+                if r is not None and r.state == "sleeping":
+                    self._wake(r)
+            elif self._clock.monotonic() < self._retry_at_s.get(step.model, 0.0):
+                log.debug("model %s: start held back after failures", step.model)
+            else:
+                self._start_replica(step.model)
+
+    async def _memory_back(self) -> None:
+        """Until every sleep and stop in flight has given its GPU memory back."""
+        pending = [t for t in self._frees if not t.done()]
+        if pending:  # asyncio.wait: cancelling this waiter never cancels those tasks
+            await asyncio.wait(pending)
+
     def scale(self, model: str, desired: int) -> Actions:
         """Move ``model`` to ``desired`` live replicas with no warm pool (start / stop only)."""
         actions = plan_actions(
@@ -247,6 +305,7 @@ class LocalActuator:
         return replica
 
     async def _run_start(self, replica: LocalReplica) -> None:
+        await self._memory_back()
         try:
             spec, tier = await self._spec_factory(replica.model, free_port(), replica.replica_id)
             replica.process = EngineProcess(spec)
@@ -289,14 +348,15 @@ class LocalActuator:
         if replica.process is not None:
             await replica.process.stop(self._stop_grace_s)
 
-    def _drain(self, replica: LocalReplica) -> None:
+    def _drain(self, replica: LocalReplica) -> asyncio.Task[None]:
+        """Drain and stop ``replica``; the task ends once its process is gone."""
         was_ready = replica.state == "ready"
         replica.state = "draining"
         replica.draining_since_s = self._clock.monotonic()
         log.info("replica %s: draining", replica.replica_id)
         if was_ready:
             self._changed(replica.model)
-        self._spawn(self._run_drain(replica, wait=was_ready))
+        return self._spawn(self._run_drain(replica, wait=was_ready))
 
     async def _run_drain(self, replica: LocalReplica, *, wait: bool) -> None:
         if replica.task is not None and not replica.task.done():
@@ -324,28 +384,30 @@ class LocalActuator:
             self._drain_timeout_s,
         )
 
-    def _sleep(self, replica: LocalReplica, level: int) -> None:
+    def _sleep(self, replica: LocalReplica, level: int) -> asyncio.Task[None]:
+        """Put ``replica`` to sleep; the task ends once the engine has answered (asleep, or
+        stopped instead when the sleep failed)."""
         was_ready = replica.state == "ready"
         replica.state = "sleeping"
         replica.sleep_level = level
         replica.asleep_since_s = self._clock.monotonic()
         if was_ready:
             self._changed(replica.model)
-        self._spawn(self._run_sleep(replica, level))
+        return self._spawn(self._run_sleep(replica, level))
 
     async def _run_sleep(self, replica: LocalReplica, level: int) -> None:
         assert self._session is not None
         await self._wait_idle(replica)  # let in-flight requests finish first
         try:
             url = f"{replica.base_url}/sleep?level={level}"
-            async with self._session.post(url) as resp:
+            async with self._session.post(url, headers=self._control_headers) as resp:
                 if resp.status != 200:
                     raise aiohttp.ClientResponseError(
                         resp.request_info, (), status=resp.status, message=await resp.text()
                     )
         except (aiohttp.ClientError, TimeoutError) as e:
             log.warning("replica %s: sleep failed (%s); stopping it instead", replica.replica_id, e)
-            self._drain(replica)
+            await self._drain(replica)
             return
         log.info(
             "replica %s: asleep at level %d%s",
@@ -362,14 +424,17 @@ class LocalActuator:
     async def _run_wake(self, replica: LocalReplica) -> None:
         assert self._session is not None
         started = replica.wake_started_s or self._clock.monotonic()
+        await self._memory_back()
+        headers = self._control_headers
         try:
-            async with self._session.post(f"{replica.base_url}/wake_up") as resp:
+            async with self._session.post(f"{replica.base_url}/wake_up", headers=headers) as resp:
                 if resp.status != 200:
                     raise aiohttp.ClientResponseError(
                         resp.request_info, (), status=resp.status, message=await resp.text()
                     )
             for _ in range(600):
-                async with self._session.get(f"{replica.base_url}/is_sleeping") as resp:
+                url = f"{replica.base_url}/is_sleeping"
+                async with self._session.get(url, headers=headers) as resp:
                     if not (await resp.json()).get("is_sleeping", False):
                         break
                 await asyncio.sleep(0.05)

@@ -13,14 +13,26 @@ request to first ready replica), ``thaw_replica_metrics_stale{model,replica}`` (
 replica's scrapes have failed for longer than ``metrics_stale_after_s``; a warning says so once
 per episode, with the error).
 
-Policy reloads are read and parsed off the event loop; ``listen`` and ``cache`` changes need a
-restart and are named as such (:data:`RESTART_KEYS`).
+Policy reloads are read and parsed off the event loop; ``listen``, ``cache`` and
+``gpu.memory_bytes`` changes need a restart and are named as such (:data:`RESTART_KEYS`).
 
 With ``autoscaling.forecast.enabled``, each tick also feeds the model's
 :class:`~autoscaler.forecast.ReplicaForecaster` the arrivals since the last tick (requests the
 activator answered + the change in requests inside it) and the requests inside it, and passes its
 ``forecast_replicas`` (None while it is not trusted) to the decider; the horizon is the policy's
 ``forecast.horizon_s``, else the model's last measured start (30 s before the first).
+
+With a ``gpu:`` section every model's engines share that one GPU: each tick the decider's counts
+become the GPU-memory arbiter's wants (:func:`autoscaler.arbiter.arbitrate`; each engine takes
+``engine.gpu_memory_utilization`` x ``gpu.memory_bytes`` awake, a model with requests buffered
+comes first) and the actuator carries out its plan, sleeps before wakes
+(:meth:`~local_stack.actuator.LocalActuator.run_plan`). Emulator engines then keep the ledger of
+an emulated GPU of that size, so a plan that overflows it fails as it would on a real GPU. Without
+it, each model's warm-pool plan acts alone (:func:`autoscaler.warm_pool.plan_actions`, which also
+feeds the arbiter).
+
+Every engine runs behind Thaw's engine guard: the stack writes a fresh credential into
+``work_dir/engine-credential`` (mode 0600) and only the actuator's sleep and wake requests carry it.
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,17 +50,20 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from activator.core import Activator
+from autoscaler.arbiter import Gpu, GpuPlan, Want, arbitrate
 from autoscaler.decider import DeciderState, Decision, ModelObservation, decide
 from autoscaler.forecast import ReplicaForecaster
 from autoscaler.scale_to_zero import apply_grace
-from autoscaler.warm_pool import plan_actions
+from autoscaler.warm_pool import Actions, plan_actions
 from engine.process import EngineSpec, emulator_spec, vllm_spec
+from engine.vllm_site.thaw_engine_guard import CREDENTIAL_HEADER
 from events.sink import EventSink, emitter_from_env
 from kernel.clock import Clock
 from kernel.vocab import LOAD_TIERS, REPLICA_STATES, LoadTier
 from local_stack.actuator import LocalActuator
 from model_cache.types import COLD_START_TIER
 from policy_file.schema import ModelConfig, ThawConfig, model_limits
+from policy_file.summary import warm_pool_lines
 from policy_file.support import Runtime
 from policy_file.watch import PolicyWatcher
 
@@ -56,9 +72,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Settings the running stack cannot change: the listening socket and the opened model cache.
+#: The emulated GPU's id in the emulators' ledger (one GPU per stack).
+EMULATED_GPU_ID = "local"
+
+#: Settings the running stack cannot change: the listening socket, the opened model cache, and
+#: the GPU's memory (its engines declared it to their ledger and run with their share of it; a
+#: ``gpu:`` section added or removed reads as None here).
 RESTART_KEYS = ("listen.host", "listen.port", "cache.dir", "cache.budget_bytes",
-                "cache.s3_endpoint_url", "cache.s3_region")  # fmt: skip
+                "cache.s3_endpoint_url", "cache.s3_region", "gpu.memory_bytes")  # fmt: skip
 
 
 def restart_needed(old: ThawConfig, new: ThawConfig) -> list[tuple[str, object, object]]:
@@ -66,11 +87,27 @@ def restart_needed(old: ThawConfig, new: ThawConfig) -> list[tuple[str, object, 
     out: list[tuple[str, object, object]] = []
     for key in RESTART_KEYS:
         block, name = key.split(".")
-        before = getattr(getattr(old, block), name)
-        after = getattr(getattr(new, block), name)
+        before = getattr(getattr(old, block), name, None)
+        after = getattr(getattr(new, block), name, None)
         if before != after:
             out.append((key, before, after))
     return out
+
+
+def keep_old_values(
+    old: ThawConfig, new: ThawConfig, kept: list[tuple[str, object, object]]
+) -> ThawConfig:
+    """``new`` with the old value of each key in ``kept`` (from :func:`restart_needed`); a
+    section that one of the two files lacks is kept whole, as it was."""
+    for key, _, _ in kept:
+        block, name = key.split(".")
+        before, after = getattr(old, block), getattr(new, block)
+        if before is None or after is None:
+            new = new.model_copy(update={block: before})
+        else:
+            kept_block = after.model_copy(update={name: getattr(before, name)})
+            new = new.model_copy(update={block: kept_block})
+    return new
 
 
 #: A tick longer than this (or 4x tick_s, whichever is more) is warned about, with its parts.
@@ -79,11 +116,15 @@ SLOW_TICK_S = 2.0
 SCALE_FROM_ZERO_BUCKETS_S = (0.5, 1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600)
 
 
-def _cpu_sleep_note(config: ThawConfig) -> str:
-    """vLLM's sleep on CPU pauses the engine and frees nothing; say so rather than pretend."""
+def _has_gpu() -> bool:
     import shutil
 
-    if any(m.engine.kind == "vllm" for m in config.models) and not shutil.which("nvidia-smi"):
+    return shutil.which("nvidia-smi") is not None
+
+
+def _cpu_sleep_note(config: ThawConfig) -> str:
+    """vLLM's sleep on CPU pauses the engine and frees nothing; say so rather than pretend."""
+    if any(m.engine.kind == "vllm" for m in config.models) and not _has_gpu():
         return (
             " (vLLM on CPU: sleep only pauses the engine, no memory is freed; the wake still "
             "skips the process start and model load)"
@@ -184,6 +225,9 @@ class LocalStack:
             m.name: _ModelRun(config=m, state=DeciderState.initial()) for m in config.models
         }
         self._wake = asyncio.Event()
+        self._unmet: dict[str, int] = {}  # engines per model the GPU could not give, last tick
+        self._credential = secrets.token_urlsafe(32)
+        self._credential_path: Path | None = None
         self._stale: dict[str, set[str]] = {}  # model -> replica ids exported; stale ones below
         self._stale_now: set[str] = set()
         self.actuator = LocalActuator(
@@ -192,6 +236,7 @@ class LocalStack:
             on_change=self._endpoints_changed,
             on_ready=self._replica_ready,
             cpu_note=_cpu_sleep_note(config),
+            control_headers={CREDENTIAL_HEADER: self._credential},
         )
         self.activator = Activator(
             models=model_limits(config),
@@ -216,11 +261,16 @@ class LocalStack:
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"{replica_id}.log"
         path, tier = await self._model_path(cfg)
+        gpu = self.config.gpu
+        utilization = ["--gpu-memory-utilization", str(engine.utilization())] if gpu else []
         if engine.kind == "emulator":
             extra: list[str] = []
             if engine.emulator is not None:
                 for name, value in engine.emulator.model_dump().items():
                     extra += [f"--{name.replace('_', '-')}", str(value)]
+            if gpu is not None:
+                extra += ["--gpu-id", EMULATED_GPU_ID, "--gpu-memory-bytes", str(gpu.memory_bytes)]
+                extra += [*utilization, "--gpu-ledger-dir", str(self.work_dir / "gpu-ledger")]
             spec = emulator_spec(
                 port=port,
                 served_model_name=cfg.name,
@@ -228,18 +278,36 @@ class LocalStack:
                 env=dict(engine.env),
                 startup_timeout_s=engine.startup_timeout_s,
                 log_path=log_path,
+                credential_file=str(self._credential_file()),
             )
             return spec, tier
+        sleep_mode = (
+            ["--enable-sleep-mode"]
+            if cfg.warm_pool.enabled and _has_gpu() and "--enable-sleep-mode" not in engine.args
+            else []
+        )
         spec = vllm_spec(
             path,
             port=port,
             served_model_name=cfg.name,
-            extra_args=list(engine.args),
+            extra_args=[*utilization, *sleep_mode, *engine.args],
             env=dict(engine.env),
             startup_timeout_s=engine.startup_timeout_s,
             log_path=log_path,
+            credential_file=str(self._credential_file()),
         )
         return spec, tier
+
+    def _credential_file(self) -> Path:
+        """The engine guard's credential, written once (mode 0600) under the work directory."""
+        if self._credential_path is None:
+            path = self.work_dir / "engine-credential"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self._credential + "\n")
+            self._credential_path = path
+        return self._credential_path
 
     async def _model_path(self, cfg: ModelConfig) -> tuple[str, LoadTier]:
         """Where the engine loads the model from, and the tier: ``remote`` if it had to be
@@ -347,35 +415,86 @@ class LocalStack:
             )
             run.last_decision = decision
             decisions.append(decision)
-            actions = plan_actions(
-                decision.desired_replicas,
-                self.actuator.pool_view(name),
-                run.config.warm_pool,
-                now_s,
-            )
-            if decision.desired_replicas != decision.current_replicas:
-                log.info(
-                    "model %s: %d -> %d replicas (%s): %s",
-                    name,
-                    decision.current_replicas,
+        plan = self._arbitrate(decisions, now_s)
+        for decision in decisions:
+            name = decision.model
+            run = self._runs[name]
+            if plan is not None:
+                actions = plan.actions(name)
+            else:
+                actions = plan_actions(
                     decision.desired_replicas,
-                    actions.describe(),
-                    decision.reason,
+                    self.actuator.pool_view(name),
+                    run.config.warm_pool,
+                    now_s,
                 )
-                self.events.decision(
-                    name,
-                    decision.current_replicas,
-                    decision.desired_replicas,
-                    decision.reason,
-                    decision.panic,
-                )
-            elif not actions.empty:
-                log.info("model %s: warm pool: %s", name, actions.describe())
-            if not actions.empty:
+            waiting_for_memory = plan is not None and actions.empty and name in plan.unmet_models
+            if not waiting_for_memory:  # else said once below, not at every tick
+                self._log_decision(name, decision, actions)
+            if plan is None and not actions.empty:
                 self.actuator.apply(name, actions)
-            self._export(name, decision)
+        if plan is not None:
+            unmet = {u.model: u for u in plan.unmet}
+            for model, u in unmet.items():
+                if self._unmet.get(model) != u.engines:
+                    log.info(
+                        "model %s: %d engine(s) wait for GPU memory: %s",
+                        model,
+                        u.engines,
+                        u.reason,
+                    )
+            self._unmet = {model: u.engines for model, u in unmet.items()}
+            if not plan.empty:
+                log.info("GPU: %s", plan.describe())
+                self.actuator.run_plan(plan)
+        for decision in decisions:
+            self._export(decision.model, decision)
         self._check_tick_time(began_s, reloaded_s, now_s)
         return decisions
+
+    def _arbitrate(self, decisions: list[Decision], now_s: float) -> GpuPlan | None:
+        """The GPU-memory arbiter's plan for the one GPU, or None without a ``gpu:`` section."""
+        gpu = self.config.gpu
+        if gpu is None:
+            return None
+        wants = []
+        for decision in decisions:
+            cfg = self._runs[decision.model].config
+            ready = self.actuator.count(decision.model, "ready")
+            wants.append(
+                Want(
+                    decision.model,
+                    awake=decision.desired_replicas,
+                    awake_bytes=max(1, int(gpu.memory_bytes * cfg.engine.utilization())),
+                    waiting_requests=0 if ready else self.activator.buffered(decision.model),
+                    pool=cfg.warm_pool,
+                )
+            )
+        wanted = {w.model for w in wants}
+        for model in {e.model for e in self.actuator.gpu_view()} - wanted:  # removed models
+            wants.append(Want(model, 0, awake_bytes=gpu.memory_bytes))
+        engines = tuple(self.actuator.gpu_view())
+        return arbitrate(Gpu(gpu.memory_bytes, gpu.host_ram_budget_bytes, engines), wants, now_s)
+
+    def _log_decision(self, name: str, decision: Decision, actions: Actions) -> None:
+        if decision.desired_replicas != decision.current_replicas:
+            log.info(
+                "model %s: %d -> %d replicas (%s): %s",
+                name,
+                decision.current_replicas,
+                decision.desired_replicas,
+                actions.describe(),
+                decision.reason,
+            )
+            self.events.decision(
+                name,
+                decision.current_replicas,
+                decision.desired_replicas,
+                decision.reason,
+                decision.panic,
+            )
+        elif not actions.empty:
+            log.info("model %s: warm pool: %s", name, actions.describe())
 
     def _check_tick_time(self, began_s: float, reloaded_s: float, scraped_s: float) -> None:
         """Warn when one pass took far longer than ``tick_s``: every decision waits for it, so a
@@ -487,7 +606,7 @@ class LocalStack:
                 ", ".join(f"{k} ({old!r} -> {v!r})" for k, old, v in kept),
                 "s" if len(kept) > 1 else "",
             )
-            new = new.model_copy(update={"listen": self.config.listen, "cache": self.config.cache})
+            new = keep_old_values(self.config, new, kept)
         old_names = set(self._runs)
         for m in new.models:
             if m.name in self._runs:
@@ -510,6 +629,8 @@ class LocalStack:
         """Serve until ``stop`` is set, then stop every replica."""
         from activator.server import serve
 
+        for line in warm_pool_lines(self.config, cluster=False):
+            log.info("%s", line)
         await self.actuator.start()
         await self.activator.start()
         await self.events.start()

@@ -15,6 +15,14 @@ that share a directory use (replicas of ``thaw up``, ``thaw engine``): one build
 directory across threads and processes (an exclusive ``flock`` on a sibling lock file), and none
 once the model is there.
 
+Other shapes (:data:`SHAPES`): ``8b`` is Llama 3 8B's architecture (8.0 B parameters, 16 GB of
+bfloat16, its 128,256-token vocabulary), for measuring loads and wakes at a real size on a GPU
+without downloading anything. A shape whose vocabulary exceeds what the built-in corpus trains
+(``pad_vocab``) fills the rest with reserved tokens ``<|reserved_N|>`` that no text encodes to,
+as Llama 3 reserves its own. A shape above :data:`TILE_ABOVE_PARAMETERS` is written tensor by
+tensor, each a seeded random block of bfloat16 values repeated (tiled) from a per-tensor offset, so
+16 GB are written at disk speed and never held in memory; the tiny shape's tensors are drawn whole.
+
 Weights are bfloat16, the dtype vLLM CPU computes in on x86 (it would downcast float32 anyway),
 so the model is half the size and loads without a cast.
 """
@@ -22,9 +30,13 @@ so the model is half the size and loads without a cast.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
+import math
 import shutil
+import struct
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,6 +125,29 @@ class TinyLlamaShape:
     max_position_embeddings: int = 2048
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-5
+    #: Fill the vocabulary beyond what the built-in corpus trains with reserved tokens.
+    pad_vocab: bool = False
+
+
+#: Llama 3 8B's architecture (meta-llama/Meta-Llama-3-8B's config.json), random weights.
+LLAMA_3_8B = TinyLlamaShape(
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    vocab_size=128256,
+    max_position_embeddings=8192,
+    rope_theta=500000.0,
+    pad_vocab=True,
+)
+#: The shapes ``thaw model build-tiny --shape`` knows.
+SHAPES: dict[str, TinyLlamaShape] = {"tiny": TinyLlamaShape(), "8b": LLAMA_3_8B}
+#: Shapes with more parameters are written streaming, tiled from a random block.
+TILE_ABOVE_PARAMETERS = 50_000_000
+#: Values in the random block a tiled tensor repeats (2**22: 8 MiB of bfloat16).
+TILE_BLOCK_VALUES = 2**22
 
 
 def tiny_llama_config(shape: TinyLlamaShape) -> dict[str, Any]:
@@ -150,13 +185,8 @@ def _bf16_exact(values: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return rounded.view(np.float32)
 
 
-def tiny_llama_weights(
-    shape: TinyLlamaShape, seed: int, init_std: float = 0.02
-) -> dict[str, npt.NDArray[np.float32]]:
-    """Random weights with Hugging Face Llama names: normal(0, init_std), norms at 1.
-
-    Deterministic for ``seed``: tensors are drawn in sorted-name order from one generator.
-    """
+def tensor_shapes(shape: TinyLlamaShape) -> dict[str, tuple[int, ...]]:
+    """Every weight tensor's Hugging Face Llama name and dimensions."""
     h, inter, d = shape.hidden_size, shape.intermediate_size, shape.head_dim
     q_out = shape.num_attention_heads * d
     kv_out = shape.num_key_value_heads * d
@@ -178,6 +208,22 @@ def tiny_llama_weights(
             p + "mlp.up_proj.weight": (inter, h),
             p + "mlp.down_proj.weight": (h, inter),
         }
+    return shapes
+
+
+def num_parameters(shape: TinyLlamaShape) -> int:
+    """How many weights the shape has."""
+    return sum(math.prod(dims) for dims in tensor_shapes(shape).values())
+
+
+def tiny_llama_weights(
+    shape: TinyLlamaShape, seed: int, init_std: float = 0.02
+) -> dict[str, npt.NDArray[np.float32]]:
+    """Random weights with Hugging Face Llama names: normal(0, init_std), norms at 1.
+
+    Deterministic for ``seed``: tensors are drawn in sorted-name order from one generator.
+    """
+    shapes = tensor_shapes(shape)
     rng = np.random.default_rng(seed)
     weights: dict[str, npt.NDArray[np.float32]] = {}
     for name in sorted(shapes):
@@ -220,6 +266,39 @@ def train_tokenizer(vocab_size: int) -> Any:
         special_tokens=[(BOS, bos_id)],
     )
     return tokenizer
+
+
+def padded_tokenizer(vocab_size: int) -> Any:
+    """:func:`train_tokenizer` as far as the corpus goes, then reserved tokens
+    ``<|reserved_N|>`` (in the BPE vocabulary, with no merge that makes them) up to
+    ``vocab_size``: every id decodes, no text encodes to the reserved ones."""
+    from tokenizers import Tokenizer
+
+    tokenizer = train_tokenizer(min(vocab_size, _trainable_vocab()))
+    if tokenizer.get_vocab_size() >= vocab_size:
+        return tokenizer
+    doc = json.loads(tokenizer.to_str())
+    vocab: dict[str, int] = doc["model"]["vocab"]
+    for i in range(len(vocab), vocab_size):
+        vocab[f"<|reserved_{i}|>"] = i
+    return Tokenizer.from_str(json.dumps(doc))
+
+
+def _trainable_vocab() -> int:
+    """How many tokens the built-in corpus trains at most."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    trainer = trainers.BpeTrainer(
+        vocab_size=1_000_000,
+        min_frequency=1,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(list(CORPUS), trainer=trainer)
+    return int(tokenizer.get_vocab_size())
 
 
 def tokenizer_files(tokenizer: Any, shape: TinyLlamaShape) -> dict[str, str]:
@@ -274,12 +353,16 @@ def build_tiny_llama(
     *,
     shape: TinyLlamaShape | None = None,
     overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+    tile_above_parameters: int = TILE_ABOVE_PARAMETERS,
 ) -> Path:
-    """Write the tiny Llama into ``out_dir`` and return it.
+    """Write the tiny Llama (or another ``shape``) into ``out_dir`` and return it.
 
     ``out_dir`` may be missing or empty; a non-empty ``out_dir`` raises :class:`TinyModelError`
     unless ``overwrite`` (then its contents are replaced). The files are written into a
-    temporary sibling directory and renamed into place when complete.
+    temporary sibling directory and renamed into place when complete. ``progress`` is called
+    with the bytes of weights written since its last call (large shapes only: more parameters
+    than ``tile_above_parameters``).
     """
     shape = shape or TinyLlamaShape()
     out_dir = Path(out_dir)
@@ -295,12 +378,18 @@ def build_tiny_llama(
     # A staging directory of this build's own: two builders never write into the same one.
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
     try:
-        tokenizer = train_tokenizer(shape.vocab_size)
+        if shape.pad_vocab:
+            tokenizer = padded_tokenizer(shape.vocab_size)
+        else:
+            tokenizer = train_tokenizer(shape.vocab_size)
         files = {"config.json": _canonical_json(tiny_llama_config(shape))}
         files |= tokenizer_files(tokenizer, shape)
         for name, text in files.items():
             (staging / name).write_text(text, encoding="utf-8")
-        _save_bf16(tiny_llama_weights(shape, seed), staging / "model.safetensors")
+        if num_parameters(shape) > tile_above_parameters:
+            _save_tiled_bf16(shape, seed, staging / "model.safetensors", progress)
+        else:
+            _save_bf16(tiny_llama_weights(shape, seed), staging / "model.safetensors")
         _replace_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -348,6 +437,57 @@ def _save_bf16(weights: dict[str, npt.NDArray[np.float32]], path: Path) -> None:
         else:
             specs[name] = {"dtype": "bfloat16", "shape": list(b.shape), "data": b.tobytes()}
     safetensors.serialize_file(specs, str(path), metadata={"format": "pt"})
+
+
+def _tile_block(seed: int, init_std: float = 0.02) -> npt.NDArray[np.uint16]:
+    """:data:`TILE_BLOCK_VALUES` normal(0, init_std) values as bfloat16 bits, from ``seed``."""
+    rng = np.random.default_rng(seed)
+    drawn = (rng.standard_normal(TILE_BLOCK_VALUES, dtype=np.float32) * init_std).astype(np.float32)
+    bits = _bf16_exact(drawn).view(np.uint32) >> np.uint32(16)
+    return bits.astype(np.uint16)
+
+
+def _save_tiled_bf16(
+    shape: TinyLlamaShape, seed: int, path: Path, progress: Callable[[int], None] | None
+) -> None:
+    """Write a safetensors file tensor by tensor (sorted names, bfloat16): norms at 1, every other
+    tensor the seeded random block repeated from an offset derived from its name."""
+    shapes = dict(sorted(tensor_shapes(shape).items()))
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, dims in shapes.items():
+        size = math.prod(dims) * 2
+        header[name] = {
+            "dtype": "BF16",
+            "shape": list(dims),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # safetensors aligns the data to 8 bytes
+    block = _tile_block(seed)
+    one = np.full(TILE_BLOCK_VALUES, 0x3F80, dtype=np.uint16)  # bfloat16 1.0
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for name, dims in shapes.items():
+            source = one if name.endswith("norm.weight") else block
+            start = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
+            for chunk in _tiled(source, start % TILE_BLOCK_VALUES, math.prod(dims)):
+                f.write(chunk.tobytes())
+                if progress is not None:
+                    progress(chunk.nbytes)
+
+
+def _tiled(
+    block: npt.NDArray[np.uint16], start: int, count: int
+) -> Iterator[npt.NDArray[np.uint16]]:
+    """``count`` values of ``block`` repeated from index ``start``, in chunks of a block."""
+    ring = np.concatenate([block[start:], block[:start]])
+    while count > 0:
+        n = min(count, len(ring))
+        yield ring[:n]
+        count -= n
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

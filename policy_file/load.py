@@ -50,9 +50,7 @@ def default_config_path() -> Path:
     return Path(__file__).with_name(DEFAULT_CONFIG_NAME)
 
 
-def parse_policy(
-    text: str, source: str = "<policy>", runtime: Runtime | None = None
-) -> ThawConfig:
+def parse_policy(text: str, source: str = "<policy>", runtime: Runtime | None = None) -> ThawConfig:
     """Validate policy YAML text; raise :class:`PolicyError` listing every error. With
     ``runtime``, also every setting that runtime refuses. Over :data:`MAX_POLICY_BYTES` the text
     is refused unparsed."""

@@ -33,6 +33,11 @@ class ListenConfig(_Frozen):
     )
 
 
+#: vLLM's own default for --gpu-memory-utilization.
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
+_UTILIZATION_FLAGS = ("--gpu-memory-utilization", "--gpu_memory_utilization")
+
+
 class EngineConfig(_Frozen):
     """How one replica of a model is started."""
 
@@ -70,6 +75,16 @@ class EngineConfig(_Frozen):
         description="kind 'emulator' only: the emulated engine's speed (load_time_s, "
         "decode_base_s, max_num_seqs, ...); null: the emulator's defaults.",
     )
+    gpu_memory_utilization: float | None = Field(
+        None,
+        strict=True,
+        gt=0,
+        le=1,
+        description="Share of one GPU's memory an engine takes awake (weights + KV cache): "
+        "vLLM's --gpu-memory-utilization, and what the GPU-memory arbiter counts for it (this x "
+        "the GPU's memory). null: 0.9 (vLLM's default) on a GPU of its own, 0.9 / share on a "
+        "shared pool (then every engine of a GPU fits awake at once).",
+    )
 
     @model_validator(mode="after")
     def _emulator_only_for_emulator(self) -> EngineConfig:
@@ -79,6 +94,21 @@ class EngineConfig(_Frozen):
                 "kind: emulator (or remove it)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _utilization_in_one_place(self) -> EngineConfig:
+        if any(a.split("=")[0] in _UTILIZATION_FLAGS for a in self.args):
+            raise ValueError(
+                "args sets --gpu-memory-utilization; set engine.gpu_memory_utilization instead "
+                "(the GPU-memory arbiter reads it there, and render and thaw up pass it on)"
+            )
+        return self
+
+    def utilization(self, share: int = 1) -> float:
+        """The share of a GPU's memory one engine takes awake (see gpu_memory_utilization)."""
+        if self.gpu_memory_utilization is not None:
+            return self.gpu_memory_utilization
+        return DEFAULT_GPU_MEMORY_UTILIZATION / share
 
 
 class CacheConfig(_Frozen):
@@ -103,6 +133,8 @@ class CacheConfig(_Frozen):
 
 
 _DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+#: What the NVIDIA device plugin names a time-sliced GPU with ``renameByDefault: true``.
+SHARED_GPU_RESOURCE = "nvidia.com/gpu.shared"
 
 
 class TolerationConfig(_Frozen):
@@ -168,8 +200,43 @@ class PoolConfig(_Frozen):
         strict=True,
         ge=1,
         le=100_000,
-        description="Capacity: the most replicas the pool hosts, all models together.",
+        description="Capacity: the most replicas the pool hosts, all models together (on a "
+        "shared pool: engines, share per GPU).",
     )
+    share: int = Field(
+        1,
+        strict=True,
+        ge=1,
+        le=64,
+        description="Engines per GPU. Above 1 the pool is shared: its nodes run the NVIDIA "
+        "device plugin's time-slicing with this many replicas per GPU (manifests/gpu-sharing/), "
+        "each engine pod requests one slice (nvidia.com/gpu.shared unless gpu_resource is set) "
+        "and Thaw's GPU-memory arbiter keeps the awake engines within the GPU's memory. 1: an "
+        "engine holds a whole GPU, asleep too, so a sleeping engine saves start latency but "
+        "no GPU-hours.",
+    )
+
+    @model_validator(mode="after")
+    def _shared_pools_have_one_gpu_per_replica(self) -> PoolConfig:
+        if self.share > 1 and self.gpus_per_replica != 1:
+            raise ValueError(
+                f"share = {self.share} with gpus_per_replica = {self.gpus_per_replica}; a "
+                "shared pool runs engines of one GPU slice each (accepted: gpus_per_replica 1, "
+                "or share 1)"
+            )
+        return self
+
+    @property
+    def shared(self) -> bool:
+        return self.share > 1
+
+    @property
+    def resource_name(self) -> str:
+        """The extended resource an engine pod requests: ``gpu_resource`` as set; unset on a
+        shared pool, the device plugin's renamed slice resource."""
+        if self.shared and "gpu_resource" not in self.model_fields_set:
+            return SHARED_GPU_RESOURCE
+        return self.gpu_resource
 
 
 class ModelCacheAgentConfig(_Frozen):
@@ -289,6 +356,29 @@ class ModelConfig(_Frozen):
     )
 
 
+class LocalGpuConfig(_Frozen):
+    """The one GPU that `thaw up`'s engines share (a real one, or an emulated one that emulator
+    engines keep a memory ledger of), and the host RAM its level-1 sleepers may hold."""
+
+    memory_bytes: int = Field(
+        ...,
+        strict=True,
+        gt=0,
+        description="Memory of the GPU, bytes: the GPU-memory arbiter keeps the awake engines "
+        "(each engine.gpu_memory_utilization x this) within it, putting one model's engine to "
+        "sleep before it wakes another's. A change (or adding or removing gpu:) needs a restart "
+        "of thaw up.",
+    )
+    host_ram_budget_bytes: int = Field(
+        32 * 2**30,
+        strict=True,
+        ge=0,
+        description="Host RAM this machine lends to level-1 sleepers, all models together "
+        "(each model's warm_pool.host_ram_budget_bytes bounds its own); a sleeper that would "
+        "not fit sleeps at level 2.",
+    )
+
+
 class ThawConfig(_Frozen):
     """The whole policy file of the local stack (``thaw up --config FILE``)."""
 
@@ -320,6 +410,12 @@ class ThawConfig(_Frozen):
         None,
         description="Knative only (`thaw knative render`): namespace, images, GPU pools and "
         "the node cache agent; `thaw up` ignores it.",
+    )
+    gpu: LocalGpuConfig | None = Field(
+        None,
+        description="`thaw up` only: the one GPU every model's engines share, so that the "
+        "GPU-memory arbiter decides which are awake. null: each engine as if it had a GPU of "
+        "its own (a sleeping engine then saves start latency, not GPU memory).",
     )
 
     @field_validator("models")
@@ -361,7 +457,6 @@ class ThawConfig(_Frozen):
             if m.name == name:
                 return m
         return None
-
 
 
 def model_limits(config: ThawConfig) -> dict[str, ModelLimits]:

@@ -106,6 +106,10 @@ _FORECAST_KNATIVE = _refused("the Knative controller does not run the forecaster
 _WARM_KNATIVE = _refused(
     "the Knative controller does not run the warm pool yet: a scale-down deletes the pod"
 )
+_GPU_KNATIVE = _theirs(
+    "the local stack's one GPU; on a cluster cluster.pools[] (and their share) describe the GPUs"
+)
+_GPU_SIM = _theirs("the fleet file (--fleet) describes the simulated GPUs")
 _FRONT_SIM = _refused(
     "the simulated activator holds every request until a replica is ready: no buffer limit, "
     "no wait timeout, no request bodies"
@@ -170,6 +174,7 @@ TABLE: tuple[Row, ...] = (
     Row("models[].engine.emulator.sleep_level2_s", YES, _yes("render"), _ENGINE_SIM),
     Row("models[].engine.emulator.wake_level1_s", YES, _yes("render"), _ENGINE_SIM),
     Row("models[].engine.emulator.wake_level2_s", YES, _yes("render"), _ENGINE_SIM),
+    Row("models[].engine.gpu_memory_utilization", YES, _yes("render"), _ENGINE_SIM),
     Row("models[].autoscaling.min_replicas", YES, _yes("per Service; render, controller"), YES),
     Row("models[].autoscaling.max_replicas", YES, _yes("per Service; render, controller"), YES),
     Row("models[].autoscaling.initial_replicas", YES, _yes("per Service; render, controller"), YES),
@@ -238,8 +243,16 @@ TABLE: tuple[Row, ...] = (
     Row("cluster.pools[].tolerations[].effect", _CLUSTER_LOCAL, _yes("render"), _CLUSTER_SIM),
     Row("cluster.pools[].cost_per_hour_usd", _CLUSTER_LOCAL, _yes(_PLACE), _CLUSTER_SIM),
     Row("cluster.pools[].max_replicas", _CLUSTER_LOCAL, _yes(_PLACE), _CLUSTER_SIM),
+    Row(
+        "cluster.pools[].share",
+        _CLUSTER_LOCAL,
+        _yes("render: one GPU slice per engine pod"),
+        _CLUSTER_SIM,
+    ),
     Row("cluster.model_cache.host_path", _CLUSTER_LOCAL, _yes("render"), _CLUSTER_SIM),
     Row("cluster.model_cache.url", _CLUSTER_LOCAL, _yes("render"), _CLUSTER_SIM),
+    Row("gpu.memory_bytes", YES, _GPU_KNATIVE, _GPU_SIM),
+    Row("gpu.host_ram_budget_bytes", YES, _GPU_KNATIVE, _GPU_SIM),
 )
 
 _BY_KEY: dict[str, Row] = {row.key: row for row in TABLE}
@@ -374,8 +387,10 @@ def markdown_table() -> str:
     for r in TABLE:
         parent, _, leaf = r.key.rpartition(".")
         same = (r.local, r.knative, r.sim)
-        if groups and groups[-1][0] == parent and (
-            (groups[-1][2].local, groups[-1][2].knative, groups[-1][2].sim) == same
+        if (
+            groups
+            and groups[-1][0] == parent
+            and ((groups[-1][2].local, groups[-1][2].knative, groups[-1][2].sim) == same)
         ):
             groups[-1][1].append(leaf)
         else:

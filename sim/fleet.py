@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engine.perf_model import EnginePerf
 from kernel.config_errors import ConfigFileError, check_size, parse_yaml
@@ -113,6 +113,24 @@ class Pool(_Frozen):
         description="Engine speed of this GPU type against the others (default: the same as "
         "every model's perf_pool) and how much of its memory the engine takes.",
     )
+    share: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Engines per GPU, as the policy's cluster.pools[].share (the NVIDIA device "
+        "plugin's time-slicing). 1: an engine holds a whole GPU, asleep too. The simulator "
+        "does not price shared pools yet: only 1 is accepted.",
+    )
+
+    @field_validator("share")
+    @classmethod
+    def _share_not_priced_yet(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError(
+                "thaw sim does not price shared pools yet (engines per GPU, the GPU-memory "
+                "arbiter's sleeps and wakes); accepted: 1"
+            )
+        return value
 
 
 class Slo(_Frozen):

@@ -111,7 +111,8 @@ def test_every_option_has_a_flag_that_states_its_default() -> None:
     assert flagged == set(EmulatorConfig.model_fields)
     defaults = EmulatorConfig()
     for name, _, text in OPTIONS:
-        assert f"(default: {getattr(defaults, name)}" in text, name
+        value = getattr(defaults, name)
+        assert f"(default: {'none' if value is None else value}" in text, name
 
 
 def test_help_teaches_and_bad_config_exits_2(tmp_path: Path) -> None:

@@ -19,12 +19,15 @@ import yaml
 from aiohttp import web
 from procs import REPO, thaw_argv
 
+from engine.vllm_site import thaw_engine_guard
+from engine.vllm_site.thaw_engine_guard import READY_PATH
 from knative import render
 from knative.contract import AUTOSCALER_CLASS, CLASS_ANNOTATION, MODEL_ANNOTATION, POOL_ANNOTATION
 from knative.render import (
     MAX_SERVICE_NAME,
     RenderError,
     dns_label,
+    render_objects,
     render_services,
     service_name,
     to_yaml,
@@ -34,6 +37,7 @@ from policy_file.schema import ThawConfig
 from policy_file.summary import summarize
 
 GIB = 2**30
+GUARD_SOURCE = Path(thaw_engine_guard.__file__).read_text()
 MINIMAL = "models:\n  - name: m\n"
 
 POLICY = f"""
@@ -274,7 +278,7 @@ def test_vllm_container_for_an_s3_model_on_a_two_gpu_pool() -> None:
     (c,) = pod["containers"]
     assert c["image"] == "vllm/vllm-openai:v0.11.0"
     assert c["ports"] == [{"name": "http1", "containerPort": 8000}]
-    assert c["readinessProbe"]["httpGet"] == {"path": "/health", "port": 8000}
+    assert c["readinessProbe"]["httpGet"] == {"path": READY_PATH, "port": 8000}
     assert c["resources"]["limits"] == {"nvidia.com/gpu": "2"}
     assert c["resources"]["requests"] == {"nvidia.com/gpu": "2"}
     args = c["args"]
@@ -283,16 +287,34 @@ def test_vllm_container_for_an_s3_model_on_a_two_gpu_pool() -> None:
     assert args[args.index("--tensor-parallel-size") + 1] == "2"
     assert args[-2:] == ["--max-model-len", "8192"]  # the policy's engine args, last
     assert "--enable-sleep-mode" in args
+    assert args[args.index("--middleware") + 1] == "thaw_engine_guard.EngineGuard"
+    assert "--gpu-memory-utilization" not in args  # a GPU of its own: vLLM's default
     env = {e["name"]: e["value"] for e in c["env"]}
     assert env["VLLM_SERVER_DEV_MODE"] == "1"
     assert env["THAW_MODEL_URI"] == "s3://models/llama-8b"
     assert env["THAW_CACHE_URL"] == "http://thaw-model-cache.thaw-system.svc:8070"
+    assert env["THAW_ENGINE_CREDENTIAL_FILE"] == "/var/run/secrets/thaw/engine/credential"
+    assert env["PYTHONPATH"] == "/opt/thaw/engine-guard"
     assert c["command"][:2] == ["/bin/sh", "-c"]
     assert c["volumeMounts"] == [
-        {"name": "model-cache", "mountPath": "/var/cache/thaw", "readOnly": True}
+        {"name": "model-cache", "mountPath": "/var/cache/thaw", "readOnly": True},
+        {
+            "name": "thaw-engine-credential",
+            "mountPath": "/var/run/secrets/thaw/engine",
+            "readOnly": True,
+        },
+        {"name": "thaw-engine-guard", "mountPath": "/opt/thaw/engine-guard", "readOnly": True},
     ]
     assert pod["volumes"] == [
-        {"name": "model-cache", "hostPath": {"path": "/var/cache/thaw", "type": "Directory"}}
+        {"name": "model-cache", "hostPath": {"path": "/var/cache/thaw", "type": "Directory"}},
+        {
+            "name": "thaw-engine-credential",
+            "secret": {
+                "secretName": "thaw-engine-credential",
+                "items": [{"key": "credential", "path": "credential"}],
+            },
+        },
+        {"name": "thaw-engine-guard", "configMap": {"name": "thaw-engine-guard"}},
     ]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert pod["tolerations"] == [
@@ -307,8 +329,10 @@ def test_hub_model_without_warm_pool_goes_to_vllm_unchanged() -> None:
     assert c["command"] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
     assert c["args"][:2] == ["--model", "Qwen/Qwen2-72B-Instruct"]
     assert "--enable-sleep-mode" not in c["args"]
-    assert "env" not in c  # no VLLM_SERVER_DEV_MODE without a warm pool
-    assert "volumes" not in svc["spec"]["template"]["spec"]
+    # no VLLM_SERVER_DEV_MODE without a warm pool; the engine guard all the same
+    assert {e["name"] for e in c["env"]} == {"THAW_ENGINE_CREDENTIAL_FILE", "PYTHONPATH"}
+    volumes = svc["spec"]["template"]["spec"]["volumes"]
+    assert [v["name"] for v in volumes] == ["thaw-engine-credential", "thaw-engine-guard"]
 
 
 def test_emulator_runs_a_real_thaw_subcommand() -> None:
@@ -415,7 +439,7 @@ def test_the_knative_field_check_can_fail() -> None:
         "containers[0].env: PORT is reserved",
         "containers[0].volumeMounts: /tmp/ is reserved",
         "containers[0].readinessProbe: port 9000 is not the container port",
-        "volumes[1].nfs",
+        f"volumes[{len(bad['spec']['volumes']) - 1}].nfs",
     ]
     reserved = copy.deepcopy(service["spec"]["template"])
     reserved["spec"]["containers"][0]["ports"] = [{"name": "metrics", "containerPort": 9090}]
@@ -507,9 +531,10 @@ def test_cli_writes_a_yaml_stream(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert "wrote 4 Knative Services" in done.stderr
+    assert "wrote the engine guard's ConfigMap and 4 Knative Services" in done.stderr
     docs = list(yaml.safe_load_all(out.read_text()))
-    assert docs == render_services(config(CLUSTER_POLICY))
+    assert docs == render_objects(config(CLUSTER_POLICY), GUARD_SOURCE)
+    assert docs[1:] == render_services(config(CLUSTER_POLICY))
     assert to_yaml(docs) == out.read_text()
 
 

@@ -29,6 +29,9 @@ KNATIVE = REPO / "tests" / "data" / "knative"  # copied from knative/serving
 K8S_VERSION = "1.30"
 #: API groups served by Kubernetes itself (kubernetes-validate knows their schemas).
 BUILTIN_GROUPS = {"", "apps", "rbac.authorization.k8s.io", "batch", "policy", "networking.k8s.io"}
+#: Kustomizations applied on their own, not by `kubectl apply -k manifests/` (manifests/README.md):
+#: the device plugin's time-slicing config goes into the GPU operator's namespace.
+SEPARATE = ("gpu-sharing",)
 #: `thaw` subcommands the manifests use that the CLI does not have yet (see manifests/README.md).
 PENDING_SUBCOMMANDS: frozenset[tuple[str, str]] = frozenset()
 
@@ -74,12 +77,16 @@ def containers(obj: dict[str, Any]) -> list[dict[str, Any]]:
 
 def test_every_file_in_manifests_is_in_the_kustomization() -> None:
     listed = set(yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())["resources"])
+    for separate in SEPARATE:
+        own = yaml.safe_load((MANIFESTS / separate / "kustomization.yaml").read_text())
+        listed |= {f"{separate}/{r}" for r in own["resources"]}
     on_disk = {
         str(p.relative_to(MANIFESTS))
         for p in MANIFESTS.rglob("*.yaml")
         if p.name != "kustomization.yaml"
     }
     assert on_disk == listed
+    assert not set(SEPARATE) & listed  # applied on their own
 
 
 def test_the_install_has_every_part() -> None:

@@ -4,6 +4,7 @@ tokenizer, the chat template, and the CLI's refusal to overwrite."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import struct
 import subprocess
@@ -17,11 +18,15 @@ from procs import REPO, thaw_argv
 from model_cache.tiny_model import (
     BOS,
     EOT,
+    LLAMA_3_8B,
+    SHAPES,
     SPECIAL_TOKENS,
     TinyLlamaShape,
     TinyModelError,
     build_tiny_llama,
     ensure_tiny_llama,
+    num_parameters,
+    tiny_llama_config,
 )
 
 FILES = {
@@ -249,3 +254,73 @@ def test_cli_help_teaches() -> None:
     assert out.returncode == 0
     for words in ("--seed", "--force", "byte-identical", "example"):
         assert words in out.stdout
+
+
+# -- other shapes: Llama 3 8B's, and the streaming, tiled writer it needs ----------------------
+
+
+def test_the_8b_shape_is_llama_3_8b() -> None:
+    config = tiny_llama_config(LLAMA_3_8B)
+    expected = {
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "vocab_size": 128256,
+        "max_position_embeddings": 8192,
+        "rope_theta": 500000.0,
+    }
+    assert {k: config[k] for k in expected} == expected
+    assert num_parameters(LLAMA_3_8B) == 8_030_261_248  # Meta-Llama-3-8B's count
+    assert SHAPES["8b"] is LLAMA_3_8B and SHAPES["tiny"] == TinyLlamaShape()
+
+
+#: A small shape that takes the 8b shape's paths: a vocabulary padded past the corpus, and the
+#: tiled streaming writer (its threshold lowered).
+PADDED = TinyLlamaShape(vocab_size=4096, pad_vocab=True)
+
+
+def test_a_padded_tiled_build_is_a_valid_deterministic_model(tmp_path: Path) -> None:
+    written: list[int] = []
+    out = build_tiny_llama(
+        tmp_path / "a", seed=3, shape=PADDED, tile_above_parameters=0, progress=written.append
+    )
+    again = build_tiny_llama(tmp_path / "b", seed=3, shape=PADDED, tile_above_parameters=0)
+    assert digests(out) == digests(again)
+    header, data = read_safetensors(out / "model.safetensors")
+    assert header.pop("__metadata__") == {"format": "pt"}
+    assert len(data) == 2 * num_parameters(PADDED) == sum(written)
+    ends = sorted(tuple(e["data_offsets"]) for e in header.values())
+    assert ends[0][0] == 0 and all(a[1] == b[0] for a, b in itertools.pairwise(ends))
+    assert np.all(bf16_tensor(header, data, "model.layers.1.input_layernorm.weight") == 1.0)
+    embed = bf16_tensor(header, data, "model.embed_tokens.weight")
+    assert embed.shape == (4096, 128)
+    assert 0.015 < float(embed.std()) < 0.025
+    q = bf16_tensor(header, data, "model.layers.0.self_attn.q_proj.weight")
+    assert not np.array_equal(q.ravel()[:1000], embed.ravel()[:1000])  # offsets differ by name
+    torch = pytest.importorskip("torch")
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:  # the library reads it
+        assert set(f.keys()) == set(header)
+        lm = f.get_tensor("lm_head.weight")
+        assert lm.dtype == torch.bfloat16 and tuple(lm.shape) == (4096, 128)
+        assert np.array_equal(lm.float().numpy(), bf16_tensor(header, data, "lm_head.weight"))
+
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    assert tok.get_vocab_size() == 4096
+    assert tok.decode([4095]) == "<|reserved_4095|>"
+    ids = tok.encode("Hello, world! <|reserved_4095|>").ids
+    assert max(ids) < 2063  # text never encodes to a reserved token
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == 4096
+
+
+def test_cli_help_names_the_8b_shape() -> None:
+    out = subprocess.run(
+        thaw_argv("model", "build-tiny", "--help"), cwd=REPO, capture_output=True, text=True
+    )
+    assert "--shape" in out.stdout and "8b" in out.stdout and "16 GB" in out.stdout

@@ -1,6 +1,8 @@
 """Real vLLM CPU on the tiny Llama, end to end: the OpenAI API (plain and streaming, with the
 official ``openai`` client and raw HTTP), ``/metrics`` read by the autoscaler's parser, sleep and
-wake-up, and no orphans after a clean stop or after the launcher dies by SIGKILL.
+wake-up behind Thaw's engine guard (``--middleware``: control endpoints refused without Thaw's
+credential, readiness 503 while asleep), and no orphans after a clean stop or after the launcher
+dies by SIGKILL.
 
 Two vLLM starts (about 40 s each on 2 cores): one by ``thaw engine``, which the first test kills,
 then one started in this process and shared by the rest of the module. The cold-start
@@ -28,6 +30,7 @@ from procs import alive, free_port, kill_all, thaw_argv, wait_all_gone
 
 from engine.metrics import parse_engine_metrics
 from engine.process import EngineProcess, vllm_spec
+from engine.vllm_site.thaw_engine_guard import CREDENTIAL_HEADER, READY_PATH
 from model_cache.tiny_model import build_tiny_llama
 
 pytestmark = [
@@ -36,6 +39,8 @@ pytestmark = [
 ]
 
 NAME = "tiny-llama"
+CREDENTIAL = "vllm-e2e-credential"
+THAW = {CREDENTIAL_HEADER: CREDENTIAL}
 
 
 # -- /proc, read independently of the launcher -----------------------------------------------
@@ -151,7 +156,15 @@ def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vllm]:
     tmp = tmp_path_factory.mktemp("vllm")
     model = build_tiny_llama(tmp / "tiny-llama")
     log_path = tmp / "vllm.log"
-    spec = vllm_spec(str(model), port=free_port(), served_model_name=NAME, log_path=log_path)
+    credential = tmp / "credential"
+    credential.write_text(CREDENTIAL + "\n")
+    spec = vllm_spec(
+        str(model),
+        port=free_port(),
+        served_model_name=NAME,
+        log_path=log_path,
+        credential_file=str(credential),
+    )
     engine = EngineProcess(spec)
     pids: list[int] = []
     try:
@@ -290,14 +303,46 @@ def test_metrics_parse_with_the_autoscalers_parser(vllm: Vllm) -> None:
     assert metrics.sleeping is False
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/sleep?level=1"),
+        ("POST", "/wake_up"),
+        ("GET", "/is_sleeping"),
+        ("POST", "/collective_rpc"),
+        ("POST", "/reset_prefix_cache"),
+        ("GET", "/server_info"),
+        ("POST", "/pause"),
+        ("POST", "/update_weights"),
+        ("POST", "//sleep"),
+    ],
+)
+def test_the_guard_refuses_control_requests_without_thaws_credential(
+    vllm: Vllm, method: str, path: str
+) -> None:
+    for headers in ({}, {CREDENTIAL_HEADER: "a guess"}, {"authorization": f"Bearer {CREDENTIAL}"}):
+        resp = httpx.request(method, vllm.base_url + path, headers=headers, timeout=30)
+        assert resp.status_code == 403, (path, headers, resp.text)
+        assert "is Thaw's only" in resp.json()["error"]["message"]
+    assert httpx.get(f"{vllm.base_url}{READY_PATH}").status_code == 200  # still awake
+
+
 def test_sleep_pauses_and_wake_up_resumes(vllm: Vllm) -> None:
     """On CPU, /sleep?level=1 offloads nothing (vLLM logs "sleep mode is not supported on CPU")
-    but it does pause the engine: a request waits until /wake_up, then completes."""
+    but it does pause the engine: a request waits until /wake_up, then completes. Only Thaw's
+    credential sleeps and wakes it; readiness fails while it sleeps."""
     url = vllm.base_url
     rss_awake_mb, _ = memory_mb(vllm.pids)
-    assert httpx.post(f"{url}/sleep", params={"level": 1}, timeout=30).status_code == 200
+    assert httpx.get(f"{url}{READY_PATH}").json() == {"ready": True}
+    assert httpx.post(f"{url}/sleep", params={"level": 1}, timeout=30).status_code == 403
+    assert httpx.get(f"{url}{READY_PATH}").status_code == 200
+    resp = httpx.post(f"{url}/sleep", params={"level": 1}, headers=THAW, timeout=30)
+    assert resp.status_code == 200
     try:
-        assert httpx.get(f"{url}/is_sleeping").json() == {"is_sleeping": True}
+        assert httpx.get(f"{url}/is_sleeping", headers=THAW).json() == {"is_sleeping": True}
+        ready = httpx.get(f"{url}{READY_PATH}")
+        assert (ready.status_code, ready.json()) == (503, {"ready": False, "reason": "asleep"})
+        assert httpx.get(f"{url}/health").status_code == 200  # alive: never restarted asleep
         assert parse_engine_metrics(httpx.get(f"{url}/metrics").text).sleeping is True
         rss_asleep_mb, _ = memory_mb(vllm.pids)
         assert rss_asleep_mb > 0.9 * rss_awake_mb  # nothing was freed
@@ -310,11 +355,13 @@ def test_sleep_pauses_and_wake_up_resumes(vllm: Vllm) -> None:
             )
             time.sleep(2.0)
             assert not pending.done()  # paused, not refused
-            assert httpx.post(f"{url}/wake_up", timeout=30).status_code == 200
+            assert httpx.post(f"{url}/wake_up", timeout=30).status_code == 403
+            assert httpx.post(f"{url}/wake_up", headers=THAW, timeout=30).status_code == 200
             assert pending.result(timeout=60).status_code == 200
     finally:
-        httpx.post(f"{url}/wake_up", timeout=30)
-    assert httpx.get(f"{url}/is_sleeping").json() == {"is_sleeping": False}
+        httpx.post(f"{url}/wake_up", headers=THAW, timeout=30)
+    assert httpx.get(f"{url}/is_sleeping", headers=THAW).json() == {"is_sleeping": False}
+    assert httpx.get(f"{url}{READY_PATH}").json() == {"ready": True}
     assert parse_engine_metrics(httpx.get(f"{url}/metrics").text).sleeping is False
     resp = httpx.post(
         f"{url}/v1/completions", json={"model": NAME, "prompt": "hi", "max_tokens": 3}, timeout=60

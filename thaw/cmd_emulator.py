@@ -16,6 +16,18 @@ the timing is the engine model's: prefill at --prefill-tokens-per-s, one decode 
 faster than that model allows. /health answers 503 for --load-time-s after start, then 200.
 /sleep pauses generation (running requests resume on /wake_up; ?mode=abort ends them instead).
 
+An emulated GPU (--gpu-id ID --gpu-memory-bytes N): emulators started with the same id share one
+ledger of that GPU's memory (a file under --gpu-ledger-dir, under an exclusive lock). Awake, an
+engine holds --gpu-memory-utilization x N bytes; asleep, none. A start that does not fit exits
+with status 1 (as vLLM does when the GPU lacks free memory), a /wake_up that does not fit answers
+500 and the engine stays asleep: a plan that wakes before it sleeps fails as it would on a GPU.
+
+Thaw's engine guard (the switch: THAW_ENGINE_CREDENTIAL_FILE, the path of a file holding Thaw's
+credential): /sleep, /wake_up, /is_sleeping, /collective_rpc, /reset_prefix_cache and vLLM's
+other control paths answer 403 unless the request carries that credential in the
+thaw-engine-credential header, and GET /thaw/ready answers 200 only while the engine is loaded
+and awake (503 asleep), as vLLM with Thaw's --middleware does.
+
 Options come from the built-in defaults, then --config FILE (YAML or JSON whose keys are the
 option names with underscores, e.g. decode_base_s: 0.03), then the flags; the last one wins.
 SIGTERM stops the server cleanly (in-flight requests get --graceful-shutdown-s to finish).
@@ -23,6 +35,7 @@ SIGTERM stops the server cleanly (in-flight requests get --graceful-shutdown-s t
 examples:
   thaw emulator --port 8000 --served-model-name tiny-llama --load-time-s 5
   thaw emulator --config engine.yaml --max-num-seqs 4
+  thaw emulator --gpu-id 0 --gpu-memory-bytes 80000000000 --gpu-memory-utilization 0.45
   curl http://127.0.0.1:8000/v1/completions -H 'content-type: application/json' \\
        -d '{"model": "tiny-llama", "prompt": "hello", "max_tokens": 8}'
   curl http://127.0.0.1:8000/metrics | grep vllm:num_requests
@@ -44,6 +57,24 @@ _SERVER_OPTIONS: tuple[tuple[str, type, str], ...] = (
         "graceful_shutdown_s",
         int,
         "on SIGTERM, seconds in-flight requests may still run (default: 5)",
+    ),
+    (
+        "gpu_id",
+        str,
+        "the emulated GPU this engine runs on: emulators with the same id share one GPU-memory "
+        "ledger that refuses a start or wake that would not fit (default: none)",
+    ),
+    ("gpu_memory_bytes", int, "memory of the emulated GPU, bytes, with --gpu-id (default: none)"),
+    (
+        "gpu_memory_utilization",
+        float,
+        "share of the GPU's memory this engine holds awake, as vLLM's flag (default: 0.9)",
+    ),
+    (
+        "gpu_ledger_dir",
+        str,
+        "directory of the GPU ledgers (default: none, meaning thaw-gpu-ledger in the temporary "
+        "directory)",
     ),
 )
 _PERF_OPTIONS: tuple[tuple[str, type, str], ...] = (
@@ -107,6 +138,9 @@ def register(sub: Any) -> None:
 
 
 def _metavar(name: str, kind: type) -> str:
+    special = {"gpu_id": "ID", "gpu_ledger_dir": "DIR", "gpu_memory_utilization": "RATIO"}
+    if name in special:
+        return special[name]
     if name.endswith("_per_s"):
         return "RATE"
     if name.endswith("_s"):
@@ -134,4 +168,8 @@ def run(args: argparse.Namespace) -> int:
     except EmulatorConfigError as e:
         print(f"thaw emulator: {e}", file=sys.stderr)
         return 2
-    return serve(config, clock, started_s)
+    import os
+
+    from engine.vllm_site.thaw_engine_guard import CREDENTIAL_FILE_ENV
+
+    return serve(config, clock, started_s, credential_file=os.environ.get(CREDENTIAL_FILE_ENV))

@@ -83,12 +83,25 @@ warm pool) are refused, naming them (`thaw policy support`).
 A model runs on its `pools:` if given, else on every pool whose GPU memory per replica holds its
 `weights_bytes` (unknown weights fit everywhere).
 
+Every engine runs behind Thaw's engine guard: the stream starts with the ConfigMap
+thaw-engine-guard (the guard's source, which vLLM loads with --middleware), and each pod mounts
+the Secret thaw-engine-credential, which you create once per namespace (manifests/README.md):
+only a request carrying it may sleep, wake or reconfigure an engine, and the readiness probe
+(/thaw/ready) fails while an engine sleeps.
+
+A pool with `share: N` (N > 1) is shared: each engine pod requests one time slice of a GPU
+(nvidia.com/gpu.shared) on nodes whose GPUs the NVIDIA device plugin cuts N ways; print the
+device plugin's ConfigMap for the policy's shared pools with --device-plugin-config (or apply
+manifests/gpu-sharing/). Without sharing, an engine holds its whole GPU asleep too: a warm pool
+saves start latency, not GPU-hours.
+
 Knative must allow what the Services use: `kubectl apply -k manifests/` patches config-features
 (nodeSelector, tolerations, hostPath volumes) and config-autoscaler (allow-zero-initial-scale).
 
 examples:
   thaw knative render --config policy.yaml | kubectl apply -f -
   thaw knative render --config policy.yaml --out services.yaml
+  thaw knative render --config policy.yaml --device-plugin-config | kubectl apply -f -
 """
 
 
@@ -112,24 +125,39 @@ def _register_render(sub: Any) -> None:
         metavar="FILE",
         help="where to write the YAML stream; - is stdout (default: %(default)s)",
     )
+    r.add_argument(
+        "--device-plugin-config",
+        action="store_true",
+        help="write instead the NVIDIA device plugin's time-slicing ConfigMap (namespace "
+        "gpu-operator) for the policy's shared pools",
+    )
     r.set_defaults(func=_render)
 
 
 def _render(args: argparse.Namespace) -> int:
+    from engine.vllm_site import thaw_engine_guard
     from kernel.errors import ConfigError
-    from knative.render import render_services, to_yaml
+    from knative.render import device_plugin_config_map, render_objects, to_yaml
     from policy_file.load import load_policy
     from policy_file.support import Runtime
 
+    guard_source = Path(thaw_engine_guard.__file__).read_text(encoding="utf-8")
     try:
-        services = render_services(load_policy(args.config, Runtime.KNATIVE))
+        policy = load_policy(args.config, Runtime.KNATIVE)
+        if args.device_plugin_config:
+            shares = [p.share for p in policy.cluster.pools] if policy.cluster else []
+            objects = [device_plugin_config_map(shares)]
+            what = "the device plugin's ConfigMap"
+        else:
+            objects = render_objects(policy, guard_source)
+            what = f"the engine guard's ConfigMap and {len(objects) - 1} Knative Services"
     except ConfigError as e:
         print(f"thaw knative render: {e}", file=sys.stderr)
         return 2
-    text = to_yaml(services)
+    text = to_yaml(objects)
     if args.out == "-":
         sys.stdout.write(text)
     else:
         Path(args.out).write_text(text, encoding="utf-8")
-        print(f"wrote {len(services)} Knative Services to {args.out}", file=sys.stderr)
+        print(f"wrote {what} to {args.out}", file=sys.stderr)
     return 0

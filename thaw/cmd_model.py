@@ -24,6 +24,13 @@ on a small built-in corpus (tokenizer.json, tokenizer_config.json with a Llama-3
 template, special_tokens_map.json) and generation_config.json. Its output is gibberish; it exists
 so that vLLM, the activator and the autoscaler can be exercised end to end on a CPU.
 
+--shape 8b writes Llama 3 8B's architecture instead (hidden 4096, intermediate 14336, 32 layers,
+32 attention heads, 8 KV heads, head_dim 128, vocab 128256 with reserved tokens past what the
+corpus trains, 8192 positions): 8.0 B random bfloat16 parameters, 16 GB on disk (one
+model.safetensors, each tensor a seeded random block repeated, written at disk speed with a
+progress bar). It is for measuring loads and wakes at a real size on a GPU without downloading
+anything (bench/gpu_warm_pool.py); on a CPU only build it if you mean to load it.
+
 The same seed gives byte-identical files. DIR must be missing or empty unless --force, which
 replaces its contents. Files are written to a temporary sibling directory and renamed into place,
 so an interrupted build leaves nothing under DIR.
@@ -31,6 +38,7 @@ so an interrupted build leaves nothing under DIR.
 examples:
   thaw model build-tiny .thaw/models/tiny-llama
   thaw model build-tiny /tmp/tiny --seed 7 --force
+  thaw model build-tiny /mnt/nvme/llama-8b-random --shape 8b
   thaw engine --model .thaw/models/tiny-llama          # serve it with real vLLM
 """
 
@@ -57,6 +65,13 @@ def register(subparsers: Any) -> None:
     build.add_argument(
         "--force", action="store_true", help="replace the contents of a non-empty DIR"
     )
+    build.add_argument(
+        "--shape",
+        choices=("tiny", "8b"),
+        default="tiny",
+        help="architecture: tiny (1.6 MB, vLLM CPU loads it in seconds) or 8b (Llama 3 8B's, "
+        "16 GB) (default: %(default)s)",
+    )
     build.set_defaults(func=_build_tiny)
 
 
@@ -68,20 +83,48 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 def _build_tiny(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from tqdm import tqdm
+
     from kernel.clock import SystemClock
-    from model_cache.tiny_model import TinyModelError, build_tiny_llama
+    from model_cache.tiny_model import (
+        SHAPES,
+        TILE_ABOVE_PARAMETERS,
+        TinyModelError,
+        build_tiny_llama,
+        num_parameters,
+    )
 
     clock = SystemClock()
     started_s = clock.monotonic()
+    shape = SHAPES[args.shape]
+    params = num_parameters(shape)
+    bar = tqdm(
+        total=params * 2,
+        unit="B",
+        unit_scale=True,
+        desc=f"weights ({args.shape})",
+        disable=params <= TILE_ABOVE_PARAMETERS or not sys.stderr.isatty(),
+    )
     try:
-        out = build_tiny_llama(Path(args.dir), seed=args.seed, overwrite=args.force)
+        with bar:
+            out = build_tiny_llama(
+                Path(args.dir),
+                seed=args.seed,
+                shape=shape,
+                overwrite=args.force,
+                progress=bar.update,
+            )
     except TinyModelError as e:
         print(f"thaw model build-tiny: {e}", file=sys.stderr)
         return 1
+    except OSError as e:
+        print(f"thaw model build-tiny: cannot write {args.dir}: {e}", file=sys.stderr)
+        return 1
     elapsed_s = clock.monotonic() - started_s
     size_bytes = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    what = "the tiny Llama" if args.shape == "tiny" else f"a random Llama of {args.shape} shape"
     print(
-        f"built the tiny Llama in {out} ({size_bytes / 1e6:.1f} MB, seed {args.seed}, "
-        f"{elapsed_s:.2f} s)\nserve it: thaw engine --model {out}"
+        f"built {what} in {out} ({size_bytes / 1e6:.1f} MB, {params / 1e9:.3g} B parameters, "
+        f"seed {args.seed}, {elapsed_s:.2f} s)\nserve it: thaw engine --model {out}"
     )
     return 0

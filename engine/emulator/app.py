@@ -7,16 +7,25 @@ Loading: the server listens at once but ``/health`` answers 503 until ``load_tim
 since ``started_s`` (the process start), and so do the generation, sleep and wake routes (real vLLM
 does not listen at all while it loads; a 503 is what a client sees from a proxy in front of it).
 ``/metrics``, ``/version`` and ``/is_sleeping`` answer throughout.
+
+An emulated GPU (``gpu_id``): the engine takes its awake memory in the GPU's ledger
+(:mod:`engine.emulator.gpu_ledger`) when the app starts (no room: the start fails, as vLLM's does),
+gives it back once asleep, takes it again before a wake (no room: 500, still asleep) and gives it
+back at shutdown. With a ``credential_file``, Thaw's engine guard
+(:mod:`engine.vllm_site.thaw_engine_guard`) wraps the app, as ``--middleware`` wraps vLLM's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
@@ -27,6 +36,7 @@ from starlette.routing import Route
 
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.engine import EmulatedEngine, PauseMode, TokenEvent
+from engine.emulator.gpu_ledger import GpuLedger, GpuOutOfMemory
 from engine.emulator.metrics import EmulatorMetrics
 from engine.emulator.protocol import (
     ApiError,
@@ -42,6 +52,7 @@ from engine.emulator.protocol import (
     usage_chunk,
 )
 from engine.perf_model import AdmissionError, SleepLevel
+from engine.vllm_site.thaw_engine_guard import EngineGuard
 from kernel.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -50,6 +61,9 @@ log = logging.getLogger(__name__)
 VLLM_API_VERSION = "0.32.0"
 
 _PAUSE_MODES: tuple[PauseMode, ...] = ("keep", "abort")
+#: What ``/collective_rpc`` knows: vLLM's way back from sleep level 2 with the weights on disk
+#: (wake_up, collective_rpc reload_weights, reset_prefix_cache); nothing to do here.
+_RPC_METHODS: tuple[str, ...] = ("reload_weights",)
 
 
 @dataclass
@@ -62,6 +76,7 @@ class _AppState:
     created: int
     metrics: EmulatorMetrics
     engine: EmulatedEngine | None = None
+    ledger: GpuLedger | None = None
 
     def loaded(self) -> bool:
         return self.clock.monotonic() >= self.ready_at_s
@@ -75,13 +90,22 @@ class _AppState:
         return self.engine
 
 
-def build_app(config: EmulatorConfig, clock: Clock, started_s: float | None = None) -> Starlette:
+def build_app(
+    config: EmulatorConfig,
+    clock: Clock,
+    started_s: float | None = None,
+    *,
+    credential_file: str | None = None,
+    ledger: GpuLedger | None = None,
+) -> Starlette:
     """The app; its engine starts and stops with the ASGI lifespan.
 
     ``started_s`` is when the process started, on ``clock.monotonic()`` (default: now); ``/health``
     turns 200 ``load_time_s`` after it. ``app.state.abort_all()`` ends every open request as
     aborted (the server calls it as the graceful-shutdown time runs out, so that streams end with
-    ``[DONE]`` rather than being cut).
+    ``[DONE]`` rather than being cut). ``credential_file``: Thaw's engine guard is on, with the
+    credential in that file. ``ledger``: the emulated GPU's ledger, its awake memory already
+    held (:func:`hold_gpu`); without it, an emulated GPU's memory is taken when the app starts.
     """
     start = clock.monotonic() if started_s is None else started_s
     srv = _AppState(
@@ -90,10 +114,13 @@ def build_app(config: EmulatorConfig, clock: Clock, started_s: float | None = No
         ready_at_s=start + config.load_time_s,
         created=int(clock.wall()),
         metrics=EmulatorMetrics(config.served_model_name[0]),
+        ledger=ledger,
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if srv.ledger is None:
+            srv.ledger = hold_gpu(config)
         engine = EmulatedEngine(config.perf(), clock, srv.metrics)
         await engine.start()
         srv.engine = engine
@@ -102,6 +129,8 @@ def build_app(config: EmulatorConfig, clock: Clock, started_s: float | None = No
         finally:
             srv.engine = None
             await engine.stop()
+            if srv.ledger is not None:
+                srv.ledger.release()
 
     async def health(request: Request) -> Response:
         if not srv.loaded() or srv.engine is None:
@@ -135,13 +164,41 @@ def build_app(config: EmulatorConfig, clock: Clock, started_s: float | None = No
                 400, f"mode = {mode!r}, must be one of {', '.join(_PAUSE_MODES)}", param="mode"
             )
         await engine.sleep(level, "abort" if mode == "abort" else "keep")
+        if srv.ledger is not None:
+            srv.ledger.hold(0, "sleep")
         return JSONResponse({"status": "sleeping", "level": level})
 
     async def wake_up(request: Request) -> Response:
         engine = srv.running_engine()
+        if srv.ledger is not None and engine.state().sleep_level > 0:
+            try:
+                srv.ledger.hold(
+                    config.gpu_awake_bytes, f"the wake of {config.served_model_name[0]}"
+                )
+            except GpuOutOfMemory as e:
+                raise ApiError(500, f"CUDA out of memory (emulated): {e}") from e
         await engine.wake_up()
         tags = request.query_params.getlist("tags") or None
         return JSONResponse({"status": "awake", "tags": tags})
+
+    async def collective_rpc(request: Request) -> Response:
+        srv.running_engine()
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError as e:
+            raise ApiError(400, f"JSON decode error: {e}") from e
+        method = body.get("method") if isinstance(body, dict) else None
+        if method not in _RPC_METHODS:
+            raise ApiError(
+                400,
+                f"method = {method!r}: the emulator knows {', '.join(_RPC_METHODS)}",
+                param="method",
+            )
+        return JSONResponse({"results": [None]})
+
+    async def reset_prefix_cache(request: Request) -> Response:
+        srv.running_engine()
+        return Response(status_code=200)
 
     async def completions(request: Request) -> Response:
         return await _generate(srv, request, "completions")
@@ -157,6 +214,8 @@ def build_app(config: EmulatorConfig, clock: Clock, started_s: float | None = No
         Route("/is_sleeping", is_sleeping, methods=["GET"]),
         Route("/sleep", sleep, methods=["POST"]),
         Route("/wake_up", wake_up, methods=["POST"]),
+        Route("/collective_rpc", collective_rpc, methods=["POST"]),
+        Route("/reset_prefix_cache", reset_prefix_cache, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/chat/completions", chat, methods=["POST"]),
     ]
@@ -169,8 +228,25 @@ def build_app(config: EmulatorConfig, clock: Clock, started_s: float | None = No
             Exception: _internal_error,
         },
     )
+    if credential_file is not None:
+        app.add_middleware(EngineGuard, credential_file=credential_file)
     app.state.abort_all = lambda: srv.engine.abort_all() if srv.engine is not None else None
     return app
+
+
+def hold_gpu(config: EmulatorConfig) -> GpuLedger | None:
+    """The emulated GPU's ledger with this engine's awake memory held (None: no GPU); raises
+    :class:`~engine.emulator.gpu_ledger.GpuOutOfMemory` when it does not fit."""
+    if config.gpu_id is None or config.gpu_memory_bytes is None:
+        return None
+    ledger = GpuLedger(
+        Path(config.gpu_ledger_dir or Path(tempfile.gettempdir()) / "thaw-gpu-ledger"),
+        config.gpu_id,
+        config.gpu_memory_bytes,
+        name=config.served_model_name[0],
+    )
+    ledger.hold(config.gpu_awake_bytes, f"the start of {config.served_model_name[0]}")
+    return ledger
 
 
 def _sleep_level(raw: str) -> SleepLevel:

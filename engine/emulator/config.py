@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from engine.perf_model import EnginePerf
 from kernel.config_errors import (
@@ -52,6 +52,44 @@ class EmulatorConfig(EnginePerf):
         ge=0,
         description="On SIGTERM, how long in-flight requests may run before they are cut.",
     )
+    gpu_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="The emulated GPU this engine runs on; emulators with the same id share one "
+        "GPU-memory ledger that refuses a start or a wake that would not fit. null: no GPU.",
+    )
+    gpu_memory_bytes: int | None = Field(
+        None, gt=0, description="Memory of the emulated GPU, bytes (with gpu_id)."
+    )
+    gpu_memory_utilization: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Share of the GPU's memory this engine takes while awake (weights + KV "
+        "cache), as vLLM's --gpu-memory-utilization; asleep it takes none.",
+    )
+    gpu_ledger_dir: str | None = Field(
+        None,
+        min_length=1,
+        description="Directory of the GPU-memory ledgers (with gpu_id); null: thaw-gpu-ledger "
+        "in the system's temporary directory.",
+    )
+
+    @model_validator(mode="after")
+    def _gpu_id_and_memory_together(self) -> EmulatorConfig:
+        if (self.gpu_id is None) != (self.gpu_memory_bytes is None):
+            given, missing = (
+                ("gpu_id", "gpu_memory_bytes") if self.gpu_id else ("gpu_memory_bytes", "gpu_id")
+            )
+            raise ValueError(f"{given} is set but {missing} is not; an emulated GPU needs both")
+        return self
+
+    @property
+    def gpu_awake_bytes(self) -> int:
+        """GPU memory this engine holds awake: ``gpu_memory_utilization`` x the GPU's memory."""
+        return int((self.gpu_memory_bytes or 0) * self.gpu_memory_utilization)
 
     @field_validator("served_model_name", mode="before")
     @classmethod

@@ -15,8 +15,9 @@ from collections.abc import Callable
 
 import uvicorn
 
-from engine.emulator.app import build_app
+from engine.emulator.app import build_app, hold_gpu
 from engine.emulator.config import EmulatorConfig
+from engine.emulator.gpu_ledger import GpuLedgerError, GpuOutOfMemory
 from kernel.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -45,9 +46,19 @@ class _Server(uvicorn.Server):
             timer.cancel()
 
 
-def serve(config: EmulatorConfig, clock: Clock, started_s: float) -> int:
-    """Run until SIGTERM/SIGINT; 0 after a clean shutdown, 1 if the server could not start."""
-    app = build_app(config, clock, started_s)
+def serve(
+    config: EmulatorConfig, clock: Clock, started_s: float, credential_file: str | None = None
+) -> int:
+    """Run until SIGTERM/SIGINT; 0 after a clean shutdown, 1 if the server could not start.
+
+    ``credential_file``: Thaw's engine guard is on (see :func:`build_app`). An emulated GPU
+    without room for this engine: 1 at once, as vLLM exits when the GPU lacks the memory."""
+    try:
+        ledger = hold_gpu(config)
+    except (GpuOutOfMemory, GpuLedgerError) as e:
+        log.error("thaw emulator: cannot start: %s", e)
+        return 1
+    app = build_app(config, clock, started_s, credential_file=credential_file, ledger=ledger)
     server = _Server(
         uvicorn.Config(
             app,
