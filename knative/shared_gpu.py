@@ -247,6 +247,7 @@ def plan_shared(
                 per_gpu[g][rid] = n
 
     out: list[GpuActions] = []
+    plans: list[tuple[tuple[str, str], GpuPlan]] = []
     stops_now: dict[RevisionKey, int] = {}
     starts: dict[RevisionKey, int] = {}
     pod_of = {p.name: p for p in mine}
@@ -275,7 +276,10 @@ def plan_shared(
         )
         host = min(host, pool.host_ram_budget_bytes) if pool.host_ram_budget_bytes else host
         # Most waiting first is the arbiter's; among equals, the order here (sorted) stands.
-        plan = arbitrate(Gpu(pool.gpu_memory_bytes, host, tuple(es)), gpu_wants, now_s)
+        plans.append((g, arbitrate(Gpu(pool.gpu_memory_bytes, host, tuple(es)), gpu_wants, now_s)))
+    # Pods this plan puts to sleep turn unready: the ReplicaSet would delete them first.
+    slept = {s.engine_id for _, plan in plans for s in plan.steps if s.kind == "sleep"}
+    for g, plan in plans:
         frees: list[Action] = []
         gains: list[Action] = []
         for s in plan.steps:
@@ -286,7 +290,7 @@ def plan_shared(
             elif s.kind == "stop":
                 rw = rev_of_id[_base(s.model)]
                 retire = rw.warm_pool.enabled and pod is not None and pod.ready and not pod.asleep
-                if pod is not None and retire and _has_unready(mine, pod):
+                if pod is not None and retire and _has_unready(mine, pod, slept):
                     frees.append(Action("retire", key, pod.name, 2, s.reason))
                 else:
                     frees.append(Action("stop", key, s.engine_id if pod else None, None, s.reason))
@@ -314,13 +318,14 @@ def _base(model: str) -> str:
     return model.removesuffix(_STOPPING)
 
 
-def _has_unready(pods: Sequence[EnginePod], pod: EnginePod) -> bool:
-    """Whether the revision of ``pod`` has another pod the ReplicaSet would delete before it."""
+def _has_unready(pods: Sequence[EnginePod], pod: EnginePod, slept: set[str | None]) -> bool:
+    """Whether the revision of ``pod`` has another pod the ReplicaSet would delete before it
+    (unready now, or put to sleep by this plan)."""
     return any(
         q.revision == pod.revision
         and q.name != pod.name
         and not q.deleting
-        and (not q.ready or q.asleep)
+        and (not q.ready or q.asleep or q.name in slept)
         for q in pods
     )
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from knative_activator_standin import NAMESPACE_HEADER, REVISION_HEADER, KnativeActivator
 from knative_world import (
     DEPLOY,
@@ -54,6 +55,7 @@ def policy(
     max_sleeping: int = 1,
     sleep_ttl_s: float = 600.0,
     utilization: float = 0.6,
+    sleep_level: int = 1,
 ) -> ThawConfig:
     """Models on one shared pool (share 2) whose engines take ``utilization`` of the GPU awake."""
     return ThawConfig.model_validate(
@@ -70,7 +72,7 @@ def policy(
                     },
                     "warm_pool": {
                         "enabled": True,
-                        "sleep_level": 1,
+                        "sleep_level": sleep_level,
                         "max_sleeping": max_sleeping,
                         "sleep_ttl_s": sleep_ttl_s,
                         "weights_bytes": GIB,
@@ -170,11 +172,15 @@ async def world(tmp_path: Path, cfg: ThawConfig, revisions: dict[str, str]) -> A
         assert calls <= rule_set(), f"calls outside the controller's RBAC: {calls - rule_set()}"
 
 
-async def test_a_wake_on_a_full_gpu_first_sleeps_the_other_model(tmp_path: Path) -> None:
+@pytest.mark.parametrize("level", [1, 2])
+async def test_a_wake_on_a_full_gpu_first_sleeps_the_other_model(
+    tmp_path: Path, level: int
+) -> None:
     """Two models whose engines take 0.6 of the GPU each: one awake at a time. B's demand puts
     idle A to sleep before B starts; A's demand then puts B to sleep and wakes A's pod (no new
-    pod), in the tick that saw the demand. The GPU ledger never refuses."""
-    cfg = policy(["a", "b"])
+    pod; after level 2 with vLLM's reload recipe), in the plan that slept B. The GPU ledger never
+    refuses."""
+    cfg = policy(["a", "b"], sleep_level=level)
     async with world(tmp_path, cfg, {"a-00001": "a", "b-00001": "b"}) as w:
         status, text = await w.ask("a-00001")  # a cold start on an empty GPU
         assert status == 200, text
@@ -185,6 +191,7 @@ async def test_a_wake_on_a_full_gpu_first_sleeps_the_other_model(tmp_path: Path)
         assert await w.is_sleeping(a_pod)
         (slept_tick, slept, outcome) = w.warm("sleep")[0]
         assert (slept, outcome) == (a_pod, "done")
+        assert [a.level for _, a, _ in w.ctl.warm_log if a.kind == "sleep"] == [level]
         (started_tick,) = [t for t, rev, _ in w.warm("start") if rev == "b-00001"]
         assert slept_tick <= started_tick  # frees before gains
         (b_pod,) = w.pods.pod_names("b-00001")
@@ -204,6 +211,7 @@ async def test_a_wake_on_a_full_gpu_first_sleeps_the_other_model(tmp_path: Path)
         assert [n for n in w.pods.created if n.startswith("a-")] == [a_pod]
         (woke_tick, woke, outcome) = w.warm("wake")[0]
         assert (woke, outcome) == (a_pod, "done")
+        assert [a.level for _, a, _ in w.ctl.warm_log if a.kind == "wake"] == [level]
         b_slept = [t for t, pod, _ in w.warm("sleep") if pod == b_pod]
         assert b_slept == [woke_tick], "B slept and A woke in one plan, the same tick"
         history = [

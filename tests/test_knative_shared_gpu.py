@@ -1,0 +1,167 @@
+"""The controller's warm-pool plan on shared GPUs (knative/shared_gpu.py), table by table: what
+the arbiter's steps become on a cluster (sleep, wake, stop through pod-deletion-cost, retire,
+start through the scale), and each revision's scale."""
+
+from __future__ import annotations
+
+from autoscaler.policy import WarmPoolConfig
+from knative.shared_gpu import EnginePod, RevisionWant, SharedPool, plan_shared
+
+GIB = 2**30
+POOLS = {"shared": SharedPool(80 * GIB)}
+WARM = WarmPoolConfig(enabled=True, sleep_level=1, max_sleeping=1)
+A = ("llm", "a-00001")
+B = ("llm", "b-00001")
+BIG = 48 * GIB  # 0.6 of the GPU: one awake at a time
+
+
+def pod(name: str, rev: tuple[str, str], node: str = "n1", **kw: object) -> EnginePod:
+    return EnginePod(name=name, revision=rev, node=node, address="10.0.0.1", **kw)  # type: ignore[arg-type]
+
+
+def want(rev: tuple[str, str], replicas: int, awake: int | None, **kw: object) -> RevisionWant:
+    fields: dict[str, object] = {"awake_bytes": BIG, "warm_pool": WARM, **kw}
+    return RevisionWant(rev, "shared", replicas, awake, **fields)  # type: ignore[arg-type]
+
+
+def kinds(actions: tuple[object, ...]) -> list[tuple[str, str | None]]:
+    return [(a.kind, a.pod) for a in actions]  # type: ignore[attr-defined]
+
+
+def test_a_wanted_model_on_a_full_gpu_sleeps_the_idle_one_first_then_starts() -> None:
+    plan = plan_shared(
+        [pod("a1", A, ready=True, asleep=False)],
+        [want(A, 1, None), want(B, 0, 1, waiting=3)],
+        POOLS,
+        100.0,
+    )
+    assert kinds(plan.frees) == [("sleep", "a1")]
+    assert kinds(plan.gains) == [("start", None)]
+    assert plan.scale_after_frees == {}
+    assert plan.scale_after_gains == {B: 1}  # A keeps its sleeper: awake + asleep
+
+
+def test_without_waiting_requests_nothing_is_taken_from_another_model() -> None:
+    plan = plan_shared(
+        [pod("a1", A, ready=True, asleep=False)],
+        [want(A, 1, None), want(B, 0, 1, waiting=0)],
+        POOLS,
+        100.0,
+    )
+    assert plan.frees == () and plan.gains == ()
+    assert [u.model for g in plan.gpus for u in g.plan.unmet] == ["llm/b-00001"]
+
+
+def test_a_sleeper_is_woken_not_a_new_pod_started_at_the_level_thaw_sent() -> None:
+    for level, sent in ((1, 1), (2, 2), (None, 2)):  # unknown: level 2 (reload the weights)
+        plan = plan_shared(
+            [pod("a1", A, asleep=True, sleep_level=level)],
+            [want(A, 1, 1, waiting=1)],
+            POOLS,
+            100.0,
+        )
+        assert [(a.kind, a.pod, a.level) for a in plan.gains] == [("wake", "a1", sent)]
+        assert plan.scale_after_gains == {} and plan.scale_after_frees == {}
+
+
+def test_a_stop_marks_the_pod_and_scales_down() -> None:
+    cold = WarmPoolConfig()  # warm pool off: surplus engines stop
+    plan = plan_shared(
+        [pod("a1", A, ready=True, asleep=False), pod("a2", A, ready=True, asleep=False, load=2.0)],
+        [want(A, 2, 1, warm_pool=cold)],
+        POOLS,
+        100.0,
+    )
+    assert kinds(plan.frees) == [("stop", "a1")]  # the idle one
+    assert plan.scale_after_frees == {A: 1}
+
+
+def test_a_ready_pod_to_stop_beside_an_unready_one_is_retired_first() -> None:
+    """The ReplicaSet deletes unready pods before it reads the deletion cost: stopping ready a2
+    beside sleeper a1 would delete a1. a2 sleeps (level 2) and is stopped on a later tick."""
+    full = WarmPoolConfig(enabled=True, max_sleeping=1)
+    plan = plan_shared(
+        [
+            pod("a1", A, asleep=True, sleep_level=1, since_s=50.0),
+            pod("a2", A, ready=True, asleep=False),
+        ],
+        [want(A, 2, 0, warm_pool=full)],
+        POOLS,
+        100.0,
+    )
+    assert [(a.kind, a.pod, a.level) for a in plan.frees] == [("retire", "a2", 2)]
+    assert plan.scale_after_frees == {}
+
+
+def test_a_pod_slept_in_the_same_plan_counts_as_unready() -> None:
+    plan = plan_shared(
+        [pod("a1", A, ready=True, asleep=False), pod("a2", A, ready=True, asleep=False)],
+        [want(A, 2, 0, warm_pool=WarmPoolConfig(enabled=True, max_sleeping=1))],
+        POOLS,
+        100.0,
+    )
+    assert sorted(kinds(plan.frees)) == [("retire", "a2"), ("sleep", "a1")]
+    assert plan.scale_after_frees == {}  # a2 is stopped once unready, on a later tick
+
+
+def test_a_pod_marked_to_stop_is_stopped_never_woken() -> None:
+    plan = plan_shared(
+        [pod("a1", A, asleep=True, sleep_level=2, stopping=True)],
+        [want(A, 1, 1, waiting=1)],
+        POOLS,
+        100.0,
+    )
+    assert kinds(plan.frees) == [("stop", "a1")]
+    assert kinds(plan.gains) == [("start", None)]
+    assert plan.scale_after_frees == {A: 0} and plan.scale_after_gains == {A: 1}
+
+
+def test_a_pod_being_deleted_holds_its_memory_until_gone() -> None:
+    plan = plan_shared(
+        [pod("a1", A, ready=True, deleting=True)],
+        [want(A, 0, None), want(B, 0, 1, waiting=2)],
+        POOLS,
+        100.0,
+    )
+    assert plan.gains == ()  # a1 still holds 0.6 of the GPU
+    assert [u.model for g in plan.gpus for u in g.plan.unmet] == ["llm/b-00001"]
+
+
+def test_pods_asked_for_and_not_created_yet_count_as_starting() -> None:
+    plan = plan_shared([], [want(A, 1, 1)], POOLS, 100.0)
+    assert plan.gains == () and plan.frees == ()
+    # ... and hold their memory: B cannot start beside them.
+    plan = plan_shared([], [want(A, 1, 1), want(B, 0, 1, waiting=1)], POOLS, 100.0)
+    assert plan.gains == ()
+
+
+def test_a_wake_goes_to_the_gpu_of_the_sleeper() -> None:
+    """Two nodes (one GPU each): A is awake on n1 and asleep on n2; a second awake A wakes n2's."""
+    plan = plan_shared(
+        [
+            pod("a1", A, node="n1", ready=True, asleep=False),
+            pod("a2", A, node="n2", asleep=True, sleep_level=1),
+        ],
+        [want(A, 2, 2, waiting=0)],
+        POOLS,
+        100.0,
+    )
+    assert kinds(plan.gains) == [("wake", "a2")]
+    assert [g.gpu for g in plan.gpus if g.gains] == [("shared", "n2")]
+
+
+def test_a_start_goes_to_the_gpu_with_most_room() -> None:
+    plan = plan_shared(
+        [pod("a1", A, node="n1", ready=True, asleep=False), pod("b1", B, node="n2", ready=True)],
+        [want(A, 1, 2, awake_bytes=20 * GIB), want(B, 1, None, awake_bytes=40 * GIB)],
+        POOLS,
+        100.0,
+    )
+    assert [g.gpu for g in plan.gpus if g.gains] == [("shared", "n1")]
+    assert plan.scale_after_gains == {A: 2}
+
+
+def test_a_revision_off_the_shared_pools_is_left_alone() -> None:
+    w = RevisionWant(A, "h100", 1, 0, BIG)
+    plan = plan_shared([pod("a1", A, ready=True)], [w], POOLS, 100.0)
+    assert plan.gpus == ()
