@@ -17,6 +17,17 @@ class ``autoscaler.thaw.dev`` (others are never written):
    spec: Proxy goes in *before* a scale to 0), the scale (JSON patch of ``/spec/replicas`` on
    ``/scale``), and the PA status through ``/status``. PUTs are retried on 409 after a re-read.
 
+**Warm pools and shared GPUs** (:mod:`knative.shared_gpu`): for revisions on a shared pool, or
+of a model whose warm pool is on, the scale KPA's steps choose is the number of engines wanted
+*awake*; the Deployment's scale is awake + asleep. After the reconciles, the tick reads those
+revisions' pods (cached: node, IP, readiness, Thaw's annotations; asleep or not from ``GET
+/is_sleeping`` with Thaw's credential, straight to the pod IP), runs the GPU-memory arbiter per
+GPU and carries its plan out in the background (:mod:`knative.engine_control`): sleeps, and
+stop marks (``controller.kubernetes.io/pod-deletion-cost``) then scale-downs, first; wakes and
+scale-ups once those answered and the stopped pods are gone. Readiness (the engine guard's
+``/thaw/ready``) keeps sleepers out of the ready endpoints, so KPA's actual scale counts awake
+pods. While a plan is being carried out no other is made.
+
 At rest (nothing changes) a tick makes no API request. What a tick saw and decided for each
 revision is kept as :class:`~knative.revisions.RevisionView` values in
 :attr:`Controller.revisions`. Only the replica holding the Lease acts
@@ -463,7 +474,7 @@ class Controller:
             self._loads[p_.pod] = (
                 1.0 if busy else (o.num_requests_running or 0.0) + (o.num_requests_waiting or 0.0)
             )
-        shared = self._shared_pool(v.annotations.get(POOL_ANNOTATION), r.model)
+        shared = self._arbitrated_pool(v.annotations.get(POOL_ANNOTATION), r.model)
         # On a shared GPU the scale counts sleepers too; KPA's want is the awake engines.
         scale_now = spec_replicas
         if shared is not None:
@@ -660,17 +671,19 @@ class Controller:
 
     # -- warm pools on shared GPUs ---------------------------------------------------------------
 
-    def _shared_pool(
+    def _arbitrated_pool(
         self, pool_name: str | None, model: str
     ) -> tuple[PoolConfig, ModelConfig | None] | None:
-        """The shared pool a revision runs on (None: not on a shared pool)."""
+        """The pool a revision runs on when the GPU-memory arbiter runs its engines: a shared
+        pool, or any pool for a model whose warm pool is on (None: Knative's scale alone)."""
         cluster = self.config.cluster
         if cluster is None or pool_name is None:
             return None
         pool = next((p for p in cluster.pools if p.name == pool_name), None)
-        if pool is None or not pool.shared:
+        found = next((m for m in self.config.models if m.name == model), None)
+        if pool is None or not (pool.shared or (found is not None and found.warm_pool.enabled)):
             return None
-        return pool, next((m for m in self.config.models if m.name == model), None)
+        return pool, found
 
     @staticmethod
     def _engine_bytes(model: ModelConfig | None, pool: PoolConfig) -> int:
@@ -686,7 +699,7 @@ class Controller:
             meta = pa.get("metadata") or {}
             anns = meta.get("annotations") or {}
             model = str(anns.get(MODEL_ANNOTATION, ""))
-            if self._shared_pool(anns.get(POOL_ANNOTATION), model) is not None:
+            if self._arbitrated_pool(anns.get(POOL_ANNOTATION), model) is not None:
                 labels = meta.get("labels") or {}
                 revision = str(labels.get(REVISION_LABEL, meta.get("name", "")))
                 revisions.add((str(meta.get("namespace", "")), revision))
@@ -756,6 +769,8 @@ class Controller:
         for p in self.config.cluster.pools if self.config.cluster else ():
             if p.shared:
                 pools[p.name] = SharedPool(p.gpu_memory_bytes)
+            else:  # each engine holds its replica's GPUs, asleep too
+                pools[p.name] = SharedPool(p.gpu_memory_bytes * p.gpus_per_replica, unshared=True)
         wants = [w for key, w in self._shared.items() if key in self._scale_paths]
         plan = plan_shared(engines, wants, pools, self.clock.monotonic())
         for g in plan.gpus:

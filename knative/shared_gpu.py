@@ -1,14 +1,17 @@
-"""Warm pools on shared GPUs, on the cluster: the controller's plan, pure.
+"""Warm pools on the cluster: the controller's plan for the engines the GPU-memory arbiter runs.
 
-Owns the step from what a controller tick saw (the revision pods on shared pools, and how many
-engines each revision's KPA wants awake) to what it does: per GPU, the GPU-memory arbiter's plan
+Owns the step from what a controller tick saw (the pods of the revisions on shared pools, or of
+models whose warm pool is on, and how many engines each revision's KPA wants awake) to what it
+does: per GPU, the GPU-memory arbiter's plan
 (:func:`autoscaler.arbiter.arbitrate`, the one every runtime runs), turned into cluster actions
 and the Deployments' new scales. No I/O, no clock; the controller (:mod:`knative.controller`)
 carries the actions out.
 
 The rules, and why:
 
-- **A GPU is a (pool, node)**: a shared pool runs one GPU per node (which physical GPU a time
+- **A GPU is a (pool, node)** on a shared pool; on a pool of ``share: 1`` every engine has a GPU
+  of its own (its replica's GPUs), asleep too, so a warm pool there saves start latency and no
+  GPU-hours, and a start is a GPU of its own. A shared pool runs one GPU per node (which GPU a time
   slice lands on is the NVIDIA device plugin's choice and is not in the pod; reading it from the
   kubelet's PodResources API is future work). A pod not scheduled yet, and a pod the Deployment
   asked for that does not exist yet, count as *starting* on the GPU new pods are expected on:
@@ -103,12 +106,14 @@ class RevisionWant:
 
 @dataclass(frozen=True)
 class SharedPool:
-    """A shared pool's GPU: its memory, and the host RAM a node lends to level-1 sleepers of all
+    """A pool's GPU: its memory, and the host RAM a node lends to level-1 sleepers of all
     models together (0: the largest ``warm_pool.host_ram_budget_bytes`` of the models on the
-    GPU; each model also keeps within its own)."""
+    GPU; each model also keeps within its own). ``unshared``: a pool of ``share: 1``, where
+    each engine holds a GPU (its replica's GPUs) of its own, asleep too."""
 
     gpu_memory_bytes: int
     host_ram_budget_bytes: int = 0
+    unshared: bool = False
 
 
 @dataclass(frozen=True)
@@ -176,9 +181,13 @@ def plan_shared(
     engines: dict[tuple[str, str], list[GpuEngine]] = {}
     for w in by_rev.values():
         for p in mine:
-            if p.revision == w.revision and p.node:
+            if p.revision == w.revision and pools[w.pool].unshared:
+                gpu_of[p.name] = (w.pool, p.name)  # a GPU of its own
+                engines.setdefault((w.pool, p.name), [])
+            elif p.revision == w.revision and p.node:
                 gpu_of[p.name] = (w.pool, p.node)
                 engines.setdefault((w.pool, p.node), [])
+    fresh = iter(range(1 << 30))
 
     def used(gpu: tuple[str, str]) -> int:
         total = 0
@@ -188,6 +197,8 @@ def plan_shared(
         return total
 
     def start_gpu(pool: str) -> tuple[str, str]:
+        if pools[pool].unshared:
+            return (pool, f"+new-{next(fresh)}")  # every new engine gets a GPU of its own
         known = sorted(g for g in engines if g[0] == pool)
         if not known:
             return (pool, "")  # nothing scheduled yet: one unnamed GPU
@@ -231,11 +242,13 @@ def plan_shared(
                 n = min(more, asleep[g])
                 target[g] += n
                 more -= n
-            if more:
+            while more:
                 g = start_gpu(w.pool)
                 per_gpu.setdefault(g, {})
                 engines.setdefault(g, [])
-                target[g] = target.get(g, 0) + more
+                n = 1 if pools[w.pool].unshared else more
+                target[g] = target.get(g, 0) + n
+                more -= n
         elif want < total:
             fewer = total - want
             for g in sorted(engines, key=lambda g: (-awake[g], g)):

@@ -165,3 +165,32 @@ def test_a_revision_off_the_shared_pools_is_left_alone() -> None:
     w = RevisionWant(A, "h100", 1, 0, BIG)
     plan = plan_shared([pod("a1", A, ready=True)], [w], POOLS, 100.0)
     assert plan.gpus == ()
+
+
+UNSHARED = {"l4": SharedPool(24 * GIB, unshared=True)}
+
+
+def test_on_an_unshared_pool_the_warm_pool_sleeps_and_wakes_each_engine_on_its_own_gpu() -> None:
+    """share 1: every engine has a GPU of its own, asleep too (no GPU-hours saved, the start
+    latency is); a model's demand never takes another model's engine."""
+    a = RevisionWant(A, "l4", 1, 0, 20 * GIB, warm_pool=WARM)
+    b = RevisionWant(B, "l4", 0, 1, 20 * GIB, waiting=4, warm_pool=WARM)
+    plan = plan_shared([pod("a1", A, ready=True, asleep=False)], [a, b], UNSHARED, 100.0)
+    assert kinds(plan.frees) == [("sleep", "a1")]  # A's own scale-down, not room for B
+    assert kinds(plan.gains) == [("start", None)]
+    assert plan.scale_after_gains == {B: 1} and plan.scale_after_frees == {}
+    a_busy = RevisionWant(A, "l4", 1, None, 20 * GIB, warm_pool=WARM)
+    plan = plan_shared([pod("a1", A, ready=True, asleep=False)], [a_busy, b], UNSHARED, 100.0)
+    assert plan.frees == () and kinds(plan.gains) == [("start", None)]
+
+
+def test_on_an_unshared_pool_more_engines_wake_the_sleepers_then_start_each_on_a_new_gpu() -> None:
+    a = RevisionWant(A, "l4", 2, 3, 20 * GIB, warm_pool=WARM)
+    plan = plan_shared(
+        [pod("a1", A, ready=True, asleep=False), pod("a2", A, asleep=True, sleep_level=1)],
+        [a],
+        UNSHARED,
+        100.0,
+    )
+    assert sorted(kinds(plan.gains), key=str) == [("start", None), ("wake", "a2")]
+    assert plan.scale_after_gains == {A: 3}
