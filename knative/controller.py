@@ -307,6 +307,8 @@ class Controller:
         self._since: dict[str, tuple[str, float]] = {}
         #: Pods a scale-down of Thaw's was for: leaving, whatever the cache says yet.
         self._stopped: set[str] = set()
+        #: The model of each revision the arbiter runs (for reports).
+        self._models: dict[RevisionKey, str] = {}
         #: Knative's cluster settings, as last read (Knative's defaults until then).
         self.knative = KnativeConfig()
         #: The last problem with Knative's ConfigMaps (None: they parsed).
@@ -494,6 +496,7 @@ class Controller:
         )
         if shared is not None:
             pool, model_cfg = shared
+            self._models[(ns, revision)] = r.model
             self._shared[(ns, revision)] = RevisionWant(
                 (ns, revision),
                 pool.name,
@@ -825,6 +828,7 @@ class Controller:
     async def _gain(self, a: Action, pod: EnginePod | None) -> None:
         if a.kind != "wake" or pod is None:
             return
+        started_s = self.clock.monotonic()
         try:
             await self.engines.wake(pod.address, a.level or 2)
             self._levels.pop(pod.name, None)
@@ -834,6 +838,10 @@ class Controller:
             self._note(a, f"failed: {e}")
             return
         self._note(a, "done")
+        took_s = self.clock.monotonic() - started_s
+        log.info("warm pool: %s awake (level %s) in %.2f s", pod.name, a.level, took_s)
+        if self.reports is not None:  # a cold start served by a wake
+            self.reports.cold_start(self._models.get(a.revision, a.revision[1]), "wake", took_s)
 
     async def _carry_out(self, plan: ClusterPlan, pods: dict[str, EnginePod]) -> None:
         """Frees first (sleeps answered, stop marks written, scale-downs patched, the stopped

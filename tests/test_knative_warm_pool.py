@@ -26,6 +26,7 @@ from knative_world import (
     PA,
     EngineRevision,
     PodWorld,
+    Recorder,
     activator,
     controller,
     deployment,
@@ -105,6 +106,7 @@ class World:
     ctl: Controller
     http: aiohttp.ClientSession
     engine_port: int
+    reports: Recorder
 
     def warm(self, kind: str) -> list[tuple[int, str, str]]:
         """(tick, pod or revision, outcome) of the controller's warm-pool actions of a kind."""
@@ -151,16 +153,22 @@ async def world(tmp_path: Path, cfg: ThawConfig, revisions: dict[str, str]) -> A
             {rev: EngineRevision(model, POOL, util[model]) for rev, model in revisions.items()},
             GPU_BYTES,
         )
+        recorder = Recorder()
         stop = asyncio.Event()
         kube = asyncio.create_task(pods.run(stop))
         try:
             async with (
                 controller(
-                    server, tmp_path, engine_port, policy=cfg, credential_file=credential
+                    server,
+                    tmp_path,
+                    engine_port,
+                    policy=cfg,
+                    credential_file=credential,
+                    reports=recorder,
                 ) as ctl,
                 aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http,
             ):
-                yield World(api, pods, act, ctl, http, engine_port)
+                yield World(api, pods, act, ctl, http, engine_port, recorder)
         finally:
             stop.set()
             await kube
@@ -220,6 +228,9 @@ async def test_a_wake_on_a_full_gpu_first_sleeps_the_other_model(
             if d["metadata"]["name"] == "a-00001"
         ]
         assert max(history) == 1, f"A's Deployment was scaled up for the wake: {history}"
+        assert [(m, tier) for m, tier, _ in w.reports.cold_starts if tier == "wake"] == [
+            ("a", "wake")
+        ]
         assert w.pods.ledger_refusals() == []
 
 
