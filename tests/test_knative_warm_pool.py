@@ -133,10 +133,17 @@ class World:
 
 
 @asynccontextmanager
-async def world(tmp_path: Path, cfg: ThawConfig, revisions: dict[str, str]) -> AsyncIterator[World]:
-    """PAs and Deployments (at 0) for ``revisions`` (revision -> model) on the shared pool."""
+async def world(
+    tmp_path: Path, cfg: ThawConfig, revisions: dict[str, str], controller_credential: str = ""
+) -> AsyncIterator[World]:
+    """PAs and Deployments (at 0) for ``revisions`` (revision -> model) on the shared pool; the
+    controller's credential is the engines' unless ``controller_credential`` says otherwise."""
     credential = tmp_path / "credential"
     credential.write_text(CREDENTIAL)
+    mounted = credential
+    if controller_credential:
+        mounted = tmp_path / "controller-credential"
+        mounted.write_text(controller_credential)
     engine_port = free_port()
     util = {m.name: m.engine.gpu_memory_utilization or 0.45 for m in cfg.models}
     async with kube_api() as (api, server), activator(api, server) as act:
@@ -163,7 +170,7 @@ async def world(tmp_path: Path, cfg: ThawConfig, revisions: dict[str, str]) -> A
                     tmp_path,
                     engine_port,
                     policy=cfg,
-                    credential_file=credential,
+                    credential_file=mounted,
                     reports=recorder,
                 ) as ctl,
                 aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http,
@@ -211,8 +218,19 @@ async def test_a_wake_on_a_full_gpu_first_sleeps_the_other_model(
             what=f"A's actualScale 0 while asleep: {pa}",
         )
 
+        demand_seen: list[int] = []
+
+        async def watch_demand() -> None:  # the tick in which the controller read A's demand
+            while not demand_seen:
+                view = w.ctl.revisions.get((NS, "a-00001"))
+                if view is not None and view.buffered > 0:
+                    demand_seen.append(w.ctl.ticks)
+                await asyncio.sleep(0.005)
+
+        watcher = asyncio.create_task(watch_demand())
         status, text = await w.ask("a-00001")  # B idle: sleeps; A's sleeper wakes
         assert status == 200, text
+        watcher.cancel()
         assert await w.is_sleeping(b_pod)
         assert not await w.is_sleeping(a_pod)
         assert w.pods.pod_names("a-00001") == [a_pod], "no new pod for A: its sleeper woke"
@@ -222,6 +240,7 @@ async def test_a_wake_on_a_full_gpu_first_sleeps_the_other_model(
         assert [a.level for _, a, _ in w.ctl.warm_log if a.kind == "wake"] == [level]
         b_slept = [t for t, pod, _ in w.warm("sleep") if pod == b_pod]
         assert b_slept == [woke_tick], "B slept and A woke in one plan, the same tick"
+        assert demand_seen and woke_tick <= demand_seen[0], "planned in the tick that read it"
         history = [
             d["spec"]["replicas"]
             for d in w.api.history(*DEPLOY)
@@ -318,3 +337,24 @@ async def test_dev_endpoints_refused_on_the_public_route_accepted_with_the_crede
         body = {"method": "reload_weights"}
         async with w.http.post(base + "/collective_rpc", headers=thaw, json=body) as r:
             assert r.status == 200, await r.text()
+
+
+async def test_without_the_credential_nothing_is_slept_and_nothing_started_over_it(
+    tmp_path: Path,
+) -> None:
+    """A controller with the wrong credential: its sleep of A is refused (403) and B is not
+    started on the full GPU (a GPU whose free failed gets no gains), so nothing overflows it."""
+    cfg = policy(["a", "b"])
+    async with world(tmp_path, cfg, {"a-00001": "a", "b-00001": "b"}, "wrong") as w:
+        status, text = await w.ask("a-00001")
+        assert status == 200, text
+        (a_pod,) = w.pods.pod_names("a-00001")
+        task = asyncio.create_task(w.ask("b-00001"))
+        await eventually(lambda: w.warm("sleep"), what="a sleep tried")
+        (_, pod, outcome) = w.warm("sleep")[0]
+        assert pod == a_pod and outcome.startswith("failed") and "403" in outcome, outcome
+        assert all(rev != "b-00001" for _, rev, _ in w.warm("start"))
+        assert w.replicas("b-00001") == 0
+        assert not await w.is_sleeping(a_pod)
+        task.cancel()
+        assert w.pods.ledger_refusals() == []
