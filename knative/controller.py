@@ -145,6 +145,8 @@ class ControllerSettings:
     #: How long a shared GPU's wakes and starts wait for the pods Thaw stopped to be gone
     #: (their memory back) before they are given up for this plan.
     stop_wait_s: float = 120.0
+    #: How long a busy engine may finish its requests before Thaw puts it to sleep.
+    drain_timeout_s: float = 30.0
 
 
 class Reports(Protocol):
@@ -805,6 +807,19 @@ class Controller:
         st.deployment_rv = resource_version(scaled)
         st.rest = None
 
+    async def _until_idle(self, pod: EnginePod) -> None:
+        """Let a busy engine finish its requests before it sleeps (vLLM's sleep would pause them
+        until a wake), at most ``drain_timeout_s``; an idle one sleeps at once."""
+        if pod.load <= 0:
+            return
+        deadline = self.clock.monotonic() + self.settings.drain_timeout_s
+        while self.clock.monotonic() < deadline:
+            o = await self._scrape(pod.address)
+            if (o.num_requests_running, o.num_requests_waiting) == (0.0, 0.0):
+                return
+            await asyncio.sleep(0.2)
+        log.warning("warm pool: %s still busy after the drain timeout; sleeping it", pod.name)
+
     async def _free(self, a: Action, pod: EnginePod | None) -> bool:
         """One sleep, retire or stop mark; True once it has answered."""
         ns = a.revision[0]
@@ -814,6 +829,7 @@ class Controller:
                     ns, pod.name, {DELETION_COST_ANNOTATION: str(STOP_DELETION_COST)}
                 )
             if a.kind in ("sleep", "retire") and pod is not None:
+                await self._until_idle(pod)
                 level = a.level or 1
                 self._levels[pod.name] = level
                 await self._patch_pod(ns, pod.name, {SLEEP_LEVEL_ANNOTATION: str(level)})
