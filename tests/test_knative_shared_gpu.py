@@ -4,6 +4,9 @@ start through the scale), and each revision's scale."""
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from autoscaler.policy import WarmPoolConfig
 from knative.shared_gpu import EnginePod, RevisionWant, SharedPool, plan_shared
 
@@ -194,3 +197,81 @@ def test_on_an_unshared_pool_more_engines_wake_the_sleepers_then_start_each_on_a
     )
     assert sorted(kinds(plan.gains), key=str) == [("start", None), ("wake", "a2")]
     assert plan.scale_after_gains == {A: 3}
+
+
+# -- invariants -------------------------------------------------------------------------------
+
+
+REVS = (A, B, ("llm", "c-00001"))
+
+
+@st.composite
+def worlds(draw: st.DrawFn) -> tuple[list[EnginePod], list[RevisionWant]]:
+    pods: list[EnginePod] = []
+    wants: list[RevisionWant] = []
+    for r, rev in enumerate(REVS):
+        n = draw(st.integers(0, 3))
+        for i in range(n):
+            state = draw(st.sampled_from(["ready", "starting", "asleep", "deleting"]))
+            pods.append(
+                EnginePod(
+                    name=f"{rev[1]}-{i}",
+                    revision=rev,
+                    node=draw(st.sampled_from(["n1", "n2"])),
+                    address=f"10.0.{r}.{i}",
+                    ready=(state in ("ready", "asleep") and draw(st.booleans()))
+                    or state == "ready",
+                    deleting=state == "deleting",
+                    asleep=state == "asleep",
+                    sleep_level=draw(st.sampled_from([1, 2, None])) if state == "asleep" else None,
+                    stopping=draw(st.booleans()) and state == "asleep",
+                    load=draw(st.sampled_from([0.0, 0.0, 2.0])),
+                    since_s=float(draw(st.integers(0, 1000))),
+                )
+            )
+        live = sum(1 for p in pods if p.revision == rev and not p.deleting)
+        wants.append(
+            RevisionWant(
+                rev,
+                "shared",
+                live + draw(st.integers(0, 1)),
+                draw(st.one_of(st.none(), st.integers(0, 3))),
+                draw(st.sampled_from([20 * GIB, 30 * GIB, 48 * GIB])),
+                draw(st.integers(0, 3)),
+                WarmPoolConfig(
+                    enabled=draw(st.booleans()),
+                    max_sleeping=draw(st.integers(0, 2)),
+                    sleep_ttl_s=float(draw(st.integers(1, 2000))),
+                ),
+            )
+        )
+    return pods, wants
+
+
+@settings(max_examples=300, deadline=None)
+@given(worlds())
+def test_plan_invariants(world: tuple[list[EnginePod], list[RevisionWant]]) -> None:
+    """Every action names a pod of its revision once; wakes are of sleepers Thaw did not mark
+    to stop; sleeps and retires are of awake pods; a retire is of a ready pod beside an unready
+    one; each revision's scale is its replicas less its stops plus its starts."""
+    pods, wants = world
+    plan = plan_shared(pods, wants, POOLS, 1000.0)
+    by_name = {p.name: p for p in pods}
+    named = [a.pod for a in (*plan.frees, *plan.gains) if a.pod is not None]
+    assert len(named) == len(set(named)), plan
+    for a in plan.gains:
+        if a.kind == "wake":
+            p = by_name[a.pod or ""]
+            assert p.asleep and not p.stopping and not p.deleting and p.revision == a.revision
+    for a in plan.frees:
+        if a.kind in ("sleep", "retire"):
+            p = by_name[a.pod or ""]
+            assert not p.asleep and not p.deleting and p.revision == a.revision
+        if a.kind == "retire":
+            assert by_name[a.pod or ""].ready
+    for w in wants:
+        stops = sum(1 for a in plan.frees if a.kind == "stop" and a.revision == w.revision)
+        starts = sum(1 for a in plan.gains if a.kind == "start" and a.revision == w.revision)
+        mid = plan.scale_after_frees.get(w.revision, w.spec_replicas)
+        assert mid == w.spec_replicas - stops
+        assert plan.scale_after_gains.get(w.revision, mid) == mid + starts
