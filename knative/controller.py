@@ -913,6 +913,8 @@ class Controller:
                     await self._scale(key, n)
         except KubeError as e:
             log.warning("warm pool: %s", e)
+        except Exception:  # a bug: said now, with its traceback; the next tick plans again
+            log.exception("warm pool: carrying out the plan failed")
         finally:
             self._wake.set()  # read the engines again at once
 
