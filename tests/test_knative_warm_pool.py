@@ -57,8 +57,10 @@ def policy(
     sleep_ttl_s: float = 600.0,
     utilization: float = 0.6,
     sleep_level: int = 1,
+    share: int = 2,
 ) -> ThawConfig:
-    """Models on one shared pool (share 2) whose engines take ``utilization`` of the GPU awake."""
+    """Models on one pool (shared 2 ways unless ``share`` says otherwise) whose engines take
+    ``utilization`` of the GPU awake."""
     return ThawConfig.model_validate(
         {
             "models": [
@@ -90,7 +92,7 @@ def policy(
                         "gpu_memory_bytes": GPU_BYTES,
                         "cost_per_hour_usd": 1.0,
                         "max_replicas": 4,
-                        "share": 2,
+                        "share": share,
                     }
                 ],
             },
@@ -358,3 +360,26 @@ async def test_without_the_credential_nothing_is_slept_and_nothing_started_over_
         assert not await w.is_sleeping(a_pod)
         task.cancel()
         assert w.pods.ledger_refusals() == []
+
+
+async def test_on_an_unshared_pool_scale_to_zero_sleeps_the_pod_and_demand_wakes_it(
+    tmp_path: Path,
+) -> None:
+    """share 1 with the warm pool on: after the grace the revision's engine sleeps instead of
+    its pod being deleted (the Deployment keeps it: awake + asleep), and the next request wakes
+    that pod: no new pod, no cold start."""
+    cfg = policy(["a"], grace_s=1.0, share=1)
+    async with world(tmp_path, cfg, {"a-00001": "a"}) as w:
+        status, text = await w.ask("a-00001")
+        assert status == 200, text
+        (pod,) = w.pods.pod_names("a-00001")
+        await eventually(lambda: w.warm("sleep"), timeout_s=30, what="the sleep at zero")
+        assert await w.is_sleeping(pod)
+        assert w.replicas("a-00001") == 1 and w.pods.deleted == []
+        status, text = await w.ask("a-00001")
+        assert status == 200, text
+        assert not await w.is_sleeping(pod)
+        assert w.pods.created == [pod], "woken, not started again"
+        assert [(m, tier) for m, tier, _ in w.reports.cold_starts if tier == "wake"] == [
+            ("a", "wake")
+        ]
