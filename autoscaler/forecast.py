@@ -37,7 +37,6 @@ intervals, there is no forecast.
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
@@ -93,7 +92,43 @@ class Forecast:
 def pinball_loss(actual: np.ndarray, forecast: np.ndarray, q: float) -> float:
     """Mean pinball (quantile) loss of ``forecast`` at quantile ``q``."""
     diff = actual - forecast
-    return float(np.mean(np.maximum(q * diff, (q - 1.0) * diff))) if len(diff) else 0.0
+    if not diff.size:
+        return 0.0
+    # np.mean's own sum and division (the same float), without the cost of its wrapper
+    total = float(np.add.reduce(np.maximum(q * diff, (q - 1.0) * diff), axis=None))
+    return total / int(diff.size)
+
+
+class _ScoredWindow:
+    """The last ``maxlen`` scored forecasts and their actual values, as two numpy arrays read
+    without copying (appended one by one, read at each new confidence)."""
+
+    def __init__(self, maxlen: int) -> None:
+        self.maxlen = maxlen
+        self._f = np.empty(0)
+        self._a = np.empty(0)
+        self._lo = self._hi = 0
+
+    def __len__(self) -> int:
+        return self._hi - self._lo
+
+    def append(self, forecast: float, actual: float) -> None:
+        if self._hi == len(self._f):  # full: move the live part to the front of a new buffer
+            n = self._hi - self._lo
+            size = max(64, 2 * (n + 1))
+            f, a = np.empty(size), np.empty(size)
+            f[:n] = self._f[self._lo : self._hi]
+            a[:n] = self._a[self._lo : self._hi]
+            self._f, self._a, self._lo, self._hi = f, a, 0, n
+        self._f[self._hi] = forecast
+        self._a[self._hi] = actual
+        self._hi += 1
+        if self._hi - self._lo > self.maxlen:
+            self._lo += 1
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(forecasts, actual values), oldest first."""
+        return self._f[self._lo : self._hi], self._a[self._lo : self._hi]
 
 
 def _resolve(method: str, seasonal: bool) -> Method:
@@ -137,11 +172,12 @@ class Forecaster:
         self._conf_stale = False
         # a whole season when there is one: a quiet stretch alone would make any forecast of
         # the coming burst look worse than "nothing comes"
-        self._scored: deque[tuple[float, float]] = deque(maxlen=max(ACCURACY_WINDOW, self.season))
+        self._scored = _ScoredWindow(max(ACCURACY_WINDOW, self.season))
         self._pending: dict[int, float] = {}  # target interval -> forecast value
         self._cache: tuple[int, int, Forecast] | None = None
         # (method, steps ahead) -> (model, quantile offset, intervals seen when fitted)
         self._fits: dict[tuple[str, int], tuple[GradientBoostingRegressor | Ridge, float, int]] = {}
+        self._levels = _EwmaLevels()
         #: Intervals kept: what the learned methods and the residual quantiles look back over.
         self.keep = _GBR_MAX_ROWS + _GBR_LAGS + 2 * self.season + _RESIDUAL_WINDOW + 64
 
@@ -185,7 +221,7 @@ class Forecaster:
         while self._done < n:
             f = self._pending.pop(self._done, None)
             if f is not None:
-                self._scored.append((f, self._y[self._done]))
+                self._scored.append(f, self._y[self._done])
                 self._conf_stale = True
             self._done += 1
         if n > 2 * self.keep:  # forget the oldest intervals (bounded memory and work)
@@ -212,8 +248,7 @@ class Forecaster:
     def _score(self) -> float | None:
         if len(self._scored) < MIN_SCORED:
             return None
-        f = np.array([p for p, _ in self._scored])
-        a = np.array([y for _, y in self._scored])
+        f, a = self._scored.arrays()
         loss = pinball_loss(a, f, self.quantile)
         zero = pinball_loss(a, np.zeros_like(a), self.quantile)
         if zero <= 0:
@@ -244,7 +279,11 @@ class Forecaster:
                 cached.target_start_s,
                 cached.interval_s,
             )
-        value = self.predict(np.asarray(self._y[:n], dtype=float), k)
+        if self.method_for(n) == "ewma":  # from the series' tail: no array of all of it
+            lo = max(0, n - _ewma_window(k))
+            value = self._ewma(self._y[lo:n], k, self._first + lo)
+        else:
+            value = self.predict(np.asarray(self._y[:n], dtype=float), k)
         self._pending.setdefault(n - 1 + k, value)
         conf = self.confidence()
         fc = Forecast(
@@ -271,7 +310,8 @@ class Forecaster:
         if method == "seasonal_naive":
             return self._seasonal_naive(y, k)
         if method == "ewma":
-            return self._ewma(y, k)
+            tail = y[-_ewma_window(k) :]
+            return self._ewma(tail.tolist(), k, (self._first or 0) + len(y) - len(tail))
         return self._learned(y, k, method)
 
     def _seasonal_source(self, t: np.ndarray, k: int) -> np.ndarray:
@@ -289,19 +329,19 @@ class Forecaster:
         if len(t) == 0:
             return max(0.0, point)
         resid = y[t] - y[self._seasonal_source(t, k)]
-        return max(0.0, point + float(np.quantile(resid, self.quantile)))
+        return max(0.0, point + quantile(resid, self.quantile))
 
-    def _ewma(self, y: np.ndarray, k: int) -> float:
-        # The level forgets 0.7 per interval: the last few hundred intervals make it all.
-        tail = y[-(_RESIDUAL_WINDOW + k + 60) :]
+    def _ewma(self, tail: list[float], k: int, start: int) -> float:
+        """ewma over ``tail``, the last :func:`_ewma_window` values of the series (or all of
+        it), whose first value is the series' interval ``start``."""
         n = len(tail)
-        level = _ewma_levels(tail)
-        point = float(level[-1])
-        t = np.arange(max(k, n - _RESIDUAL_WINDOW), n)
-        if len(t) == 0:
+        level = self._levels.of(tail, start)
+        point = level[-1]
+        lo = max(k, n - _RESIDUAL_WINDOW)
+        if lo >= n:
             return max(0.0, point)
-        resid = tail[t] - level[t - k]
-        return max(0.0, point + float(np.quantile(resid, self.quantile)))
+        resid = [tail[t] - level[t - k] for t in range(lo, n)]
+        return max(0.0, point + quantile(resid, self.quantile))
 
     def _features(self, y: np.ndarray, origins: np.ndarray, k: int) -> np.ndarray:
         cols = [y[origins - j] for j in range(_GBR_LAGS)]
@@ -344,11 +384,16 @@ class Forecaster:
                 model.fit(x, target)
                 recent = slice(-_RESIDUAL_WINDOW, None)
                 resid = target[recent] - model.predict(x[recent])
-                offset = float(np.quantile(resid, self.quantile))
+                offset = quantile(resid, self.quantile)
             fit = (model, offset, n)
             self._fits[(method, k)] = fit
         x_now = self._features(y, np.array([n - 1]), k)
-        return max(0.0, float(fit[0].predict(x_now)[0]) + fit[1])
+        model = fit[0]
+        if isinstance(model, Ridge):
+            # Ridge.predict's own arithmetic (X @ coef_ + intercept_), without its input checks,
+            # which cost several times the product on one row
+            return max(0.0, float((x_now @ model.coef_ + model.intercept_)[0]) + fit[1])
+        return max(0.0, float(model.predict(x_now)[0]) + fit[1])
 
 
 def _ewma_levels(y: np.ndarray) -> np.ndarray:
@@ -360,6 +405,74 @@ def _ewma_levels(y: np.ndarray) -> np.ndarray:
         level += a * (v - level)
         out.append(level)
     return np.asarray(out)
+
+
+def _ewma_window(k: int) -> int:
+    """Intervals ewma looks back over for a forecast ``k`` intervals ahead: the level forgets
+    0.7 per interval, so the last few hundred intervals make it all."""
+    return _RESIDUAL_WINDOW + k + 60
+
+
+class _EwmaLevels:
+    """:func:`_ewma_levels` of a window that slides over one series, reusing the last window's.
+
+    The levels of a window depend on where it starts (the first level is its first value), so
+    each window's are computed from its own start; but once a level equals, bit for bit, the
+    last window's level at the same interval, and the values from there on are the same, every
+    later level is the same too (the same float operations on the same operands): those are
+    copied instead of recomputed. Windows one interval apart meet again within about a hundred
+    levels (0.7 ** 100 is below a double's precision), at once where the values are zeros.
+    """
+
+    def __init__(self) -> None:
+        self._start = 0
+        self._values: list[float] = []
+        self._levels: list[float] = []
+
+    def of(self, values: list[float], start: int) -> list[float]:
+        """The levels of ``values`` (``_ewma_levels(np.asarray(values)).tolist()``), the
+        series' values from interval ``start`` on."""
+        old_values, old_levels = self._values, self._levels
+        d = start - self._start  # values[i] is the last window's old_values[i + d]
+        end = min(len(values), len(old_levels) - d)
+        out: list[float] = []
+        a = _EWMA_ALPHA
+        level = values[0] if values else 0.0
+        i = 0
+        while i < end:
+            level += a * (values[i] - level)
+            out.append(level)
+            j = i + d
+            i += 1
+            if j >= 0 and old_levels[j] == level:
+                if values[i:end] == old_values[j + 1 : end + d]:  # met: the rest is equal
+                    out.extend(old_levels[j + 1 : end + d])
+                    level = out[-1]
+                    i = end
+                break
+        for v in values[i:]:
+            level += a * (v - level)
+            out.append(level)
+        self._start, self._values, self._levels = start, values, out
+        return out
+
+
+def quantile(values: np.ndarray | list[float], q: float) -> float:
+    """``float(np.quantile(values, q))`` for non-empty values without NaN: numpy's default
+    ('linear') method by a sort and numpy's own float operations (its ``_lerp``), at a fraction
+    of the call's cost on a few hundred values."""
+    s = np.sort(values).tolist() if isinstance(values, np.ndarray) else sorted(values)
+    n = len(s)
+    virtual = (n - 1) * q
+    if virtual >= n - 1:
+        return float(s[-1])
+    below = math.floor(virtual)
+    t = virtual - below
+    a, b = s[below], s[below + 1]
+    diff = b - a
+    if t >= 0.5:
+        return float(b - diff * (1 - t))
+    return float(a + diff * t)
 
 
 @dataclass(frozen=True)

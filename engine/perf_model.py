@@ -164,6 +164,8 @@ class EngineCore:
     _reserved_tokens: int = 0
     _kv_tokens: int = 0
     """Sum of ``kv_tokens`` over ``running``, kept as sequences are admitted, advance and leave."""
+    _step_s: list[float] = field(default_factory=list, compare=False, repr=False)
+    """Decode step durations by batch size, filled as sizes are seen (:meth:`step_s`)."""
 
     def check(self, prompt_tokens: int, max_tokens: int) -> None:
         """Raise :class:`AdmissionError` when a request of this size can never run."""
@@ -230,6 +232,17 @@ class EngineCore:
         """Admit what fits and plan the next step; ``None`` when there is nothing to run."""
         if self.asleep:
             return None
+        admitted = self._admit()
+        if not self.running:
+            return None
+        prefill_tokens = sum(s.prompt_tokens for s in admitted)
+        duration = self.perf.prefill_s(prefill_tokens) + self.perf.decode_step_s(len(self.running))
+        return StepPlan(
+            start_s=now_s, duration_s=duration, admitted=tuple(admitted), batch=tuple(self.running)
+        )
+
+    def _admit(self) -> list[Sequence]:
+        """Move the waiting sequences that fit, first come first served, to ``running``."""
         admitted: list[Sequence] = []
         while self.waiting and len(self.running) < self.perf.max_num_seqs:
             head = self.waiting[0]
@@ -240,13 +253,75 @@ class EngineCore:
             self._reserved_tokens += head.reserved_kv_tokens
             self._kv_tokens += head.kv_tokens
             admitted.append(head)
-        if not self.running:
+        return admitted
+
+    # -- stepping without plans: for a caller that admits only at step boundaries and never
+    # cancels (the simulator), so that a step's batch is ``running`` from its start to its end.
+
+    def next_step_s(self) -> float | None:
+        """Admit what fits (as :meth:`plan_step`) and return the duration of the next step, whose
+        batch is ``running``; ``None`` when there is nothing to run. End it with
+        :meth:`finish_steps` (1 step)."""
+        if self.asleep:
+            return None
+        admitted = self._admit() if self.waiting else ()
+        running = len(self.running)
+        if not running:
             return None
         prefill_tokens = sum(s.prompt_tokens for s in admitted)
-        duration = self.perf.prefill_s(prefill_tokens) + self.perf.decode_step_s(len(self.running))
-        return StepPlan(
-            start_s=now_s, duration_s=duration, admitted=tuple(admitted), batch=tuple(self.running)
-        )
+        return self.perf.prefill_s(prefill_tokens) + self.step_s(running)
+
+    def step_s(self, batch: int) -> float:
+        """:meth:`EnginePerf.decode_step_s`, computed once per batch size (the same floats)."""
+        table = self._step_s
+        if batch < len(table):
+            return table[batch]
+        while len(table) <= batch:
+            table.append(self.perf.decode_step_s(len(table)))
+        return table[batch]
+
+    def decode_steps_ahead(self) -> int:
+        """How many identical plain decode steps the running batch has ahead: with nothing
+        waiting and every running sequence past its first token, the steps until the first of
+        them finishes (that step included); else 0."""
+        if self.waiting or not self.running:
+            return 0
+        ahead = -1
+        for s in self.running:
+            if s.first_token_s is None:
+                return 0
+            left = s.max_tokens - s.generated_tokens
+            if ahead < 0 or left < ahead:
+                ahead = left
+        return ahead
+
+    def finish_steps(self, steps: int, end_s: float) -> tuple[list[Sequence], list[Sequence]]:
+        """End ``steps`` steps of the running batch, the last one at ``end_s``: each running
+        sequence gets ``steps`` tokens, its first token at ``end_s`` when it had none, and those
+        that reach ``max_tokens`` finish at ``end_s`` and leave. Returns (the sequences that got
+        their first token, those that finished).
+
+        The same as :meth:`advance` by ``steps - 1`` then :meth:`finish_step` of a plan whose
+        batch is ``running``: no sequence may get its first token or finish before the last step.
+        """
+        running = self.running
+        first: list[Sequence] = []
+        finished: list[Sequence] = []
+        for seq in running:
+            seq.generated_tokens += steps
+            if seq.first_token_s is None:
+                seq.first_token_s = end_s
+                first.append(seq)
+            if seq.generated_tokens >= seq.max_tokens:
+                seq.finished_s = end_s
+                finished.append(seq)
+        self._kv_tokens += steps * len(running)
+        if finished:
+            running[:] = [s for s in running if s.finished_s is None]
+            for seq in finished:
+                self._reserved_tokens -= seq.reserved_kv_tokens
+                self._kv_tokens -= seq.kv_tokens
+        return first, finished
 
     def finish_step(self, plan: StepPlan, end_s: float | None = None) -> StepResult:
         """Give every sequence of the step's batch still running one token; retire finished ones.

@@ -17,6 +17,17 @@ class ``autoscaler.thaw.dev`` (others are never written):
    spec: Proxy goes in *before* a scale to 0), the scale (JSON patch of ``/spec/replicas`` on
    ``/scale``), and the PA status through ``/status``. PUTs are retried on 409 after a re-read.
 
+**Warm pools and shared GPUs** (:mod:`knative.shared_gpu`): for revisions on a shared pool, or
+of a model whose warm pool is on, the scale KPA's steps choose is the number of engines wanted
+*awake*; the Deployment's scale is awake + asleep. After the reconciles, the tick reads those
+revisions' pods (cached: node, IP, readiness, Thaw's annotations; asleep or not from ``GET
+/is_sleeping`` with Thaw's credential, straight to the pod IP), runs the GPU-memory arbiter per
+GPU and carries its plan out in the background (:mod:`knative.engine_control`): sleeps, and
+stop marks (``controller.kubernetes.io/pod-deletion-cost``) then scale-downs, first; wakes and
+scale-ups once those answered and the stopped pods are gone. Readiness (the engine guard's
+``/thaw/ready``) keeps sleepers out of the ready endpoints, so KPA's actual scale counts awake
+pods. While a plan is being carried out no other is made.
+
 At rest (nothing changes) a tick makes no API request. What a tick saw and decided for each
 revision is kept as :class:`~knative.revisions.RevisionView` values in
 :attr:`Controller.revisions`. Only the replica holding the Lease acts
@@ -28,7 +39,9 @@ leader serves them.
 from __future__ import annotations
 
 import asyncio
+import collections
 import copy
+import dataclasses
 import datetime
 import logging
 from dataclasses import dataclass, field
@@ -37,6 +50,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from autoscaler.decider import DeciderState, ModelObservation, ReplicaObservation, decide
+from autoscaler.policy import WarmPoolConfig
 from engine.metrics import MetricsParseError, parse_engine_metrics
 from kernel.clock import Clock
 from kernel.vocab import UNKNOWN_TIER, ReportedTier
@@ -49,9 +63,17 @@ from knative.cluster_config import (
     parse_autoscaler,
     parse_deployment,
 )
-from knative.contract import POOL_ANNOTATION, PRIVATE, REVISION_LABEL, SERVICE_TYPE_LABEL
+from knative.contract import (
+    GENERATION_LABEL,
+    MODEL_ANNOTATION,
+    POOL_ANNOTATION,
+    PRIVATE,
+    REVISION_LABEL,
+    SERVICE_TYPE_LABEL,
+)
 from knative.demand import DemandSource, Revision
 from knative.endpoints import revision_candidates
+from knative.engine_control import EngineControl, EngineControlError
 from knative.gateway import Gateway
 from knative.informer import Informer, resource_version
 from knative.kube import Backoff, KubeClient, KubeError, NotFoundError, retry_on_conflict
@@ -77,8 +99,21 @@ from knative.reconcile import (
     sks_update,
     view,
 )
-from knative.revisions import GENERATION_LABEL, ReadyPod, RevisionView, ready_pods
-from policy_file.schema import ThawConfig
+from knative.render import engine_bytes
+from knative.revisions import ReadyPod, RevisionView, ready_pods
+from knative.shared_gpu import (
+    DELETION_COST_ANNOTATION,
+    SLEEP_LEVEL_ANNOTATION,
+    STOP_DELETION_COST,
+    Action,
+    ClusterPlan,
+    EnginePod,
+    RevisionKey,
+    RevisionWant,
+    SharedPool,
+    plan_shared,
+)
+from policy_file.schema import ModelConfig, PoolConfig, ThawConfig
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +138,16 @@ class ControllerSettings:
     knative_namespace: str = KNATIVE_NAMESPACE
     #: Give the Lease up when stopped cleanly, so a standby takes over at once.
     release_on_stop: bool = True
+    #: Thaw's engine credential (the Secret thaw-engine-credential, mounted): sleep and wake
+    #: requests to engine pods carry it.
+    credential_file: str = "/var/run/secrets/thaw/engine/credential"
+    #: How long one sleep, wake or reload call to an engine may take.
+    control_timeout_s: float = 120.0
+    #: How long a shared GPU's wakes and starts wait for the pods Thaw stopped to be gone
+    #: (their memory back) before they are given up for this plan.
+    stop_wait_s: float = 120.0
+    #: How long a busy engine may finish its requests before Thaw puts it to sleep.
+    drain_timeout_s: float = 30.0
 
 
 class Reports(Protocol):
@@ -225,7 +270,48 @@ class Controller:
             name="Knative ConfigMaps",
             clock=clock,
         )
-        self.informers = (self.pas, self.sks, self.deployments, self.slices, self.configmaps)
+        #: The revisions' pods (for the shared GPUs' warm pools: node, IP, readiness, Thaw's
+        #: annotations).
+        self.pods = Informer(
+            kube,
+            _collection("v1", "pods", ns),
+            label_selector=REVISION_LABEL,
+            watch_timeout_s=timeout_s,
+            name="Pods",
+            clock=clock,
+        )
+        self.informers = (
+            self.pas,
+            self.sks,
+            self.deployments,
+            self.slices,
+            self.configmaps,
+            self.pods,
+        )
+        self.engines = EngineControl(
+            http, settings.engine_port, settings.credential_file, settings.control_timeout_s
+        )
+        #: Ticks run so far (the warm pool's log counts in them).
+        self.ticks = 0
+        #: What the controller did to engines on shared GPUs: (the tick that planned it, action,
+        #: outcome), latest last.
+        self.warm_log: collections.deque[tuple[int, Action, str]] = collections.deque(maxlen=1000)
+        self._warm_task: asyncio.Task[None] | None = None
+        self._plan_tick = 0
+        #: Per revision on a shared pool, this tick: what the arbiter needs of it.
+        self._shared: dict[RevisionKey, RevisionWant] = {}
+        self._scale_paths: dict[RevisionKey, tuple[_PaState, str]] = {}
+        #: Engines asleep (or marked to stop) per revision, as last read.
+        self._asleep: dict[RevisionKey, int] = {}
+        #: Requests running + waiting per pod, as last scraped.
+        self._loads: dict[str, float] = {}
+        #: Sleep levels Thaw sent, per pod (read-your-writes over the pod annotation).
+        self._levels: dict[str, int] = {}
+        self._since: dict[str, tuple[str, float]] = {}
+        #: Pods a scale-down of Thaw's was for: leaving, whatever the cache says yet.
+        self._stopped: set[str] = set()
+        #: The model of each revision the arbiter runs (for reports).
+        self._models: dict[RevisionKey, str] = {}
         #: Knative's cluster settings, as last read (Knative's defaults until then).
         self.knative = KnativeConfig()
         #: The last problem with Knative's ConfigMaps (None: they parsed).
@@ -387,7 +473,19 @@ class Controller:
             pods = ready_pods(self.slices.values())
         ready = pods.get((ns, revision), ())
         replicas = list(await asyncio.gather(*(self._scrape(p.address) for p in ready)))
-        starting = max(0, spec_replicas - len(ready))
+        for p_, o in zip(ready, replicas, strict=True):
+            # Not scraped: counted busy (the arbiter never sleeps a busy engine for another).
+            busy = o.num_requests_running is None or o.num_requests_waiting is None
+            self._loads[p_.pod] = (
+                1.0 if busy else (o.num_requests_running or 0.0) + (o.num_requests_waiting or 0.0)
+            )
+        shared = self._arbitrated_pool(v.annotations.get(POOL_ANNOTATION), r.model)
+        # On a shared GPU the scale counts sleepers too; KPA's want is the awake engines.
+        scale_now = spec_replicas
+        if shared is not None:
+            scale_now = max(0, spec_replicas - self._asleep.get((ns, revision), 0))
+            self._scale_paths[(ns, revision)] = (st, scale_path)
+        starting = max(0, scale_now - len(ready))
         replicas += [
             ReplicaObservation(f"starting-{i}", "starting", None, None, None, None)
             for i in range(starting)
@@ -399,6 +497,18 @@ class Controller:
             if r.settings.reachable
             else 0
         )
+        if shared is not None:
+            pool, model_cfg = shared
+            self._models[(ns, revision)] = r.model
+            self._shared[(ns, revision)] = RevisionWant(
+                (ns, revision),
+                pool.name,
+                spec_replicas if target_exists else 0,
+                None,
+                self._engine_bytes(model_cfg, pool),
+                buffered,
+                model_cfg.warm_pool if model_cfg is not None else WarmPoolConfig(),
+            )
         obs = ModelObservation(r.model, tuple(replicas), buffered)
         now_s = self.clock.monotonic()
         decision, st.decider = decide(obs, r.policy, st.decider, now_s)
@@ -407,7 +517,7 @@ class Controller:
         rest = (
             resource_version(pa),
             resource_version(sks),
-            spec_replicas,
+            scale_now,
             ready,
             decision.desired_replicas,
             buffered,
@@ -419,7 +529,7 @@ class Controller:
         now_iso = self._now_iso()
         p = plan(
             pa,
-            Observed(spec_replicas, len(ready), sks),
+            Observed(scale_now, len(ready), sks),
             decision.desired_replicas,
             r.settings,
             r.grace_s,
@@ -445,7 +555,7 @@ class Controller:
         active = condition_status(p.status, ACTIVE)
         if (
             not wrote
-            and p.want == spec_replicas == decision.desired_replicas
+            and p.want == scale_now == decision.desired_replicas
             and ((active == "True" and p.want > 0) or (active == "False" and spec_replicas == 0))
         ):
             st.rest = rest
@@ -465,8 +575,14 @@ class Controller:
                 if e.status != 409:
                     raise
                 st.sks = await retry_on_conflict(put_sks)
-        # 2. The scale, as Knative's scaler patches it.
-        if p.scale is not None and target_exists:
+        # 2. The scale, as Knative's scaler patches it (on a shared GPU: the arbiter's, after
+        # this tick's reconciles, see _warm_pool).
+        if shared is not None and target_exists:
+            want = self._shared[(ns, revision)]
+            self._shared[(ns, revision)] = dataclasses.replace(want, awake=p.scale)
+            if p.scale is not None and self.reports is not None:
+                self.reports.decision(r.model, scale_now, p.scale, decision.reason, decision.panic)
+        elif p.scale is not None and target_exists:
             scaled = await self.kube.json_patch(
                 scale_path, [{"op": "add", "path": "/spec/replicas", "value": p.scale}]
             )
@@ -542,6 +658,7 @@ class Controller:
     async def tick(self) -> None:
         """Reconcile every known PA of Thaw's class once, concurrently (leader only); one PA's
         API error or slow scrape does not hold up the others."""
+        self.ticks += 1
         self.demand.new_tick()
         pods = ready_pods(self.slices.values())
         pas = [pa for pa in self.pas.values() if is_ours(pa)]
@@ -549,7 +666,258 @@ class Controller:
             # The gateway's routes, from the same caches (no API call).
             candidates = revision_candidates(pas, list(self.slices.values()))
             await self.gateway.tick(candidates, self.config)
+        # Shared GPUs: read their engines first (asleep or not), unless the last plan is still
+        # being carried out (its engines are changing; the next tick reads them again).
+        busy = self._warm_task is not None and not self._warm_task.done()
+        engines = [] if busy else await self._engine_pods(pas)
+        self._shared = {}
         await asyncio.gather(*(self._tick_one(pa, pods) for pa in pas))
+        if not busy and self._shared:
+            self._warm_pool(engines)
+
+    # -- warm pools on shared GPUs ---------------------------------------------------------------
+
+    def _arbitrated_pool(
+        self, pool_name: str | None, model: str
+    ) -> tuple[PoolConfig, ModelConfig | None] | None:
+        """The pool a revision runs on when the GPU-memory arbiter runs its engines: a shared
+        pool, or any pool for a model whose warm pool is on (None: Knative's scale alone)."""
+        cluster = self.config.cluster
+        if cluster is None or pool_name is None:
+            return None
+        pool = next((p for p in cluster.pools if p.name == pool_name), None)
+        found = next((m for m in self.config.models if m.name == model), None)
+        if pool is None or not (pool.shared or (found is not None and found.warm_pool.enabled)):
+            return None
+        return pool, found
+
+    @staticmethod
+    def _engine_bytes(model: ModelConfig | None, pool: PoolConfig) -> int:
+        if model is None:  # a model the file does not name: the default share
+            return max(1, int(0.9 / pool.share * pool.gpu_memory_bytes))
+        return max(1, engine_bytes(model, pool))
+
+    async def _engine_pods(self, pas: list[Obj]) -> list[EnginePod]:
+        """The pods of every revision on a shared pool, asleep or not (``GET /is_sleeping``
+        with the credential, straight to the pod)."""
+        revisions: set[RevisionKey] = set()
+        for pa in pas:
+            meta = pa.get("metadata") or {}
+            anns = meta.get("annotations") or {}
+            model = str(anns.get(MODEL_ANNOTATION, ""))
+            if self._arbitrated_pool(anns.get(POOL_ANNOTATION), model) is not None:
+                labels = meta.get("labels") or {}
+                revision = str(labels.get(REVISION_LABEL, meta.get("name", "")))
+                revisions.add((str(meta.get("namespace", "")), revision))
+        if not revisions:
+            return []
+        found: list[tuple[RevisionKey, Obj]] = []
+        for pod in self.pods.values():
+            meta = pod.get("metadata") or {}
+            key = (
+                str(meta.get("namespace", "")),
+                str((meta.get("labels") or {}).get(REVISION_LABEL, "")),
+            )
+            if key in revisions:
+                found.append((key, pod))
+
+        async def asleep(pod: Obj) -> bool | None:
+            address = str((pod.get("status") or {}).get("podIP") or "")
+            if not address or (pod.get("metadata") or {}).get("deletionTimestamp"):
+                return None
+            return await self.engines.is_sleeping(address, self.settings.scrape_timeout_s)
+
+        answers = await asyncio.gather(*(asleep(pod) for _, pod in found))
+        now_s = self.clock.monotonic()
+        out: list[EnginePod] = []
+        self._asleep = {}
+        for (key, pod), is_asleep in zip(found, answers, strict=True):
+            meta = pod.get("metadata") or {}
+            anns = meta.get("annotations") or {}
+            status = pod.get("status") or {}
+            name = str(meta.get("name", ""))
+            ready = any(
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in status.get("conditions") or []
+            )
+            level = self._levels.get(name) or _int(anns.get(SLEEP_LEVEL_ANNOTATION))
+            stopping = anns.get(DELETION_COST_ANNOTATION) == str(STOP_DELETION_COST)
+            e = EnginePod(
+                name=name,
+                revision=key,
+                node=str((pod.get("spec") or {}).get("nodeName") or ""),
+                address=str(status.get("podIP") or ""),
+                ready=ready,
+                deleting=bool(meta.get("deletionTimestamp")) or name in self._stopped,
+                asleep=is_asleep,
+                sleep_level=2 if level == 2 else (1 if level == 1 else None),
+                stopping=stopping,
+            )
+            state = e.state
+            seen = self._since.get(name)
+            if seen is None or seen[0] != state:
+                self._since[name] = (state, now_s)
+            out.append(dataclasses.replace(e, since_s=self._since[name][1]))
+            if not e.deleting and (e.asleep or e.stopping):
+                self._asleep[key] = self._asleep.get(key, 0) + 1
+        live = {e.name for e in out}
+        self._stopped &= live
+        for gone in set(self._since) - live:
+            self._since.pop(gone, None)
+            self._levels.pop(gone, None)
+            self._loads.pop(gone, None)
+        return out
+
+    def _warm_pool(self, engines: list[EnginePod]) -> None:
+        """Each shared GPU's arbiter plan, carried out in the background (frees, then gains)."""
+        engines = [dataclasses.replace(e, load=self._loads.get(e.name, 0.0)) for e in engines]
+        pools: dict[str, SharedPool] = {}
+        for p in self.config.cluster.pools if self.config.cluster else ():
+            if p.shared:
+                pools[p.name] = SharedPool(p.gpu_memory_bytes)
+            else:  # each engine holds its replica's GPUs, asleep too
+                pools[p.name] = SharedPool(p.gpu_memory_bytes * p.gpus_per_replica, unshared=True)
+        wants = [w for key, w in self._shared.items() if key in self._scale_paths]
+        plan = plan_shared(engines, wants, pools, self.clock.monotonic())
+        for g in plan.gpus:
+            if not g.plan.empty or g.plan.unmet:
+                log.info(
+                    "GPU %s on %s: %s", g.gpu[0], g.gpu[1] or "(unscheduled)", g.plan.describe()
+                )
+        if plan.frees or plan.gains:
+            self._plan_tick = self.ticks
+            self._warm_task = asyncio.create_task(
+                self._carry_out(plan, {e.name: e for e in engines}), name="warm pool"
+            )
+
+    def _note(self, action: Action, outcome: str) -> None:
+        """Log what was done, with the tick whose plan it carried out."""
+        self.warm_log.append((self._plan_tick, action, outcome))
+
+    async def _patch_pod(self, ns: str, name: str, annotations: dict[str, str | None]) -> None:
+        path = f"/api/v1/namespaces/{ns}/pods/{name}"
+        await self.kube.merge_patch(path, {"metadata": {"annotations": annotations}})
+
+    async def _scale(self, key: RevisionKey, replicas: int) -> None:
+        replicas = max(0, replicas)
+        st, path = self._scale_paths[key]
+        scaled = await self.kube.json_patch(
+            path, [{"op": "add", "path": "/spec/replicas", "value": replicas}]
+        )
+        st.replicas = replicas
+        st.deployment_rv = resource_version(scaled)
+        st.rest = None
+
+    async def _until_idle(self, pod: EnginePod) -> None:
+        """Let a busy engine finish its requests before it sleeps (vLLM's sleep would pause them
+        until a wake), at most ``drain_timeout_s``; an idle one sleeps at once."""
+        if pod.load <= 0:
+            return
+        deadline = self.clock.monotonic() + self.settings.drain_timeout_s
+        while self.clock.monotonic() < deadline:
+            o = await self._scrape(pod.address)
+            if (o.num_requests_running, o.num_requests_waiting) == (0.0, 0.0):
+                return
+            await asyncio.sleep(0.2)
+        log.warning("warm pool: %s still busy after the drain timeout; sleeping it", pod.name)
+
+    async def _free(self, a: Action, pod: EnginePod | None) -> bool:
+        """One sleep, retire or stop mark; True once it has answered."""
+        ns = a.revision[0]
+        try:
+            if a.kind in ("stop", "retire") and pod is not None:
+                await self._patch_pod(
+                    ns, pod.name, {DELETION_COST_ANNOTATION: str(STOP_DELETION_COST)}
+                )
+            if a.kind in ("sleep", "retire") and pod is not None:
+                await self._until_idle(pod)
+                level = a.level or 1
+                self._levels[pod.name] = level
+                await self._patch_pod(ns, pod.name, {SLEEP_LEVEL_ANNOTATION: str(level)})
+                await self.engines.sleep(pod.address, level)
+        except (KubeError, EngineControlError) as e:
+            log.warning("warm pool: %s %s failed: %s", a.kind, a.pod, e)
+            self._note(a, f"failed: {e}")
+            return False
+        self._note(a, "done")
+        return True
+
+    async def _gain(self, a: Action, pod: EnginePod | None) -> None:
+        if a.kind != "wake" or pod is None:
+            return
+        started_s = self.clock.monotonic()
+        try:
+            await self.engines.wake(pod.address, a.level or 2)
+            self._levels.pop(pod.name, None)
+            await self._patch_pod(a.revision[0], pod.name, {SLEEP_LEVEL_ANNOTATION: None})
+        except (KubeError, EngineControlError) as e:
+            log.warning("warm pool: wake %s failed: %s", a.pod, e)
+            self._note(a, f"failed: {e}")
+            return
+        self._note(a, "done")
+        took_s = self.clock.monotonic() - started_s
+        log.info("warm pool: %s awake (level %s) in %.2f s", pod.name, a.level, took_s)
+        if self.reports is not None:  # a cold start served by a wake
+            self.reports.cold_start(self._models.get(a.revision, a.revision[1]), "wake", took_s)
+
+    async def _carry_out(self, plan: ClusterPlan, pods: dict[str, EnginePod]) -> None:
+        """Frees first (sleeps answered, stop marks written, scale-downs patched, the stopped
+        pods gone), then each GPU's wakes and starts, only where every free succeeded."""
+        try:
+            failed: set[tuple[str, str]] = set()
+            unmarked: set[RevisionKey] = set()  # a stop mark not written: no scale-down
+            for g in plan.gpus:
+                results = await asyncio.gather(
+                    *(self._free(a, pods.get(a.pod or "")) for a in g.frees)
+                )
+                if not all(results):
+                    failed.add(g.gpu)
+                for a, ok in zip(g.frees, results, strict=True):
+                    if a.kind == "stop" and not ok:
+                        unmarked.add(a.revision)
+            for key, n in plan.scale_after_frees.items():
+                if key not in unmarked:
+                    await self._scale(key, n)
+            self._stopped |= {
+                a.pod
+                for a in plan.frees
+                if a.kind == "stop" and a.pod and a.revision not in unmarked
+            }
+            stopped = {
+                a.pod
+                for a in plan.frees
+                if a.kind == "stop" and a.pod and pods[a.pod].state != "sleeping"
+            }
+            deadline = self.clock.monotonic() + self.settings.stop_wait_s
+            while stopped and self.clock.monotonic() < deadline:
+                live = {str((p.get("metadata") or {}).get("name")) for p in self.pods.values()}
+                stopped &= live
+                if stopped:
+                    await asyncio.sleep(0.05)
+            if stopped:
+                log.warning(
+                    "warm pool: %s still not gone; wakes and starts wait for the next plan",
+                    ", ".join(sorted(stopped)),
+                )
+                return
+            for g in plan.gpus:
+                if g.gpu in failed:
+                    continue
+                await asyncio.gather(*(self._gain(a, pods.get(a.pod or "")) for a in g.gains))
+                for a in g.gains:
+                    if a.kind == "start":
+                        self._note(a, "scaled up")
+            for key, n in plan.scale_after_gains.items():
+                if not any(
+                    g.gpu in failed for g in plan.gpus if any(a.revision == key for a in g.gains)
+                ):
+                    await self._scale(key, n)
+        except KubeError as e:
+            log.warning("warm pool: %s", e)
+        except Exception:  # a bug: said now, with its traceback; the next tick plans again
+            log.exception("warm pool: carrying out the plan failed")
+        finally:
+            self._wake.set()  # read the engines again at once
 
     async def _tick_one(self, pa: Obj, pods: dict[tuple[str, str], tuple[ReadyPod, ...]]) -> None:
         meta = pa.get("metadata") or {}
@@ -592,6 +960,8 @@ class Controller:
                         w.cancel()
         finally:
             stop.set()
+            if self._warm_task is not None:
+                tasks.append(self._warm_task)
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -28,11 +28,12 @@ from typing import Any
 from knative.contract import (
     AUTOSCALER_CLASS,
     CLASS_ANNOTATION,
+    GENERATION_LABEL,
     MODEL_ANNOTATION,
     POOL_ANNOTATION,
-    PRIVATE,
     REVISION_LABEL,
-    SERVICE_TYPE_LABEL,
+    private_revision_slices,
+    ready_addresses,
 )
 from knative.gateway_routes import QueueEndpoint, RevisionCandidate
 
@@ -40,8 +41,6 @@ Obj = dict[str, Any]
 
 #: The private Service's port to the queue-proxy of an HTTP/1 revision (target 8012).
 QUEUE_PORT_NAME = "http"
-#: Knative's label of a revision's configuration generation (newer revisions count higher).
-GENERATION_LABEL = "serving.knative.dev/configurationGeneration"
 
 
 def _queue_port(eps: Obj) -> int | None:
@@ -59,22 +58,11 @@ def ready_queue_endpoints(
     Slices that are public, of no revision, without a queue-proxy port or of addressType FQDN
     are skipped."""
     found: dict[tuple[str, str], dict[str, QueueEndpoint]] = {}
-    for eps in slices:
-        meta = eps.get("metadata") or {}
-        labels = meta.get("labels") or {}
-        revision = labels.get(REVISION_LABEL)
-        if not revision or labels.get(SERVICE_TYPE_LABEL) != PRIVATE:
-            continue
+    for key, eps in private_revision_slices(slices):
         port = _queue_port(eps)
         if eps.get("addressType") not in ("IPv4", "IPv6") or port is None:
             continue
-        key = (str(meta.get("namespace", "")), str(revision))
-        for ep in eps.get("endpoints") or []:
-            addresses = ep.get("addresses") or []
-            if not addresses or (ep.get("conditions") or {}).get("ready") is False:
-                continue
-            pod = str((ep.get("targetRef") or {}).get("name") or "")
-            address = str(addresses[0])
+        for address, pod in ready_addresses(eps):
             found.setdefault(key, {}).setdefault(
                 pod or f"{address}:{port}", QueueEndpoint(address, port, pod)
             )

@@ -170,6 +170,10 @@ class KubeClient:
     async def json_patch(self, path: str, ops: list[Obj]) -> Obj:
         return await self._call("PATCH", path, ops, content_type="application/json-patch+json")
 
+    async def merge_patch(self, path: str, patch: Obj) -> Obj:
+        """PATCH with a JSON merge patch (RFC 7386: a None value removes the key)."""
+        return await self._call("PATCH", path, patch, content_type="application/merge-patch+json")
+
     async def watch(
         self,
         path: str,

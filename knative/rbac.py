@@ -51,6 +51,10 @@ REQUIRED_RULES: tuple[Rule, ...] = (
     Rule("apps", "deployments/scale", frozenset({"patch"})),
     # The revisions' pods: ready endpoints of their private EndpointSlices, cached by selector.
     Rule("discovery.k8s.io", "endpointslices", frozenset({"list", "watch"})),
+    # The revisions' pods (label serving.knative.dev/revision), cached: on shared GPUs their
+    # node, IP and readiness; patched for Thaw's annotations only (the sleep level it sent, and
+    # controller.kubernetes.io/pod-deletion-cost on the pods it chose to stop).
+    Rule("", "pods", frozenset({"list", "watch", "patch"})),
     # Leader election: read the Lease, create it when absent, renew or take it over (update).
     Rule("coordination.k8s.io", "leases", frozenset({"get", "create", "update"})),
 )

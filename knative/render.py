@@ -39,9 +39,10 @@ What each Service carries, and why:
 - on a shared pool (``share`` N > 1): one GPU slice per pod (``nvidia.com/gpu.shared``: the
   NVIDIA device plugin's time-slicing with ``renameByDefault``, :func:`device_plugin_config_map`),
   the node selector ``nvidia.com/gpu.replicas: N`` (set by GPU feature discovery) so pods land
-  only on GPUs sliced N ways, and ``--gpu-memory-utilization`` (the model's, else 0.9 / N). Until
-  the controller arbitrates GPU memory, every engine of a shared GPU must fit awake at once
-  (share x utilization <= 1), else a :class:`RenderError`.
+  only on GPUs sliced N ways, and ``--gpu-memory-utilization`` (the model's, else 0.9 / N).
+  Engines of a shared GPU need not all fit awake at once: the controller's GPU-memory arbiter
+  (:mod:`knative.shared_gpu`) keeps the awake ones within the GPU, putting the others to sleep
+  or stopping them.
 - an ``emulator`` model runs ``thaw emulator`` from Thaw's image, without GPUs (a cluster
   smoke test).
 """
@@ -257,7 +258,6 @@ def render_services(config: ThawConfig, fits: FitCheck | None = None) -> list[di
                     f"be named {name!r}, as is {seen[name]}'s; rename one of them"
                 )
             seen[name] = f"model {model.name!r} on pool {pool.name!r}"
-            _check_share(model, pool, i)
             out.append(_service(cluster, model, pool, name))
     return out
 
@@ -321,22 +321,6 @@ def device_plugin_config_map(
         },
         "data": data,
     }
-
-
-def _check_share(model: ModelConfig, pool: PoolConfig, index: int) -> None:
-    """On a shared pool every engine of a GPU must fit awake at once, until the controller
-    arbitrates GPU memory (it does not sleep engines yet)."""
-    if not pool.shared or model.engine.kind == "emulator":
-        return
-    util = model.engine.utilization(pool.share)
-    if util * pool.share > 1 + 1e-9:
-        raise RenderError(
-            f"models[{index}].engine.gpu_memory_utilization = {util:g} on pool {pool.name!r} "
-            f"(share {pool.share}): {pool.share} engines awake at once would need "
-            f"{util * pool.share:.3g} of the GPU; until the Knative controller puts engines to "
-            f"sleep, accepted: at most 1 / share = {1 / pool.share:.3g} (or null: "
-            f"{0.9 / pool.share:.3g})"
-        )
 
 
 class _Dumper(yaml.SafeDumper):

@@ -13,14 +13,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from knative.contract import PRIVATE, REVISION_LABEL, SERVICE_TYPE_LABEL
+from knative.contract import private_revision_slices, ready_addresses
 
 Obj = dict[str, Any]
 
 #: The private Service's ports to the queue-proxy: HTTP/1 (8012) and h2c (8013) revisions.
 QUEUE_PORT_NAMES = ("http", "http2")
-#: Knative's label of a revision's configuration generation (a newer revision counts higher).
-GENERATION_LABEL = "serving.knative.dev/configurationGeneration"
 
 
 @dataclass(frozen=True)
@@ -86,22 +84,11 @@ def ready_pods(slices: Iterable[Obj]) -> dict[tuple[str, str], tuple[ReadyPod, .
     An endpoint is ready unless ``conditions.ready`` is false (unset reads as ready); a pod
     listed in two slices (dual stack) counts once; public slices and FQDN slices are skipped."""
     found: dict[tuple[str, str], dict[str, ReadyPod]] = {}
-    for eps in slices:
-        meta = eps.get("metadata") or {}
-        labels = meta.get("labels") or {}
-        revision = labels.get(REVISION_LABEL)
-        if not revision or labels.get(SERVICE_TYPE_LABEL) != PRIVATE:
-            continue
+    for key, eps in private_revision_slices(slices):
         if eps.get("addressType", "IPv4") not in ("IPv4", "IPv6"):
             continue
         port = _queue_port(eps)
-        key = (str(meta.get("namespace", "")), str(revision))
         pods = found.setdefault(key, {})
-        for ep in eps.get("endpoints") or []:
-            addresses = ep.get("addresses") or []
-            if not addresses or (ep.get("conditions") or {}).get("ready") is False:
-                continue
-            address = str(addresses[0])
-            pod = str((ep.get("targetRef") or {}).get("name") or address)
-            pods.setdefault(pod, ReadyPod(pod, address, port))
+        for address, pod in ready_addresses(eps):
+            pods.setdefault(pod or address, ReadyPod(pod or address, address, port))
     return {k: tuple(v[p] for p in sorted(v)) for k, v in found.items()}

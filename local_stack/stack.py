@@ -13,8 +13,8 @@ request to first ready replica), ``thaw_replica_metrics_stale{model,replica}`` (
 replica's scrapes have failed for longer than ``metrics_stale_after_s``; a warning says so once
 per episode, with the error).
 
-Policy reloads are read and parsed off the event loop; ``listen`` and ``cache`` changes need a
-restart and are named as such (:data:`RESTART_KEYS`).
+Policy reloads are read and parsed off the event loop; ``listen``, ``cache`` and
+``gpu.memory_bytes`` changes need a restart and are named as such (:data:`RESTART_KEYS`).
 
 With ``autoscaling.forecast.enabled``, each tick also feeds the model's
 :class:`~autoscaler.forecast.ReplicaForecaster` the arrivals since the last tick (requests the
@@ -75,9 +75,11 @@ log = logging.getLogger(__name__)
 #: The emulated GPU's id in the emulators' ledger (one GPU per stack).
 EMULATED_GPU_ID = "local"
 
-#: Settings the running stack cannot change: the listening socket and the opened model cache.
+#: Settings the running stack cannot change: the listening socket, the opened model cache, and
+#: the GPU's memory (its engines declared it to their ledger and run with their share of it; a
+#: ``gpu:`` section added or removed reads as None here).
 RESTART_KEYS = ("listen.host", "listen.port", "cache.dir", "cache.budget_bytes",
-                "cache.s3_endpoint_url", "cache.s3_region")  # fmt: skip
+                "cache.s3_endpoint_url", "cache.s3_region", "gpu.memory_bytes")  # fmt: skip
 
 
 def restart_needed(old: ThawConfig, new: ThawConfig) -> list[tuple[str, object, object]]:
@@ -85,12 +87,31 @@ def restart_needed(old: ThawConfig, new: ThawConfig) -> list[tuple[str, object, 
     out: list[tuple[str, object, object]] = []
     for key in RESTART_KEYS:
         block, name = key.split(".")
-        before = getattr(getattr(old, block), name)
-        after = getattr(getattr(new, block), name)
+        before = getattr(getattr(old, block), name, None)
+        after = getattr(getattr(new, block), name, None)
         if before != after:
             out.append((key, before, after))
     return out
 
+
+def keep_old_values(
+    old: ThawConfig, new: ThawConfig, kept: list[tuple[str, object, object]]
+) -> ThawConfig:
+    """``new`` with the old value of each key in ``kept`` (from :func:`restart_needed`); a
+    section that one of the two files lacks is kept whole, as it was."""
+    for key, _, _ in kept:
+        block, name = key.split(".")
+        before, after = getattr(old, block), getattr(new, block)
+        if before is None or after is None:
+            new = new.model_copy(update={block: before})
+        else:
+            kept_block = after.model_copy(update={name: getattr(before, name)})
+            new = new.model_copy(update={block: kept_block})
+    return new
+
+
+#: A tick longer than this (or 4x tick_s, whichever is more) is warned about, with its parts.
+SLOW_TICK_S = 2.0
 
 SCALE_FROM_ZERO_BUCKETS_S = (0.5, 1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600)
 
@@ -370,7 +391,9 @@ class LocalStack:
 
     async def tick(self) -> list[Decision]:
         """One pass over every model: scrape, observe, decide, actuate, export."""
+        began_s = self.clock.monotonic()
         await self._maybe_reload()
+        reloaded_s = self.clock.monotonic()
         await self.actuator.scrape()
         now_s = self.clock.monotonic()
         decisions: list[Decision] = []
@@ -426,6 +449,7 @@ class LocalStack:
                 self.actuator.run_plan(plan)
         for decision in decisions:
             self._export(decision.model, decision)
+        self._check_tick_time(began_s, reloaded_s, now_s)
         return decisions
 
     def _arbitrate(self, decisions: list[Decision], now_s: float) -> GpuPlan | None:
@@ -471,6 +495,22 @@ class LocalStack:
             )
         elif not actions.empty:
             log.info("model %s: warm pool: %s", name, actions.describe())
+
+    def _check_tick_time(self, began_s: float, reloaded_s: float, scraped_s: float) -> None:
+        """Warn when one pass took far longer than ``tick_s``: every decision waits for it, so a
+        slow tick is a slow reaction to load; the warning says which part took the time."""
+        ended_s = self.clock.monotonic()
+        took_s = ended_s - began_s
+        if took_s > max(SLOW_TICK_S, 4 * self.config.tick_s):
+            log.warning(
+                "a tick took %.1f s (tick_s %g): policy reload %.1f s, scraping replicas %.1f s, "
+                "deciding and acting %.1f s",
+                took_s,
+                self.config.tick_s,
+                reloaded_s - began_s,
+                scraped_s - reloaded_s,
+                ended_s - scraped_s,
+            )
 
     def _check_staleness(self, name: str, run: _ModelRun, now_s: float) -> None:
         """Export each ready replica's staleness, and say once per episode when its metrics
@@ -553,7 +593,7 @@ class LocalStack:
         """Apply a changed policy file. Reading and parsing run off the event loop (a large
         file must not stall the front door); settings the running stack cannot change are
         named in a warning and keep their old values."""
-        if self._watcher is None:
+        if self._watcher is None or not self._watcher.may_have_changed():
             return
         new = await asyncio.to_thread(self._watcher.poll)
         if new is None:
@@ -566,7 +606,7 @@ class LocalStack:
                 ", ".join(f"{k} ({old!r} -> {v!r})" for k, old, v in kept),
                 "s" if len(kept) > 1 else "",
             )
-            new = new.model_copy(update={"listen": self.config.listen, "cache": self.config.cache})
+            new = keep_old_values(self.config, new, kept)
         old_names = set(self._runs)
         for m in new.models:
             if m.name in self._runs:
@@ -598,8 +638,18 @@ class LocalStack:
             serve(self.activator, self.config.listen.host, self.config.listen.port)
         )
         try:
+            last_end_s: float | None = None
             while not stop.is_set():
+                began_s = self.clock.monotonic()
+                gap_s = 0.0 if last_end_s is None else began_s - last_end_s
+                if gap_s > self.config.tick_s + SLOW_TICK_S:
+                    log.warning(
+                        "%.1f s between two ticks (tick_s %g): the event loop was blocked",
+                        gap_s,
+                        self.config.tick_s,
+                    )
                 await self.tick()
+                last_end_s = self.clock.monotonic()
                 self._wake.clear()
                 waiters = [
                     asyncio.ensure_future(self._wake.wait()),

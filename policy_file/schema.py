@@ -366,7 +366,8 @@ class LocalGpuConfig(_Frozen):
         gt=0,
         description="Memory of the GPU, bytes: the GPU-memory arbiter keeps the awake engines "
         "(each engine.gpu_memory_utilization x this) within it, putting one model's engine to "
-        "sleep before it wakes another's.",
+        "sleep before it wakes another's. A change (or adding or removing gpu:) needs a restart "
+        "of thaw up.",
     )
     host_ram_budget_bytes: int = Field(
         32 * 2**30,

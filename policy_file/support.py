@@ -103,9 +103,7 @@ _CLUSTER_LOCAL = _theirs("the Knative runtime's (thaw knative render places mode
 _CLUSTER_SIM = _theirs("the Knative runtime's; the fleet file (--fleet) describes simulated pools")
 _STARTUP_KNATIVE = _yes("render: serving.knative.dev/progress-deadline")
 _FORECAST_KNATIVE = _refused("the Knative controller does not run the forecaster yet")
-_WARM_KNATIVE = _refused(
-    "the Knative controller does not run the warm pool yet: a scale-down deletes the pod"
-)
+_WARM_KNATIVE = _yes("controller: the GPU-memory arbiter sleeps and wakes engine pods")
 _GPU_KNATIVE = _theirs(
     "the local stack's one GPU; on a cluster cluster.pools[] (and their share) describe the GPUs"
 )
@@ -254,7 +252,7 @@ TABLE: tuple[Row, ...] = (
     Row(
         "cluster.pools[].share",
         _CLUSTER_LOCAL,
-        _yes("render: one GPU slice per engine pod"),
+        _yes("render: one GPU slice per engine pod; controller: the GPU-memory arbiter per GPU"),
         _SHARE_SIM,
     ),
     Row("cluster.model_cache.host_path", _CLUSTER_LOCAL, _yes("render"), _CLUSTER_SIM),

@@ -36,7 +36,8 @@ class PolicyWatcher:
     :meth:`consider`, logs a rejected file once per distinct content, and returns the new config
     or None. The caller decides how often to poll (the local stack: once per tick) and where:
     :meth:`poll` reads and parses, so a server calls it off its event loop
-    (``asyncio.to_thread``).
+    (``asyncio.to_thread``), and only when :meth:`may_have_changed` (a thread hop every tick
+    is itself a delay on a loaded machine).
 
     ``runtime``: the runtime that runs the policy; a new file setting a key it does not honour is
     rejected like an invalid one (:func:`policy_file.support.refusals`).
@@ -74,6 +75,14 @@ class PolicyWatcher:
             return ReloadOutcome(self._config, False, "unchanged")
         self._config = new
         return ReloadOutcome(new, True, f"{self.path}: reloaded ({len(new.models)} models)")
+
+    def may_have_changed(self) -> bool:
+        """One stat (cheap enough for an event loop): False when the file's modification time
+        is the one last considered, so :meth:`poll` would find nothing to do."""
+        try:
+            return self.path.stat().st_mtime_ns != self._mtime_ns
+        except OSError:
+            return True  # poll says why
 
     def poll(self) -> ThawConfig | None:
         """Stat the file; if it changed, read and consider it. The new config, or None."""

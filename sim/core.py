@@ -58,8 +58,9 @@ the answer provably stays what it is and no action follows:
   no grace running: the grace holds a live replica); each further tick would feed the decider
   the same empty observation, whose zeros only lower its averages. The model is not even
   visited until a request comes or a sleeper's time-to-live ends (with a forecaster, nothing in
-  the system: also until the forecast's interval or target interval changes, when a new
-  forecast is due);
+  the system: also until the forecast's interval or target interval changes, when the new
+  forecast is made there and, if it asks for as many replicas as before, the model stays
+  parked without a decision);
 - *one replica, within its targets*: one live replica, no panic, no forecast, no scale-down
   delay, activation scale 1, min_replicas <= 1; every total the decider has in its stable window
   (waiting, concurrency, KV usage) and the one it would see now within one replica's target, so
@@ -73,7 +74,9 @@ the answer provably stays what it is and no action follows:
   model in that state with nothing in flight (an idle replica waiting out its window and its
   grace) is not visited until a request comes or the first tick where the answer can change
   (with a forecaster: its tick is decided, and while its replica is idle and its forecast asks
-  for at most one, it is parked until a new forecast is due);
+  for at most one, it is parked until a new forecast is due, and stays parked while each new
+  forecast asks for the same count; the grace's ``wants_zero_since_s`` is kept as for any idle
+  parked model);
 - *no free GPU*: no live replica and no sleeper, none of its pools shared, requests buffered
   (within one replica's targets, in the window too, so no panic), and none of its pools has a
   free GPU: the decider asks for one replica, and the start is refused (counted in
@@ -117,7 +120,7 @@ from autoscaler.decider import DeciderState, ModelObservation, ReplicaObservatio
 from autoscaler.policy import AutoscalingPolicy, WarmPoolConfig
 from autoscaler.scale_to_zero import apply_grace
 from autoscaler.warm_pool import Actions, PoolReplica, plan_actions
-from engine.perf_model import EngineCore, EnginePerf, StepPlan
+from engine.perf_model import EngineCore, EnginePerf
 from engine.perf_model import Sequence as EngineSeq
 from kernel.vocab import (
     AWAKE_MEMORY_STATES,
@@ -279,9 +282,9 @@ class _Replica:
     ram_bytes: int = 0
     """Host RAM it holds as a level-1 sleeper."""
     stopped: bool = False
-    plan: StepPlan | None = None
     chunk: tuple[float, float, int] | None = None
-    """Steps fast-forwarded as one event: (start_s, step_s, steps); see ``_Run.plan``."""
+    """The steps under way as one event: (start_s, step_s, steps), several when fast-forwarded
+    (see ``_Sim.plan``); None while the engine has nothing to run."""
     version: int = 0
     """Bumped whenever a pending step event is superseded."""
     epoch: int = 0
@@ -360,6 +363,11 @@ class _Model:
     """While parked idle: the first parked tick whose decider wants 0 (None: none does)."""
     zero_since_s: float | None = None
     """While parked idle: ``wants_zero_since_s`` from ``zero_from_tick`` on."""
+    forecast_wanted: int = -1
+    """A forecasting model parked until its next forecast: the replicas its forecast asked for
+    then (-1: not parked that way), and ``other_due``, the tick at which it must be visited
+    whatever the forecast says (None: none)."""
+    other_due: int | None = None
 
     def find(self, rid: str) -> _Replica | None:
         for r in self.replicas:
@@ -844,10 +852,11 @@ class _Sim:
             return
         self.routed[idx] = now
         best.core.add(EngineSeq(str(idx), req.prompt_tokens, req.output_tokens, req.arrival_s))
-        if best.chunk is not None:
-            self.split_chunk(m, best, now)
-        elif best.plan is None:
+        chunk = best.chunk
+        if chunk is None:
             self.plan(m, best, now)
+        elif chunk[2] > 1:
+            self.split_chunk(m, best, now)
 
     def route_buffer(self, m: _Model, now: float) -> None:
         while m.buffer:
@@ -865,27 +874,19 @@ class _Sim:
         """
         core = rep.core
         rep.version += 1
-        running = core.running
-        if self.cfg.fast_forward and not core.waiting and running:
-            k = -1
-            for s in running:
-                if s.first_token_s is None:
-                    k = 0
-                    break
-                left = s.max_tokens - s.generated_tokens
-                if k < 0 or left < k:
-                    k = left
+        if self.cfg.fast_forward:
+            k = core.decode_steps_ahead()
             if k >= 2:
-                step = core.perf.decode_step_s(len(running))
-                rep.plan = None
+                step = core.step_s(len(core.running))
                 rep.chunk = (now, step, k)
                 self.push(now + k * step, _STEP, (m, rep, rep.version))
                 return
-        plan = core.plan_step(now)
-        rep.plan = plan
-        if plan is not None:
-            self.push(plan.end_s, _STEP, (m, rep, rep.version))
+        duration = core.next_step_s()
+        if duration is not None:
+            rep.chunk = (now, duration, 1)
+            self.push(now + duration, _STEP, (m, rep, rep.version))
         else:
+            rep.chunk = None
             self.idle(m, rep, now)
 
     def _chunk_steps_done(self, rep: _Replica, now: float) -> int:
@@ -894,22 +895,22 @@ class _Sim:
         return min(int((now - start) / step), k - 1)
 
     def split_chunk(self, m: _Model, rep: _Replica, now: float) -> None:
-        """End a fast-forward at the step in progress at ``now``; that step becomes a plan."""
+        """End a fast-forward at the step in progress at ``now``; that step becomes the last."""
         assert rep.chunk is not None
         start, step, _ = rep.chunk
         j = self._chunk_steps_done(rep, now)
         rep.core.advance(j)
-        rep.chunk = None
+        start += j * step
+        rep.chunk = (start, step, 1)
         rep.version += 1
-        plan = StepPlan(start + j * step, step, (), tuple(rep.core.running))
-        rep.plan = plan
-        self.push(plan.end_s, _STEP, (m, rep, rep.version))
+        self.push(start + step, _STEP, (m, rep, rep.version))
 
     def kv_ratio(self, rep: _Replica, now: float) -> float:
         """The replica's KV usage at ``now``, counting fast-forwarded steps already done."""
         core = rep.core
         extra = 0
-        if rep.chunk is not None:
+        chunk = rep.chunk
+        if chunk is not None and chunk[2] > 1:
             extra = self._chunk_steps_done(rep, now) * len(core.running)
         used = core.kv_tokens + extra
         return min(used / core.perf.kv_capacity_tokens, 1.0)
@@ -1319,8 +1320,7 @@ class _Sim:
             and m.wants_zero_since_s is None
             and all(r.state == "sleeping" for r in m.replicas)
         ):
-            ttl = self.ttl_tick(m, k)
-            self.park(m, k, "rest", change if ttl is None else min(ttl, change))
+            self.park_forecasting(m, k, "rest", 0, self.ttl_tick(m, k), change)
             return
         if not track or desired != 1 or not self.idle_replica(m):
             return
@@ -1336,16 +1336,53 @@ class _Sim:
         sleeping = sum(1 for r in m.replicas if r.state == "sleeping")
         if sleeping and not self.sleepers_stay(m, nxt, sleeping):
             return
-        floor = fc.last.replicas if fc.last is not None else None
-        wanted = 0 if floor is None else max(0, math.ceil(floor - 1e-9))
+        wanted = fc.wanted()
         if wanted > 1:
             return
         if wanted == 1:  # the forecast keeps one replica whatever the window says
-            ttl = self.ttl_tick(m, k)
-            self.park(m, k, "idle", change if ttl is None else min(ttl, change))
+            self.park_forecasting(m, k, "idle", 1, self.ttl_tick(m, k), change)
             return
         due, zero, since = self.idle_due(m, k)
-        self.park(m, k, "idle", change if due is None else min(due, change), zero, since)
+        self.park_forecasting(m, k, "idle", 0, due, change, zero, since)
+
+    def park_forecasting(
+        self,
+        m: _Model,
+        k: int,
+        why: Literal["rest", "idle"],
+        wanted: int,
+        other: int | None,
+        change: int,
+        zero_from: int | None = None,
+        zero_since_s: float | None = None,
+    ) -> None:
+        """Park a forecasting model whose answer stays what it is until ``other`` (a tick due
+        whatever the forecast says) as long as its forecast asks for ``wanted`` replicas; the
+        next forecast is due at tick ``change``. ``zero_from`` and ``zero_since_s`` are the
+        grace's, as :meth:`park` takes them (they do not depend on a forecast of 0)."""
+        m.forecast_wanted = wanted
+        m.other_due = other
+        due = change if other is None else min(other, change)
+        self.park(m, k, why, due, zero_from, zero_since_s)
+
+    def forecast_holds(self, m: _Model, k: int, now: float) -> bool:
+        """At a parked forecasting model's due tick ``k``: make the new forecast (as the
+        decision would, with nothing in the system) and, when it asks for as many replicas as
+        the one the model was parked with and nothing else is due, keep it parked until the
+        next forecast: the decider would answer as it did then, with no action (the forecast
+        is a floor; the decider's state does not depend on it; see :meth:`visit_forecasting`).
+        """
+        other = m.other_due
+        fc = m.forecaster
+        if m.forecast_wanted < 0 or fc is None or (other is not None and other <= k):
+            return False
+        fc.replicas(now, 0)
+        if fc.wanted() != m.forecast_wanted:
+            return False
+        change = fc.next_change_tick(now, self.cfg.tick_s, k)
+        m.due_tick = due = change if other is None else min(other, change)
+        heapq.heappush(self.due, (due, m.index, m))
+        return True
 
     def unseen_tick(self, m: _Model, k: int, now: float, totals: Totals) -> None:
         """Tick ``k`` skipped: its totals join the runs the decider has not seen."""
@@ -1454,6 +1491,7 @@ class _Sim:
             m.wants_zero_since_s = None if zero is None or last < zero else m.zero_since_s
         m.parked = ""
         m.due_tick = None
+        m.forecast_wanted = -1
         insort(self.awake, (m.index, m))
 
     def touch(self, m: _Model) -> None:
@@ -1605,7 +1643,7 @@ class _Sim:
                 k_now = self.tick_k = ticks
                 while due and due[0][0] <= k_now:
                     _, _, m = heapq.heappop(due)
-                    if m.parked and m.due_tick == k_now:
+                    if m.parked and m.due_tick == k_now and not self.forecast_holds(m, k_now, now):
                         self.unpark(m, k_now - 1)
                 # In index order; a model another's arbitration unparks later in this tick is
                 # visited in it too (the models after the one visiting have not had tick k yet).
@@ -1641,17 +1679,11 @@ class _Sim:
             else:
                 if tag != rep.version:
                     continue  # superseded by a split chunk
-                if rep.chunk is not None:
-                    start, step, k = rep.chunk
-                    rep.core.advance(k - 1)
-                    rep.chunk = None
-                    plan = StepPlan(start + (k - 1) * step, step, (), tuple(rep.core.running))
-                else:
-                    assert rep.plan is not None
-                    plan = rep.plan
-                res = rep.core.finish_step(plan)
-                end = res.end_s
-                for s in res.first_tokens:
+                assert rep.chunk is not None
+                start, step, k = rep.chunk
+                end = (start + (k - 1) * step) + step  # as stepping one by one ends the last
+                first, done = rep.core.finish_steps(k, end)
+                for s in first:
                     idx = int(s.request_id)
                     first_token[idx] = end
                     if watch and idx >= first_measured:
@@ -1659,10 +1691,10 @@ class _Sim:
                         r = reqs[idx]
                         if end - r.arrival_s > slo_of(r):
                             self.miss(idx)
-                if res.finished:
-                    for s in res.finished:
+                if done:
+                    for s in done:
                         finished[int(s.request_id)] = end
-                    self.outstanding -= len(res.finished)
+                    self.outstanding -= len(done)
                 self.plan(m, rep, now)
         if progress is not None and n % 4096:
             progress(n % 4096)

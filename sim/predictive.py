@@ -20,6 +20,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from autoscaler.decider.stages import ceil_count
 from autoscaler.forecast import ReplicaForecast, ReplicaForecaster
 from autoscaler.placement import PlacementModel, PlacementPool, place
 from autoscaler.policy import ForecastConfig
@@ -65,6 +66,12 @@ class SimForecaster:
         ) == key:
             t += 1
         return t
+
+    def wanted(self) -> int:
+        """The replicas the last forecast asks the decider for (its floor: ``ceil``, as
+        :func:`autoscaler.decider.stages.ceil_count`; 0 without a trusted forecast)."""
+        floor = self.last.replicas if self.last is not None else None
+        return 0 if floor is None else ceil_count(floor)
 
     def replicas(self, now_s: float, in_system: float) -> float | None:
         """``forecast_replicas`` for the decision at ``now_s``; None when not trusted."""

@@ -14,7 +14,11 @@ import asyncio
 import contextlib
 import copy
 import datetime
+import os
+import signal
+import subprocess
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +32,7 @@ from knative_activator_standin import KnativeActivator, knative_activator, regis
 from kube_api import KubeApi
 from procs import child, free_port, thaw_argv, wait_http_ok
 
+from engine.vllm_site.thaw_engine_guard import CREDENTIAL_FILE_ENV, READY_PATH
 from knative.contract import (
     AUTOSCALER_CLASS,
     CLASS_ANNOTATION,
@@ -571,6 +576,7 @@ async def controller(
     release_on_stop: bool = True,
     watch_timeout_s: float = 300.0,
     policy: ThawConfig | None = None,
+    credential_file: Path | None = None,
 ) -> AsyncIterator[Controller]:
     """A controller running against the harness (kubeconfig auth), stopped on exit."""
     cfg = KubeConfig.load(
@@ -586,6 +592,7 @@ async def controller(
         renew_every_s=lease_duration_s / 3,
         release_on_stop=release_on_stop,
         watch_timeout_s=watch_timeout_s,
+        credential_file=str(credential_file or tmp_path / "no-credential"),
     )
     stop = asyncio.Event()
     async with (
@@ -616,3 +623,281 @@ async def eventually(check: Any, timeout_s: float = 20.0, what: str = "") -> Any
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what or check}")
         await asyncio.sleep(0.02)
+
+
+# -- engine pods on one emulated GPU (warm pools on a shared GPU) ------------------------------
+
+NODE = "gpu-node-1"
+PODS = ("", "pods")
+#: Kubernetes' pod phases as the ReplicaSet controller ranks them (controller_utils.go).
+_PHASE_RANK = {"Pending": 0, "Unknown": 1, "Running": 2}
+
+
+@dataclass
+class EngineRevision:
+    """One revision whose pods are emulators on the shared GPU."""
+
+    model: str
+    pool: str
+    utilization: float
+
+
+@dataclass
+class _PodProc:
+    name: str
+    ns: str
+    revision: str
+    ip: str
+    seq: int
+    proc: Any  # subprocess.Popen[bytes]
+    log: Path
+    ready: bool = False
+    deleting_since: float | None = None
+
+
+class PodWorld:
+    """The cluster under a revision's pods, for engines on one emulated GPU, until ``stop``:
+
+    - the ReplicaSet controller: a Deployment's replicas become Pods (``spec.nodeName`` the one
+      node, ``status.podIP`` a loopback address of its own, phase Running), each a real ``thaw
+      emulator`` on that address and the engine port, behind Thaw's engine guard (the
+      credential file) and on the GPU ledger ``gpu_id`` (a start or wake that would not fit
+      fails as it would OOM). On scale-down the pods to delete are ranked as
+      ``ActivePodsWithRanks`` ranks them: unassigned before assigned, Pending before Running,
+      not ready before ready, then the lower ``controller.kubernetes.io/pod-deletion-cost``,
+      then the newer pod; a deleted pod gets ``deletionTimestamp`` until its process is gone;
+    - the kubelet: readiness is the guard's ``/thaw/ready`` (503 while asleep), probed every
+      50 ms, written as the pod's ``Ready`` condition;
+    - the EndpointSlice controller: one private slice per revision listing its pods with an
+      address, ``ready`` as the pod's (a sleeper is listed not ready);
+    - Knative's networking controller and revision reconciler, as :func:`knative_and_kubelet`.
+
+    ``created`` lists every pod name ever created, ``deleted`` every pod deleted, in order.
+    """
+
+    def __init__(
+        self,
+        api: KubeApi,
+        tmp_path: Path,
+        engine_port: int,
+        credential_file: Path,
+        revisions: dict[str, EngineRevision],
+        gpu_memory_bytes: int,
+        load_time_s: float = 0.3,
+    ) -> None:
+        self.api = api
+        self.tmp_path = tmp_path
+        self.engine_port = engine_port
+        self.credential_file = credential_file
+        self.revisions = revisions
+        self.gpu_memory_bytes = gpu_memory_bytes
+        self.load_time_s = load_time_s
+        self.ledger_dir = tmp_path / "gpu-ledger"
+        self.ledger_dir.mkdir(exist_ok=True)
+        self.gpu_id = f"gpu-{uuid.uuid4().hex[:6]}"
+        self.pods: dict[str, _PodProc] = {}
+        self.created: list[str] = []
+        self.deleted: list[str] = []
+        self._seq = 0
+
+    def _start(self, ns: str, revision: str) -> None:
+        rev = self.revisions[revision]
+        self._seq += 1
+        name = f"{revision}-deployment-{uuid.uuid4().hex[:5]}"
+        ip = f"127.0.0.{10 + self._seq}"
+        argv = thaw_argv(
+            "emulator",
+            "--host",
+            ip,
+            "--port",
+            str(self.engine_port),
+            "--served-model-name",
+            rev.model,
+            "--load-time-s",
+            str(self.load_time_s),
+            "--gpu-id",
+            self.gpu_id,
+            "--gpu-memory-bytes",
+            str(self.gpu_memory_bytes),
+            "--gpu-memory-utilization",
+            str(rev.utilization),
+            "--gpu-ledger-dir",
+            str(self.ledger_dir),
+        )
+        log = self.tmp_path / f"{name}.log"
+        out = open(log, "wb")
+        proc = subprocess.Popen(
+            argv,
+            env={**os.environ, CREDENTIAL_FILE_ENV: str(self.credential_file)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        out.close()
+        self.pods[name] = _PodProc(name, ns, revision, ip, self._seq, proc, log)
+        self.created.append(name)
+        self.api.put_object(
+            *PODS,
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": name,
+                    "namespace": ns,
+                    "labels": {REVISION_LABEL: revision},
+                    "annotations": {MODEL_ANNOTATION: rev.model, "thaw.dev/pool": rev.pool},
+                },
+                "spec": {"nodeName": NODE, "containers": [{"name": "emulator"}]},
+                "status": {
+                    "phase": "Running",
+                    "podIP": ip,
+                    "conditions": [{"type": "Ready", "status": "False"}],
+                },
+            },
+        )
+
+    def _rank(self, p: _PodProc) -> tuple[int, int, int, int, int]:
+        obj = self.api.get_object(*PODS, p.ns, p.name) or {}
+        phase = str((obj.get("status") or {}).get("phase", "Pending"))
+        anns = (obj.get("metadata") or {}).get("annotations") or {}
+        try:
+            cost = int(anns.get("controller.kubernetes.io/pod-deletion-cost", 0))
+        except ValueError:
+            cost = 0
+        assigned = 1 if (obj.get("spec") or {}).get("nodeName") else 0
+        return (assigned, _PHASE_RANK.get(phase, 2), int(p.ready), cost, -p.seq)
+
+    def _delete(self, p: _PodProc, now: float) -> None:
+        p.deleting_since = now
+        obj = self.api.get_object(*PODS, p.ns, p.name)
+        if obj is not None:
+            obj = copy.deepcopy(obj)
+            obj["metadata"]["deletionTimestamp"] = _now_iso()
+            self.api.put_object(*PODS, obj)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.proc.pid, signal.SIGTERM)
+        self.deleted.append(p.name)
+
+    def ledger_refusals(self) -> list[str]:
+        """Lines of the engines' logs where the GPU ledger refused a start or a wake."""
+        out = []
+        for log in self.tmp_path.glob("*-deployment-*.log"):
+            out += [line for line in log.read_text().splitlines() if "gpu ledger: refused" in line]
+        return out
+
+    def pod_names(self, revision: str, *, deleting: bool = False) -> list[str]:
+        return sorted(
+            p.name
+            for p in self.pods.values()
+            if p.revision == revision and (deleting or p.deleting_since is None)
+        )
+
+    def address(self, name: str) -> str:
+        return self.pods[name].ip
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        async with aiohttp.ClientSession() as http:
+            try:
+                while not stop.is_set():
+                    await self._step(http, loop.time())
+                    await asyncio.sleep(0.05)
+            finally:
+                for p in self.pods.values():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(p.proc.pid, signal.SIGKILL)
+                for p in self.pods.values():
+                    p.proc.wait(timeout=10)
+
+    async def _probe(self, http: aiohttp.ClientSession, p: _PodProc) -> bool:
+        if p.proc.poll() is not None:
+            return False
+        try:
+            url = f"http://{p.ip}:{self.engine_port}{READY_PATH}"
+            async with http.get(url, timeout=aiohttp.ClientTimeout(total=1)) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def _step(self, http: aiohttp.ClientSession, now: float) -> None:
+        api = self.api
+        # The ReplicaSet controller.
+        for (g, p, ns, name), dep in list(api.objects.items()):
+            if (g, p) != DEPLOY:
+                continue
+            revision = (dep["metadata"].get("labels") or {}).get(REVISION_LABEL, name)
+            if revision not in self.revisions:
+                continue
+            replicas = int(dep["spec"].get("replicas", 0))
+            live = [
+                q for q in self.pods.values() if q.revision == revision and not q.deleting_since
+            ]
+            for _ in range(replicas - len(live)):
+                self._start(ns, revision)
+            for q in sorted(live, key=self._rank)[: max(0, len(live) - replicas)]:
+                self._delete(q, now)
+        # The kubelet: processes gone, readiness.
+        for q in list(self.pods.values()):
+            if q.deleting_since is not None:
+                if q.proc.poll() is None and now - q.deleting_since > 10:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(q.proc.pid, signal.SIGKILL)
+                if q.proc.poll() is not None:
+                    api.delete_object(*PODS, q.ns, q.name)
+                    del self.pods[q.name]
+                continue
+            ready = await self._probe(http, q)
+            if ready != q.ready:
+                q.ready = ready
+                obj = copy.deepcopy(api.get_object(*PODS, q.ns, q.name) or {})
+                if obj:
+                    obj["status"]["conditions"] = [
+                        {"type": "Ready", "status": "True" if ready else "False"}
+                    ]
+                    api.put_object(*PODS, obj)
+        # The EndpointSlice controller (private slices: every pod with an address).
+        ready_by_revision: dict[str, int] = {}
+        for revision in self.revisions:
+            pods = [q for q in self.pods.values() if q.revision == revision]
+            ns = pods[0].ns if pods else NS
+            ready_by_revision[revision] = sum(1 for q in pods if q.ready and not q.deleting_since)
+            name = f"{revision}-private-abcde"
+            want = endpoint_slice(name, ns, revision, self.engine_port, pods=0)
+            want["endpoints"] = [
+                {
+                    "addresses": [q.ip],
+                    "conditions": {
+                        "ready": q.ready and q.deleting_since is None,
+                        "serving": q.ready,
+                        "terminating": q.deleting_since is not None,
+                    },
+                    "nodeName": NODE,
+                    "targetRef": {"kind": "Pod", "name": q.name, "namespace": q.ns},
+                }
+                for q in sorted(pods, key=lambda q: q.name)
+            ]
+            have = api.get_object(*SLICES, ns, name)
+            if have is None or have.get("endpoints") != want["endpoints"]:
+                api.put_object(*SLICES, want)
+        # Knative's networking controller and revision reconciler.
+        for (g, p, _ns, name), sks in list(api.objects.items()):
+            if (g, p) != SKS:
+                continue
+            revision = (sks["metadata"].get("labels") or {}).get(REVISION_LABEL, name)
+            new = sks_status(sks, ready_by_revision.get(revision, 0))
+            if new != sks.get("status"):
+                sks = copy.deepcopy(sks)
+                sks["status"] = new
+                api.put_object(g, p, sks)
+        for (g, p, ns, name), pa in list(api.objects.items()):
+            if (g, p) != PA or not pa.get("status"):
+                continue
+            rev = api.get_object(*REVISIONS, ns, name) or {
+                "apiVersion": "serving.knative.dev/v1",
+                "kind": "Revision",
+                "metadata": {"name": name, "namespace": ns},
+            }
+            new = revision_status(pa["status"], rev.get("status") or {})
+            if new != rev.get("status"):
+                rev["status"] = new
+                api.put_object(*REVISIONS, rev)

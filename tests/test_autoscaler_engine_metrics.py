@@ -60,3 +60,15 @@ def test_missing_metrics_are_named(text: str, missing: str) -> None:
 def test_garbage_is_refused() -> None:
     with pytest.raises(MetricsParseError):
         parse_engine_metrics("this is { not prometheus")
+
+
+def test_only_the_families_read_are_parsed() -> None:
+    """vLLM's exposition is mostly histograms the autoscaler never reads; they are skipped
+    unparsed (a scrape is parsed on the event loop every tick), so even a line of another family
+    that the parser would refuse does not cost the sample."""
+    other = "\n".join(
+        f'vllm:time_to_first_token_seconds_bucket{{le="{le}",model_name="tiny"}} 1.0'
+        for le in (0.001, 0.01, 0.1, 1.0, "+Inf")
+    )
+    text = f"{other}\nvllm:some_new_family{{broken 1 2 3\n{V1}"
+    assert parse_engine_metrics(text) == parse_engine_metrics(V1)

@@ -377,8 +377,10 @@ def test_watcher_poll_reloads_a_real_file(tmp_path: Path, caplog: pytest.LogCapt
         os.utime(path, ns=(tick * 10**9, tick * 10**9))  # a distinct mtime, whatever the fs
 
     rewrite(_cfg(3), 1)
+    assert w.may_have_changed()
     new = w.poll()
     assert new is not None and new.models[0].autoscaling.max_replicas == 3
+    assert not w.may_have_changed()  # the stack skips the thread hop to poll
     assert w.poll() is None
     with caplog.at_level(logging.WARNING, logger="policy_file.watch"):
         rewrite(_cfg(0), 2)
@@ -389,6 +391,7 @@ def test_watcher_poll_reloads_a_real_file(tmp_path: Path, caplog: pytest.LogCapt
     assert len(rejected) == 1 and "max_replicas" in rejected[0].getMessage()
     assert w.config.models[0].autoscaling.max_replicas == 3
     path.unlink()
+    assert w.may_have_changed()  # poll says why it cannot
     assert w.poll() is None and w.config.models[0].autoscaling.max_replicas == 3
 
 

@@ -152,6 +152,7 @@ class Sandbox:
             ("/models/qwen2-0.5b", f"{t}/models/qwen2-0.5b"),
             ("~/.kube/config", f"{t}/kubeconfig"),
             ("/etc/thaw/policy.yaml", f"{t}/etc-thaw-policy.yaml"),
+            ("/mnt/nvme/", f"{t}/mnt-nvme/"),
         ):
             command = command.replace(outside, inside)
         if self.s3_endpoint:
@@ -248,6 +249,7 @@ CLI = [
     "thaw model build-tiny /tmp/tiny --seed 7 --force",
     "thaw knative render --config policy.yaml --out services.yaml",
     "thaw knative render --config policy.yaml | kubectl apply -f -",
+    "thaw knative render --config policy.yaml --device-plugin-config | kubectl apply -f -",
     "thaw sim calibrate",
     "thaw sim calibrate --engine vllm --out local.yaml",
     "thaw sim --trace mooncake.jsonl --fleet fleet.yaml --config thaw.yaml --duration-s 600 "
@@ -292,7 +294,10 @@ ENGINES = [
     "thaw engine --model /models/qwen2-0.5b --served-model-name qwen",
     "thaw engine --model .thaw/models/tiny-llama",
     "thaw engine --model DIR",
+    "thaw emulator --gpu-id 0 --gpu-memory-bytes 80000000000 --gpu-memory-utilization 0.45",
 ]
+#: 16 GB to write: started, seen writing, interrupted (Ctrl-C), and checked to leave nothing.
+BUILD_8B = ["thaw model build-tiny /mnt/nvme/llama-8b-random --shape 8b"]
 CACHE = [
     "export AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=...",
     "thaw cache push ./tiny-llama s3://models/tiny-llama --s3-endpoint http://127.0.0.1:8333",
@@ -325,6 +330,7 @@ SCENARIOS = {
     "engines": ENGINES,
     "cache": CACHE,
     "knative": KNATIVE,
+    "build-8b": BUILD_8B,
     "ci": CI_ITSELF,
 }
 
@@ -376,6 +382,10 @@ def test_cli_examples(tmp_path: Path) -> None:
     assert (tmp_path / "dir" / "config.json").exists()
     assert (tmp_path / "tmp-tiny" / "model.safetensors").exists()
     assert "created" in outputs["thaw knative render --config policy.yaml | kubectl apply -f -"]
+    plugin = outputs[
+        "thaw knative render --config policy.yaml --device-plugin-config | kubectl apply -f -"
+    ]
+    assert "configmap.core/thaw-time-slicing created" in plugin, plugin
     assert (tmp_path / "services.yaml").read_text().count("kind: Service") >= 1
     assert "engine_start_s" in outputs["thaw sim calibrate"]
     assert (tmp_path / "local.yaml").exists()
@@ -454,10 +464,52 @@ def test_engine_examples(tmp_path: Path) -> None:
     (tmp_path / "engine.yaml").write_text(f"port: {sb.ports[8000]}\nload_time_s: 0.5\n")
     with sb.server("thaw emulator --config engine.yaml --max-num-seqs 4", f"{sb.url(8000)}/health"):
         pass
-    for example in ("thaw emulator", *ENGINES[5:]):
+    for example in ("thaw emulator", *ENGINES[5:-1]):
         port = 8001 if "--port 8001" in example else 8000
         with sb.server(example, f"{sb.url(port)}/health"):
             pass
+    # The emulated GPU's ledger (default: under the temporary directory) holds 0.45 x 80 GB.
+    sb.env["TMPDIR"] = str(tmp_path)
+    with sb.server(ENGINES[-1], f"{sb.url(8000)}/health"):
+        ledger = json.loads((tmp_path / "thaw-gpu-ledger" / "gpu-0.json").read_text())
+        assert ledger["memory_bytes"] == 80_000_000_000, ledger
+        assert [e["bytes"] for e in ledger["engines"].values()] == [36_000_000_000], ledger
+
+
+@pytest.mark.slow
+def test_build_8b_example(tmp_path: Path) -> None:
+    """The 8B build runs until it has written 64 MiB of weights into its staging directory, then
+    Ctrl-C: it exits 130, and neither the model directory nor its staging remains (the full 16 GB
+    is bench/gpu_warm_pool.py's, on a GPU machine)."""
+    sb = Sandbox(tmp_path)
+    (example,) = BUILD_8B
+    parent = tmp_path / "mnt-nvme"
+    log = tmp_path / "build.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            ["bash", "-c", f"exec {sb.localize(example)}"],
+            cwd=tmp_path,
+            env=sb.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            staged = list(parent.glob(".llama-8b-random.building-*/model.safetensors"))
+            if staged and staged[0].stat().st_size > 64 * 2**20:
+                break
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the 8B build wrote no weights in 120 s"
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, log.read_text()[-3000:]  # thaw's exit on Ctrl-C
+    assert list(parent.iterdir()) == []  # no model directory, no staging left behind
 
 
 @pytest.mark.slow

@@ -250,3 +250,76 @@ def test_memory_is_bounded_and_forecasts_go_on() -> None:
     assert len(f.history(now)) <= 2 * f.keep
     assert fc is not None and fc.value == pytest.approx(3.0)
     assert fc.target_start_s == now + 20.0
+
+
+# -- the same numbers, cheaper: each shortcut against what it replaces ----------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=300),
+    st.sampled_from([0.1, 0.5, 0.75, 0.9, 0.95, 0.99, 1 / 3]),
+)
+def test_quantile_is_numpys(values: list[float], q: float) -> None:
+    from autoscaler.forecast import quantile
+
+    a = np.array(values)
+    assert quantile(a, q) == float(np.quantile(a, q))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=300))
+def test_pinball_loss_is_the_mean(values: list[float]) -> None:
+    a = np.array(values)
+    f = a[::-1].copy()
+    diff = a - f
+    assert pinball_loss(a, f, 0.9) == float(np.mean(np.maximum(0.9 * diff, (0.9 - 1.0) * diff)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(0, 30), min_size=40, max_size=400),
+    st.integers(0, 100),
+    st.lists(st.integers(1, 4), min_size=1, max_size=8),
+)
+def test_forecasts_of_a_sliding_series_equal_a_fresh_forecasters(
+    counts: list[int], zeros_pct: int, ks: list[int]
+) -> None:
+    """ewma's levels reused from the last forecast (where they meet bit for bit) give exactly
+    the forecast of a forecaster that computes everything anew."""
+    y = np.array([c if (i * 37) % 100 >= zeros_pct else 0 for i, c in enumerate(counts)], float)
+    f = Forecaster(interval_s=IV, method="ewma", season_s=0)
+    for n in range(20, len(y)):
+        k = ks[n % len(ks)]
+        fresh = Forecaster(interval_s=IV, method="ewma", season_s=0)
+        assert f.predict(y[:n], k) == fresh.predict(y[:n], k)
+
+
+def test_ridge_forecasts_are_sklearns_predictions() -> None:
+    f = Forecaster(interval_s=IV, season_s=12 * IV, min_history=30, method="ridge")
+    feed(f, [(i * 7) % 13 + (10 if i % 12 < 4 else 0) for i in range(120)])
+    for k in (1, 3):
+        y = f.history(120 * IV)
+        value = f.predict(y, k)
+        model, offset, _ = f._fits[("ridge", k)]
+        x_now = f._features(y, np.array([len(y) - 1]), k)
+        assert value == max(0.0, float(model.predict(x_now)[0]) + offset)
+
+
+def test_confidence_covers_the_last_window_of_scored_forecasts() -> None:
+    """More scored forecasts than the window (30 without a season): the oldest leave it."""
+    f = Forecaster(interval_s=IV, min_history=5, method="ewma", season_s=0)
+    counts = [(i * 5) % 9 + 1 for i in range(120)]
+    feed(f, counts[:5])
+    made: dict[int, float] = {}
+    for i in range(5, 120):
+        fc = f.forecast(i * IV, 1.0)  # for interval i
+        assert fc is not None
+        made.setdefault(i, fc.value)
+        feed(f, [counts[i]], start=i)
+    f.forecast(120 * IV, 1.0)
+    last = sorted(made)[-30:]
+    a = np.array([float(counts[i]) for i in last])
+    p = np.array([made[i] for i in last])
+    want = 1.0 - pinball_loss(a, p, 0.9) / pinball_loss(a, np.zeros_like(a), 0.9)
+    assert f.confidence() == pytest.approx(min(1.0, max(0.0, want)), abs=1e-12)

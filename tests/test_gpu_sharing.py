@@ -107,17 +107,12 @@ def test_an_explicit_gpu_resource_is_kept_on_a_shared_pool() -> None:
     assert shared["resources"]["limits"] == {"nvidia.com/gpu": "1"}
 
 
-def test_engines_that_would_not_fit_awake_together_are_refused_until_the_controller_sleeps() -> (
-    None
-):
+def test_engines_that_do_not_fit_awake_together_render_the_controller_arbitrates() -> None:
+    """share x utilization above 1 was refused until the controller put engines to sleep; the
+    GPU-memory arbiter now keeps the awake ones within the GPU (tests/test_knative_warm_pool.py)."""
     text = POLICY.replace("gpu_memory_utilization: 0.45", "gpu_memory_utilization: 0.6")
-    with pytest.raises(RenderError) as e:
-        render_services(config(text))
-    assert str(e.value) == (
-        "models[1].engine.gpu_memory_utilization = 0.6 on pool 'h100-shared' (share 2): 2 "
-        "engines awake at once would need 1.2 of the GPU; until the Knative controller puts "
-        "engines to sleep, accepted: at most 1 / share = 0.5 (or null: 0.45)"
-    )
+    mid = container(render_services(config(text)), "mid-h100-shared")
+    assert arg(mid, "--gpu-memory-utilization") == "0.6"
 
 
 def test_a_model_fits_a_shared_pool_by_its_share_of_the_gpu() -> None:

@@ -91,10 +91,22 @@ async def test_every_call_is_a_required_rule_and_every_rule_is_used(tmp_path: Pa
                 await world
     calls = [r for r in api.log if r.user_agent.startswith("thaw-controller/")]
     assert calls, "the controller made no call"
-    pods = {(r.group, r.resource, r.verb, r.namespace) for r in calls if r.resource == "pods"}
+    pods = {
+        (r.group, r.resource, r.verb, r.namespace)
+        for r in calls
+        if r.resource == "pods" and r.namespace == KNATIVE_NAMESPACE
+    }
     allowed = {(r.api_group, r.resource, v) for r in ACTIVATOR_POD_RULES for v in r.verbs}
     # Knative's activator pods: listed, in knative-serving only (the Role's one rule).
     assert pods == {(*rule, KNATIVE_NAMESPACE) for rule in allowed}
+    # The revisions' pods: cached everywhere (the ClusterRole); patched only on shared GPUs,
+    # which tests/test_knative_warm_pool.py exercises (and checks against the same rules).
+    revision_pods = {
+        (r.group, r.resource, r.verb)
+        for r in calls
+        if r.resource == "pods" and r.namespace != KNATIVE_NAMESPACE
+    }
+    assert revision_pods == {("", "pods", "list"), ("", "pods", "watch")}
     calls = [r for r in calls if r.resource != "pods"]
     cluster = {(r.group, r.resource, r.verb) for r in calls if r.namespace != "knative-serving"}
     knative = {(r.group, r.resource, r.verb) for r in calls if r.namespace == "knative-serving"}
@@ -104,6 +116,7 @@ async def test_every_call_is_a_required_rule_and_every_rule_is_used(tmp_path: Pa
     assert used <= rule_set(), f"calls outside REQUIRED_RULES: {sorted(used - rule_set())}"
     assert knative <= knative_serving_rule_set() | rule_set(), sorted(knative)
     # Every rule is exercised by this scenario, so none needs a written justification.
+    used |= revision_pods | {("", "pods", "patch")}  # patch: see above
     assert rule_set() <= used, f"rules never used: {sorted(rule_set() - used)}"
     assert knative_serving_rule_set() <= knative, "Knative's ConfigMaps were never read"
 

@@ -515,8 +515,8 @@ def test_engine_start_script_asks_the_cache_agent_and_prints_the_path(tmp_path: 
 # -- the CLI ---------------------------------------------------------------------------------
 
 
-#: POLICY as the Knative runtime accepts it: it does not run the warm pool yet (it refuses it).
-CLUSTER_POLICY = POLICY.replace("    warm_pool: {enabled: true}\n", "")
+#: POLICY as the Knative runtime takes it (the controller runs warm pools: accepted as written).
+CLUSTER_POLICY = POLICY
 
 
 def test_cli_writes_a_yaml_stream(tmp_path: Path) -> None:

@@ -143,9 +143,7 @@ def test_knative_refuses_only_non_default_values_of_what_it_does_not_honour() ->
         "a cluster Knative's activator holds the requests of a model at zero: its own queue, "
         "and a request waits at most the revision's timeoutSeconds (cluster.request_timeout_s); "
         "accepted here: its default, 10000 (honoured by: thaw up)",
-        "models[0].warm_pool.enabled (line 6): value True: thaw knative does not honour it: the "
-        "Knative controller does not run the warm pool yet: a scale-down deletes the pod; "
-        "accepted here: its default, False (honoured by: thaw up, thaw sim)",
+        # warm_pool (line 6) is honoured: the controller sleeps and wakes engine pods.
     )
 
 
@@ -221,8 +219,7 @@ def test_refusals_and_errors_come_together_in_one_policy_error() -> None:
     text = CLUSTER_FILE.replace("buffer_size: 7", "buffer_size: 0")
     errors = errors_of(text, Runtime.SIM)
     assert errors == (
-        "models[0].activator.buffer_size (line 7): value 0: must be >= 1 (accepted: [1, "
-        "1000000])",
+        "models[0].activator.buffer_size (line 7): value 0: must be >= 1 (accepted: [1, 1000000])",
     )  # invalid first: a file is refused by a runtime only once it is valid
     assert isinstance(PolicyError("s", errors), ConfigFileError)
 
@@ -243,15 +240,15 @@ def test_the_simulators_example_policy_passes_the_simulator() -> None:
 def test_a_reloaded_file_is_refused_like_a_loaded_one() -> None:
     old = parse_policy("models:\n  - name: m\n", "p.yaml", Runtime.KNATIVE)
     w = PolicyWatcher("p.yaml", old, Runtime.KNATIVE)
-    out = w.consider(1, "models:\n  - name: n\n    warm_pool: {enabled: true}\n")
+    out = w.consider(1, "models:\n  - name: n\n    activator: {buffer_size: 7}\n")
     assert not out.changed and out.config is old
-    assert "models[0].warm_pool.enabled (line 3): value True: thaw knative does not honour it" in (
+    assert "models[0].activator.buffer_size (line 3): value 7: thaw knative does not honour it" in (
         out.reason
     )
     assert out.reason.endswith("keeping the policy in force")
     # the same file is fine for a runtime that honours it
     local = PolicyWatcher("p.yaml", old, Runtime.LOCAL)
-    assert local.consider(1, "models:\n  - name: n\n    warm_pool: {enabled: true}\n").changed
+    assert local.consider(1, "models:\n  - name: n\n    activator: {buffer_size: 7}\n").changed
 
 
 # -- through the real commands ----------------------------------------------------------------
@@ -273,17 +270,18 @@ def cluster_file(tmp_path: Path) -> Path:
 def test_thaw_knative_controller_refuses_at_start(cluster_file: Path) -> None:
     done = thaw("knative", "controller", "--config", str(cluster_file))
     assert done.returncode == 2, done.stderr
-    assert f"{cluster_file}: 3 errors" in done.stderr
+    assert f"{cluster_file}: 2 errors" in done.stderr
     assert "models[0].autoscaling.forecast.enabled (line 5): value True: thaw knative" in (
         done.stderr
     )
-    assert "models[0].warm_pool.enabled (line 6): value True: thaw knative" in done.stderr
+    assert "models[0].activator.buffer_size (line 7): value 7: thaw knative" in done.stderr
+    assert "warm_pool" not in done.stderr  # honoured
 
 
 def test_thaw_knative_render_refuses_and_writes_nothing(cluster_file: Path) -> None:
     done = thaw("knative", "render", "--config", str(cluster_file))
     assert done.returncode == 2 and done.stdout == ""
-    assert "models[0].warm_pool.enabled (line 6): value True: thaw knative does not honour" in (
+    assert "models[0].activator.buffer_size (line 7): value 7: thaw knative does not honour" in (
         done.stderr
     )
 

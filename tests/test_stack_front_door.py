@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import resource
@@ -377,3 +378,40 @@ async def test_a_reload_is_parsed_off_the_event_loop(tmp_path: Path) -> None:
     finally:
         await stack.actuator.close()
         await stack.events.close()
+
+
+class _SlowClock:
+    """Every reading is 1.5 s after the previous one: each part of a tick looks slow."""
+
+    def __init__(self) -> None:
+        self._now_s = 0.0
+
+    def monotonic(self) -> float:
+        self._now_s += 1.5
+        return self._now_s
+
+    def wall(self) -> float:
+        return self.monotonic()
+
+
+async def test_a_slow_tick_is_warned_about_with_its_parts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every decision waits for the tick before it: a tick far over tick_s is a slow reaction to
+    load, said at WARNING with the part that took the time (a CI run once saw no scale-up for
+    28 s and nothing in the log said why)."""
+    from local_stack.stack import LocalStack
+    from policy_file.load import parse_policy
+
+    cfg = tmp_path / "thaw.yaml"
+    write_config(cfg, free_port(), "m0", autoscaling="{min_replicas: 0, max_replicas: 1}")
+    stack = LocalStack(parse_policy(cfg.read_text()), _SlowClock(), work_dir=tmp_path / "w")
+    await stack.actuator.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="local_stack.stack"):
+            await stack.tick()
+    finally:
+        await stack.actuator.close()
+    slow = [r.getMessage() for r in caplog.records if "a tick took" in r.getMessage()]
+    assert slow, caplog.text
+    assert "scraping replicas" in slow[0] and "policy reload" in slow[0], slow

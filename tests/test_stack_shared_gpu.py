@@ -116,3 +116,67 @@ def test_the_readmes_shared_gpu_example_is_a_valid_policy() -> None:
     assert config.gpu is not None and config.gpu.memory_bytes == 80 * GIB
     (model,) = config.models
     assert model.engine.utilization() == 0.45 and model.warm_pool.enabled
+
+
+def test_a_changed_gpu_section_needs_a_restart(tmp_path: Path) -> None:
+    """The GPU's memory is fixed while thaw up runs: its emulators declared it to their ledger
+    and the arbiter plans within it. Before: a reload that changed gpu.memory_bytes was applied,
+    so the next engine started with a size the ledger refused (and the arbiter planned for a GPU
+    that was not there); now it is named as needing a restart and the old value is kept."""
+    port = free_port()
+    tag = uuid.uuid4().hex[:6]
+    a, b = f"gpu-a-{tag}", f"gpu-b-{tag}"
+    cfg = tmp_path / "thaw.yaml"
+    write_config(cfg, port, [a, b], 80 * GIB)
+    work = tmp_path / "w"
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "up.log"
+
+    async def go() -> None:
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            await chat(session, base, a, 4)
+            write_config(cfg, port, [a, b], 40 * GIB)
+
+            async def reloaded() -> bool:
+                return "policy reloaded" in log.read_text()
+
+            await wait_for(reloaded, 20, f"the reload:\n{_tail(log, 4000)}")
+            await chat(session, base, b, 4)  # a sleeps first, b starts on the same 80 GiB GPU
+
+    argv = thaw_argv("up", "--config", str(cfg), "--work-dir", str(work))
+    with child(argv, log_path=log) as proc:
+        wait_http_ok(f"{base}/health", 30, proc)
+        asyncio.run(go())
+    text = log.read_text()
+    changed = rf"gpu.memory_bytes \({80 * GIB} -> {40 * GIB}\) changed but needs a restart"
+    assert re.search(changed, text), _tail(log, 4000)
+    assert "kept until a restart: gpu.memory_bytes" in text, _tail(log, 4000)
+    engine_logs = "".join(p.read_text() for p in (work / "logs").glob("*.log"))
+    assert "gpu ledger" not in engine_logs and "failed to start" not in text, engine_logs[-3000:]
+    ledger = json.loads((work / "gpu-ledger" / "gpu-local.json").read_text())
+    assert ledger["memory_bytes"] == 80 * GIB
+
+
+def test_what_a_reload_keeps_of_the_gpu_section() -> None:
+    from local_stack.stack import keep_old_values, restart_needed
+    from policy_file.load import parse_policy
+    from policy_file.schema import ThawConfig
+
+    def policy(gpu: str) -> ThawConfig:
+        return parse_policy(f"{gpu}models:\n  - name: m\n    engine: {{kind: emulator}}\n", "t")
+
+    g80 = policy(f"gpu: {{memory_bytes: {80 * GIB}, host_ram_budget_bytes: {GIB}}}\n")
+    g40 = policy(f"gpu: {{memory_bytes: {40 * GIB}, host_ram_budget_bytes: {2 * GIB}}}\n")
+    g80_more_ram = policy(f"gpu: {{memory_bytes: {80 * GIB}, host_ram_budget_bytes: {2 * GIB}}}\n")
+    none = policy("")
+    for old, new, kept, gpu_after in (
+        (g80, g40, [("gpu.memory_bytes", 80 * GIB, 40 * GIB)], (80 * GIB, 2 * GIB)),
+        (g80, g80_more_ram, [], (80 * GIB, 2 * GIB)),  # host RAM applies at once
+        (none, g80, [("gpu.memory_bytes", None, 80 * GIB)], None),
+        (g80, none, [("gpu.memory_bytes", 80 * GIB, None)], (80 * GIB, GIB)),
+    ):
+        changed = restart_needed(old, new)
+        assert changed == kept
+        gpu = keep_old_values(old, new, changed).gpu
+        assert (None if gpu is None else (gpu.memory_bytes, gpu.host_ram_budget_bytes)) == gpu_after

@@ -78,7 +78,7 @@ model's autoscaling (min_replicas, initial_replicas, max_replicas within the poo
 0 / 0 / 1 by default), and runs vLLM's OpenAI server on the pool's GPUs (node selector,
 tolerations, GPU requests), loading an s3:// model through the node's cache agent from the
 hostPath cache directory. Settings the Knative runtime does not honour yet (the forecaster, the
-warm pool) are refused, naming them (`thaw policy support`).
+front door's buffer limits) are refused, naming them (`thaw policy support`).
 
 A model runs on its `pools:` if given, else on every pool whose GPU memory per replica holds its
 `weights_bytes` (unknown weights fit everywhere).
@@ -92,8 +92,9 @@ only a request carrying it may sleep, wake or reconfigure an engine, and the rea
 A pool with `share: N` (N > 1) is shared: each engine pod requests one time slice of a GPU
 (nvidia.com/gpu.shared) on nodes whose GPUs the NVIDIA device plugin cuts N ways; print the
 device plugin's ConfigMap for the policy's shared pools with --device-plugin-config (or apply
-manifests/gpu-sharing/). Without sharing, an engine holds its whole GPU asleep too: a warm pool
-saves start latency, not GPU-hours.
+manifests/gpu-sharing/). The controller keeps a shared GPU's awake engines within its memory
+(sleeping the others), so engines need not all fit awake at once. Without sharing, an engine
+holds its whole GPU asleep too: a warm pool saves start latency, not GPU-hours.
 
 Knative must allow what the Services use: `kubectl apply -k manifests/` patches config-features
 (nodeSelector, tolerations, hostPath volumes) and config-autoscaler (allow-zero-initial-scale).

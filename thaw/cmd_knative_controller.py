@@ -61,8 +61,15 @@ window) is marked inactive (Active=False NoTraffic) and the SKS put in Proxy; th
 goes to 0 once the PA has been inactive for the grace and Knative reports its activator in the
 path: the grace is counted once, as in thaw up and thaw sim. While a cold start is in flight the
 PA is Active=Unknown (Queued); it gives up only after the revision's progress deadline + 30 s.
+Warm pools and shared GPUs (pools with share > 1, or models whose warm_pool is on): the PA's
+scale is the engines wanted awake and the Deployment's is awake + asleep; each tick the
+GPU-memory arbiter decides per GPU (one per node on shared pools) which engine pods sleep, wake,
+start or stop, sleeps and stops first (stops: controller.kubernetes.io/pod-deletion-cost on the
+pods chosen, then a scale-down), wakes and starts once those answered. Sleep, wake and
+/is_sleeping go straight to the pod IP with the credential of the mounted Secret
+thaw-engine-credential (/var/run/secrets/thaw/engine/credential).
 The cluster is read through watches (PodAutoscalers, ServerlessServices, Deployments,
-EndpointSlices, Knative's ConfigMaps): at rest a tick makes no API request.
+EndpointSlices, the revisions' pods, Knative's ConfigMaps): at rest a tick makes no API request.
 Every replica change and completed cold start goes out as a CloudEvent to $K_SINK (Knative's
 SinkBinding sets it; unset: nothing is sent).
 
