@@ -498,28 +498,36 @@ async def knative_and_kubelet(
             want = endpoint_slice(slice_name, ns, revision, engine_port, pods=up)
             if have is None or have.get("endpoints") != want["endpoints"]:
                 api.put_object(*SLICES, want)
-        for (g, p, _ns, name), sks in list(api.objects.items()):
-            if (g, p) != SKS:
-                continue
-            revision = (sks["metadata"].get("labels") or {}).get(REVISION_LABEL, name)
-            new = sks_status(sks, ready_by_revision.get(revision, 0), activators)
-            if new != sks.get("status"):
-                sks = copy.deepcopy(sks)
-                sks["status"] = new
-                api.put_object(g, p, sks)
-        for (g, p, ns, name), pa in list(api.objects.items()):
-            if (g, p) != PA or not pa.get("status"):
-                continue
-            rev = api.get_object(*REVISIONS, ns, name) or {
-                "apiVersion": "serving.knative.dev/v1",
-                "kind": "Revision",
-                "metadata": {"name": name, "namespace": ns},
-            }
-            new = revision_status(pa["status"], rev.get("status") or {})
-            if new != rev.get("status"):
-                rev["status"] = new
-                api.put_object(*REVISIONS, rev)
+        propagate_statuses(api, ready_by_revision, activators)
         await asyncio.sleep(0.02)
+
+
+def propagate_statuses(
+    api: KubeApi, ready_by_revision: dict[str, int], activators: int = 2
+) -> None:
+    """Knative's networking controller (each SKS's status from its revision's ready private
+    endpoints) and revision reconciler (each PA's status propagated to its Revision), once."""
+    for (g, p, _ns, name), sks in list(api.objects.items()):
+        if (g, p) != SKS:
+            continue
+        revision = (sks["metadata"].get("labels") or {}).get(REVISION_LABEL, name)
+        new = sks_status(sks, ready_by_revision.get(revision, 0), activators)
+        if new != sks.get("status"):
+            sks = copy.deepcopy(sks)
+            sks["status"] = new
+            api.put_object(g, p, sks)
+    for (g, p, ns, name), pa in list(api.objects.items()):
+        if (g, p) != PA or not pa.get("status"):
+            continue
+        rev = api.get_object(*REVISIONS, ns, name) or {
+            "apiVersion": "serving.knative.dev/v1",
+            "kind": "Revision",
+            "metadata": {"name": name, "namespace": ns},
+        }
+        new = revision_status(pa["status"], rev.get("status") or {})
+        if new != rev.get("status"):
+            rev["status"] = new
+            api.put_object(*REVISIONS, rev)
 
 
 def endpoint_slice(
@@ -880,24 +888,4 @@ class PodWorld:
             if have is None or have.get("endpoints") != want["endpoints"]:
                 api.put_object(*SLICES, want)
         # Knative's networking controller and revision reconciler.
-        for (g, p, _ns, name), sks in list(api.objects.items()):
-            if (g, p) != SKS:
-                continue
-            revision = (sks["metadata"].get("labels") or {}).get(REVISION_LABEL, name)
-            new = sks_status(sks, ready_by_revision.get(revision, 0))
-            if new != sks.get("status"):
-                sks = copy.deepcopy(sks)
-                sks["status"] = new
-                api.put_object(g, p, sks)
-        for (g, p, ns, name), pa in list(api.objects.items()):
-            if (g, p) != PA or not pa.get("status"):
-                continue
-            rev = api.get_object(*REVISIONS, ns, name) or {
-                "apiVersion": "serving.knative.dev/v1",
-                "kind": "Revision",
-                "metadata": {"name": name, "namespace": ns},
-            }
-            new = revision_status(pa["status"], rev.get("status") or {})
-            if new != rev.get("status"):
-                rev["status"] = new
-                api.put_object(*REVISIONS, rev)
+        propagate_statuses(api, ready_by_revision)
