@@ -111,6 +111,13 @@ def readme_examples() -> list[str]:
 # -- running them ------------------------------------------------------------------------------
 
 
+def ctrl_c_delivered() -> None:
+    """In the child before exec: SIGINT back to its default. A suite started in the background
+    of a non-interactive shell inherits SIGINT ignored, and Python keeps an inherited ignore (no
+    KeyboardInterrupt), so the example's Ctrl-C would never reach it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Sandbox:
     """A scratch directory, the environment examples run in, and their ports."""
 
@@ -208,6 +215,7 @@ class Sandbox:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=ctrl_c_delivered,
             )
         self.servers.append(proc)
         try:
@@ -493,6 +501,7 @@ def test_build_8b_example(tmp_path: Path) -> None:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=ctrl_c_delivered,
         )
     try:
         deadline = time.monotonic() + 120
@@ -504,7 +513,7 @@ def test_build_8b_example(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "the 8B build wrote no weights in 120 s"
             time.sleep(0.1)
         os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(60)
+        proc.wait(20)  # else killed below, long before the 16 GB are written
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
