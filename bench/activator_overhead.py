@@ -48,6 +48,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from procs import child, free_port, thaw_argv, wait_http_ok
+from proxy_bench import nginx_conf, pct, serve_fixed
 
 from activator.core import Activator
 from activator.server import serve
@@ -95,11 +96,6 @@ async def load(base: str, n: int, concurrency: int, stream: bool) -> tuple[list[
     return latencies, n / wall
 
 
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))]
-
-
 def cpu_s(pids: list[int]) -> float:
     """User + system CPU seconds of processes ``pids`` so far."""
     total = 0.0
@@ -117,24 +113,6 @@ def family(pid: int) -> list[int]:
     except OSError:
         kids = []
     return [pid, *(int(k) for k in kids)]
-
-
-def nginx_conf(listen: int, upstream: int, root: Path) -> Path:
-    conf = root / "nginx.conf"
-    conf.write_text(
-        f"""
-daemon off; worker_processes 1; pid {root}/nginx.pid; error_log {root}/error.log;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off; client_body_temp_path {root}; proxy_temp_path {root};
-  upstream up {{ server 127.0.0.1:{upstream}; keepalive 128; }}
-  server {{ listen 127.0.0.1:{listen};
-    location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
-                 proxy_buffering off; }} }}
-}}
-"""
-    )
-    return conf
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -357,46 +335,6 @@ def serve_minimal(port: int, upstream: str) -> None:
         access_log=False, log_level="warning", server_header=False,
     )  # fmt: skip
     uvicorn.Server(config).run()
-
-
-def serve_fixed(port: int, upstream_ms: float) -> None:
-    """A bare upstream: answers every completion after ``upstream_ms`` with a canned body."""
-    from aiohttp import web
-
-    answer = (
-        b'{"id":"cmpl-1","object":"text_completion","created":0,"model":"bench","choices":'
-        b'[{"index":0,"text":" hi","finish_reason":"length"}],"usage":{"prompt_tokens":1,'
-        b'"completion_tokens":1,"total_tokens":2}}'
-    )
-    event = (
-        b'data: {"id":"cmpl-1","object":"text_completion","choices":[{"index":0,"text":" hi"}]}\n\n'
-    )
-
-    async def completions(request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        await asyncio.sleep(upstream_ms / 1000)
-        if not body.get("stream"):
-            return web.Response(body=answer, content_type="application/json")
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        for _ in range(3):
-            await resp.write(event)
-        await resp.write(b"data: [DONE]\n\n")
-        return resp
-
-    async def health(request: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_post("/v1/completions", completions)
-    app.router.add_get("/health", health)
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
 def main() -> None:
