@@ -10,8 +10,9 @@ import uuid
 from pathlib import Path
 
 import aiohttp
+from metrics_text import get_metrics, metric
 from procs import child, free_port, thaw_argv, wait_http_ok
-from test_stack_up import chat, get_metrics, metric, write_config
+from test_stack_up import chat, write_config
 
 
 def test_forecast_is_fed_from_arrivals_and_reaches_the_decider(tmp_path: Path) -> None:

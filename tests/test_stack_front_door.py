@@ -31,6 +31,7 @@ from pathlib import Path
 import aiohttp
 import psutil
 import pytest
+from metrics_text import get_metrics, metric
 from procs import PYTHON, child, free_port, wait_http_ok
 
 LOW_NOFILE = 1024
@@ -97,21 +98,6 @@ def engines(model: str) -> list[psutil.Process]:
         if model in cmd and "emulator" in cmd and "engine.supervisor" not in cmd:
             found.append(p)
     return found
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-async def get_metrics(base: str) -> str:
-    async with aiohttp.ClientSession() as s, s.get(f"{base}/metrics") as r:
-        return await r.text()
 
 
 async def wait_for(predicate, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]

@@ -12,8 +12,9 @@ import uuid
 from pathlib import Path
 
 import aiohttp
+from metrics_text import get_metrics, metric
 from procs import child, free_port, thaw_argv, wait_http_ok
-from test_stack_up import _tail, chat, engine_pids, get_metrics, metric, wait_for
+from test_stack_up import _tail, chat, engine_pids, wait_for
 
 GIB = 2**30
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import psutil
 import pytest
+from metrics_text import get_metrics, metric
 from procs import child, free_port, thaw_argv, wait_http_ok
 
 
@@ -41,21 +42,6 @@ def engine_pids(model: str) -> list[int]:
         if model in cmd and "--served-model-name" in cmd:
             found.append(p.info["pid"])
     return found
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-async def get_metrics(base: str) -> str:
-    async with aiohttp.ClientSession() as s, s.get(f"{base}/metrics") as r:
-        return await r.text()
 
 
 async def chat(
